@@ -1,0 +1,47 @@
+"""Errors shared by every stage.
+
+All are ``ValueError`` subclasses, so library callers can catch one type; the server maps
+:class:`InputError` subclasses to HTTP 4xx with the status each one carries.
+"""
+
+from __future__ import annotations
+
+
+class ShipyardError(ValueError):
+    """Base class of every error Shipyard raises on purpose (the message says what and how to fix)."""
+
+
+class InputError(ShipyardError):
+    """A client's input was wrong. ``status`` is the HTTP status a server should answer with."""
+
+    status: int = 400
+
+
+class ImageError(InputError):
+    """An image could not be used: not an image, corrupt, wrong format, empty."""
+
+    status = 400
+
+
+class UnsupportedFormatError(ImageError):
+    """The image's format is not one of the allowed formats."""
+
+    status = 415
+
+
+class ImageTooLargeError(ImageError):
+    """The image has more pixels (or bytes) than allowed."""
+
+    status = 413
+
+
+class PackageError(ShipyardError):
+    """A model package is missing, malformed or of an unknown schema."""
+
+
+class IntegrityError(PackageError):
+    """A file's sha256 does not match the one recorded in the manifest."""
+
+
+class ModelFileError(ShipyardError):
+    """A model file is not a TFLite/ONNX model, is truncated, or needs an operator the runtime lacks."""

@@ -1,0 +1,293 @@
+"""One small class per runtime, with the same surface: ``predict(uint8 batch) -> probabilities``.
+
+The runners take the ``uint8`` pixels of the input contract and do the rest: casting to the model's
+input dtype, quantizing with the input's scale and zero point, and dequantizing outputs. They need
+no TensorFlow: TFLite runs on ``ai-edge-litert``, ONNX on ``onnxruntime``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.errors import ImageError, ModelFileError
+
+TFLITE_MAGIC = b"TFL3"
+
+
+def default_threads() -> int:
+    """All cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def sniff_format(path: str | Path) -> str:
+    """Return ``"tflite"`` or ``"onnx"`` from a file's content (and suffix), else raise.
+
+    Raises:
+        ModelFileError: missing, empty, or neither format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist")
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if size < 16:
+        raise ModelFileError(f"{path} is {size} bytes: too small to be a model (truncated?)")
+    if head[4:8] == TFLITE_MAGIC:
+        return "tflite"
+    if path.suffix.lower() == ".onnx" or head[:1] == b"\x08":  # ONNX ModelProto starts with ir_version (field 1)
+        return "onnx"
+    raise ModelFileError(
+        f"{path} is neither a TFLite model (no 'TFL3' identifier) nor an ONNX model; "
+        "pass a .tflite or .onnx file or a model package"
+    )
+
+
+class _Output:
+    __slots__ = ("dtype", "index", "name", "quant")
+
+    def __init__(self, name: str, index: Any, dtype: np.dtype, quant: tuple[float, int] | None):
+        self.name, self.index, self.dtype, self.quant = name, index, dtype, quant
+
+
+def _dequantize(arr: np.ndarray, quant: tuple[float, int] | None) -> np.ndarray:
+    if quant is None:
+        return arr.astype(np.float32, copy=False)
+    scale, zero = quant
+    return (arr.astype(np.float32) - zero) * scale
+
+
+class Runner:
+    """Common surface of the runtime-specific runners."""
+
+    format: str = ""
+    path: Path | None = None
+    input_shape: tuple[int | None, ...] = ()
+    input_dtype: np.dtype = np.dtype(np.float32)
+    input_quant: tuple[float, int] | None = None
+    output_names: list[str]
+
+    @property
+    def height(self) -> int | None:
+        return self.input_shape[1] if len(self.input_shape) == 4 else None
+
+    @property
+    def width(self) -> int | None:
+        return self.input_shape[2] if len(self.input_shape) == 4 else None
+
+    def prepare(self, batch: np.ndarray) -> np.ndarray:
+        """Turn a ``uint8`` NHWC batch into what the model's input tensor takes."""
+        batch = np.asarray(batch)
+        if batch.ndim == 3:
+            batch = batch[None]
+        want = self.input_shape
+        if batch.ndim != 4 or (
+            len(want) == 4 and any(w not in (None, -1) and w != g for w, g in zip(want[1:], batch.shape[1:], strict=True))
+        ):
+            raise ImageError(
+                f"input batch has shape {tuple(batch.shape)}, the model takes {tuple(want)} (N, H, W, C); "
+                "preprocess the images to the model's input size"
+            )
+        if self.input_quant is not None:
+            scale, zero = self.input_quant
+            if batch.dtype == np.uint8 and abs(scale - 1.0) < 1e-9 and zero == 0 and self.input_dtype == np.uint8:
+                return np.ascontiguousarray(batch)
+            info = np.iinfo(self.input_dtype)
+            q = np.round(batch.astype(np.float32) / scale + zero)
+            return np.clip(q, info.min, info.max).astype(self.input_dtype)
+        return np.ascontiguousarray(batch, dtype=self.input_dtype)
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:  # pragma: no cover - abstract
+        """Run a ``uint8`` batch; return every output, dequantized to float32, by name."""
+        raise NotImplementedError
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities, float32 ``(N, num_classes)``, for a ``uint8`` NHWC batch."""
+        outputs = self.run(batch)
+        return outputs.get("probabilities", next(iter(outputs.values())))
+
+    def close(self) -> None:
+        """Release the runtime (a no-op for most)."""
+
+
+class TFLiteRunner(Runner):
+    """Runs a ``.tflite`` model with LiteRT (``ai-edge-litert``); no TensorFlow needed."""
+
+    format = "tflite"
+
+    def __init__(self, model: str | Path | bytes, num_threads: int | None = None):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise ModelFileError("TFLite needs ai-edge-litert: pip install 'shipyard[edge]'") from exc
+        if isinstance(model, bytes):
+            content, self.path = model, None
+            if len(content) < 8 or content[4:8] != TFLITE_MAGIC:
+                raise ModelFileError("the bytes given are not a TFLite model (no 'TFL3' identifier)")
+        else:
+            self.path = Path(model)
+            if sniff_format(self.path) != "tflite":
+                raise ModelFileError(f"{self.path} is not a TFLite model")
+            content = self.path.read_bytes()
+        self.num_threads = num_threads or default_threads()
+        try:
+            self._interp = Interpreter(model_content=content, num_threads=self.num_threads)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelFileError(_tflite_error(self.path, exc)) from exc
+        inputs = self._interp.get_input_details()
+        if len(inputs) < 1:
+            raise ModelFileError(f"{self.path} has no inputs")
+        self._inputs = inputs
+        first = inputs[0]
+        self._in_index = first["index"]
+        sig = tuple(int(d) for d in first.get("shape_signature", first["shape"]))
+        self.input_shape = tuple(None if d == -1 else d for d in sig)
+        self.input_dtype = np.dtype(first["dtype"])
+        scale, zero = first.get("quantization", (0.0, 0))
+        self.input_quant = (float(scale), int(zero)) if scale else None
+        names = _tflite_output_names(self._interp)
+        self._outputs = []
+        for i, det in enumerate(self._interp.get_output_details()):
+            scale, zero = det.get("quantization", (0.0, 0))
+            name = names.get(det["index"]) or (det["name"] if len(names) else f"output_{i}")
+            self._outputs.append(
+                _Output(name, det["index"], np.dtype(det["dtype"]), (float(scale), int(zero)) if scale else None)
+            )
+        if len(self._outputs) == 1:
+            self._outputs[0].name = "probabilities"
+        self.output_names = [o.name for o in self._outputs]
+        self._batch = int(first["shape"][0])
+
+    @property
+    def input_details(self) -> list[dict[str, Any]]:
+        return self._inputs
+
+    def _set_batch(self, n: int) -> None:
+        if n == self._batch:
+            return
+        shape = [n, *[int(d) for d in self._inputs[0]["shape"][1:]]]
+        self._interp.resize_tensor_input(self._in_index, shape, strict=False)
+        self._interp.allocate_tensors()
+        self._batch = n
+
+    def set_input(self, prepared: np.ndarray) -> None:
+        """Copy an already prepared batch into the input tensor (resizing the batch if needed)."""
+        self._set_batch(prepared.shape[0])
+        self._interp.set_tensor(self._in_index, prepared)
+
+    def invoke(self) -> None:
+        """Run the interpreter on the current input tensor."""
+        self._interp.invoke()
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        prepared = self.prepare(batch)
+        try:
+            self.set_input(prepared)
+            self._interp.invoke()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelFileError(_tflite_error(self.path, exc)) from exc
+        return {o.name: _dequantize(self._interp.get_tensor(o.index), o.quant) for o in self._outputs}
+
+
+def _tflite_output_names(interp: Any) -> dict[int, str]:
+    """Map output tensor index -> the Keras output name kept in the TFLite signature, when there is one."""
+    try:
+        sigs = interp._get_full_signature_list()  # noqa: SLF001 - public get_signature_list has no indices
+    except Exception:
+        return {}
+    if not sigs:
+        return {}
+    sig = sigs.get("serving_default") or next(iter(sigs.values()))
+    return {int(idx): name for name, idx in sig.get("outputs", {}).items()}
+
+
+def _tflite_error(path: Path | None, exc: Exception) -> str:
+    text = str(exc)
+    where = str(path) if path else "the TFLite model"
+    if "Encountered unresolved custom op" in text or "Op type not registered" in text or "custom" in text.lower():
+        import re
+
+        ops = re.findall(r"custom op:? ?'?([A-Za-z0-9_./-]+)", text) or re.findall(r"op '([^']+)'", text)
+        op = ops[0] if ops else "(see the runtime message)"
+        return (
+            f"{where} needs the custom operator {op!r}, which this LiteRT runtime does not provide; "
+            f"rebuild the model with built-in ops only or link the op. Runtime said: {text.splitlines()[0]}"
+        )
+    if "flatbuffer" in text.lower() or "Model provided" in text or "not a valid" in text:
+        return f"{where} is not a valid TFLite model (truncated or corrupt): {text.splitlines()[0]}"
+    return f"{where} could not be run: {text.splitlines()[0] if text else type(exc).__name__}"
+
+
+class OnnxRunner(Runner):
+    """Runs an ``.onnx`` model with ONNX Runtime on the CPU."""
+
+    format = "onnx"
+
+    def __init__(self, model: str | Path | bytes, num_threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ModelFileError("ONNX models need onnxruntime: pip install 'shipyard[onnx]'") from exc
+        opts = ort.SessionOptions()
+        self.num_threads = num_threads or default_threads()
+        opts.intra_op_num_threads = self.num_threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        if isinstance(model, bytes):
+            self.path, content = None, model
+        else:
+            self.path = Path(model)
+            sniff_format(self.path)
+            content = self.path.read_bytes()
+        try:
+            self._sess = ort.InferenceSession(content, sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelFileError(
+                f"{self.path or 'the ONNX bytes'} is not a loadable ONNX model (truncated or corrupt?): {first}"
+            ) from exc
+        inp = self._sess.get_inputs()[0]
+        self._in_name = inp.name
+        self.input_shape = tuple(d if isinstance(d, int) else None for d in inp.shape)
+        self.input_dtype = np.dtype(_ORT_TYPES.get(inp.type, np.float32))
+        self.input_quant = None
+        outs = self._sess.get_outputs()
+        self.output_names = [o.name for o in outs] if len(outs) > 1 else ["probabilities"]
+        self._ort_names = [o.name for o in outs]
+        self.metadata: dict[str, str] = dict(self._sess.get_modelmeta().custom_metadata_map or {})
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        prepared = self.prepare(batch)
+        try:
+            outs = self._sess.run(self._ort_names, {self._in_name: prepared})
+        except Exception as exc:
+            raise ModelFileError(f"ONNX Runtime failed on {self.path}: {str(exc).splitlines()[0]}") from exc
+        return {name: o.astype(np.float32, copy=False) for name, o in zip(self.output_names, outs, strict=True)}
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(float16)": np.float16,
+}
+
+
+def open_runner(path: str | Path, num_threads: int | None = None) -> Runner:
+    """Open a ``.tflite`` or ``.onnx`` file with the right runner.
+
+    Raises:
+        ModelFileError: not a model file, truncated, or the runtime refuses it.
+    """
+    fmt = sniff_format(path)
+    if fmt == "tflite":
+        return TFLiteRunner(path, num_threads=num_threads)
+    return OnnxRunner(path, num_threads=num_threads)

@@ -1,0 +1,19 @@
+"""The one place TensorFlow is first imported: it pins Keras 2 (``tf_keras``) for tfmot.
+
+Every training module does ``from training._tf import tf, keras``; never ``import keras``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))  # quiet cuInit on CPU hosts
+
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+tf.get_logger().setLevel("ERROR")
+
+__all__ = ["keras", "tf"]

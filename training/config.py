@@ -1,0 +1,219 @@
+"""Options objects for the training side, nested in one :class:`PipelineConfig` loaded from YAML.
+
+Every verb builds the config with :func:`load_pipeline_config` (file + ``--set`` overrides) and calls
+one ``run(config)`` function. Stages never mutate the config they are given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from edge.config import (
+    ConfigError,
+    LoadTestConfig,
+    ServeConfig,
+    StrictModel,
+    load_config,
+)
+
+
+class AugmentConfig(StrictModel):
+    """Random augmentation of training batches only. Strengths are Keras' factors (0 disables)."""
+
+    horizontal_flip: bool = False
+    vertical_flip: bool = False
+    rotation: float = Field(0.0, ge=0, le=1, description="fraction of a full turn, e.g. 0.05 = +-18 degrees")
+    zoom: float = Field(0.0, ge=0, lt=1)
+    translation: float = Field(0.0, ge=0, lt=1)
+    contrast: float = Field(0.0, ge=0, lt=1)
+    brightness: float = Field(0.0, ge=0, lt=1)
+
+    @property
+    def enabled(self) -> bool:
+        return any(
+            (self.horizontal_flip, self.vertical_flip, self.rotation, self.zoom, self.translation, self.contrast, self.brightness)
+        )
+
+
+class DataConfig(StrictModel):
+    """Where the images are and how to load them."""
+
+    path: Path | None = Field(None, description="folder with one subfolder per class, or train/ val/ test/")
+    image_size: int | tuple[int, int] | None = Field(None, description="pixels (or [height, width]); default: the base's")
+    val_fraction: float = Field(0.15, ge=0, lt=1)
+    test_fraction: float = Field(0.15, ge=0, lt=1)
+    seed: int = 42
+    batch_size: int | None = Field(None, gt=0, description="default: chosen from the memory budget and dataset size")
+    memory_budget_mb: int = Field(2048, gt=0, description="decoded data up to this size is cached in memory")
+    loading: Literal["auto", "memory", "stream"] = "auto"
+    class_weights: bool = False
+    max_pixels: int = Field(50_000_000, gt=0)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive(cls, value):
+        sizes = (value,) if isinstance(value, int) else (value or ())
+        if any(s < 8 for s in sizes):
+            raise ValueError(f"image_size must be at least 8 pixels, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _fractions(self):
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:.2f} leaves almost no "
+                "training data; keep their sum below 0.9"
+            )
+        return self
+
+
+class HeadConfig(StrictModel):
+    """The classifier head on top of the (cut) base."""
+
+    pooling: Literal["avg", "max"] = "avg"
+    dense: list[int] = Field(default_factory=list, description="widths of optional dense layers")
+    activation: str = "relu"
+    dropout: float = Field(0.2, ge=0, lt=1)
+    l2: float = Field(0.0, ge=0)
+
+    @field_validator("dense")
+    @classmethod
+    def _widths(cls, value):
+        if any(w <= 0 for w in value):
+            raise ValueError(f"dense widths must be positive, got {value}")
+        return value
+
+
+class ModelConfig(StrictModel):
+    """The network: a registered base (or any saved Keras model), cut, frozen, with a head."""
+
+    name: str = Field("classifier", description="package and model-store name")
+    base: str = Field("mobilenet_v2", description="a key of training.models.BACKBONES")
+    base_model: Path | None = Field(None, description="use this saved Keras model (.keras/.h5) as the base")
+    weights: str = Field("imagenet", description="imagenet | none | path to a .h5/.keras weights file")
+    alpha: float | None = Field(None, gt=0, description="width multiplier (MobileNets)")
+    cut_at: str | None = Field(None, description="cut the base at this layer's output")
+    freeze: Literal["all", "none"] | int = Field(
+        "all", description="'all' freezes the base, an integer N leaves the last N base layers trainable"
+    )
+    head: HeadConfig = Field(default_factory=HeadConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value):
+        from edge.manifest import check_version_string
+
+        try:
+            return check_version_string(value, "model.name")
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze(cls, value):
+        if isinstance(value, int) and value < 0:
+            raise ValueError("freeze must be 'all', 'none' or a number of trainable last layers >= 0")
+        return value
+
+
+class FineTuneConfig(StrictModel):
+    """Phase 2: unfreeze the top of the base and train on with a lower learning rate."""
+
+    enabled: bool = False
+    epochs: int = Field(5, ge=1)
+    unfreeze_layers: int = Field(20, ge=1)
+    learning_rate: float = Field(1e-5, gt=0)
+
+
+class TrainConfig(StrictModel):
+    """Loss, optimizer, callbacks and the run itself."""
+
+    epochs: int = Field(10, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    loss: Literal["crossentropy", "focal"] = "crossentropy"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    focal_gamma: float = Field(2.0, ge=0)
+    top_k: int = Field(3, ge=2)
+    fine_tune: FineTuneConfig = Field(default_factory=FineTuneConfig)
+    early_stopping_patience: int = Field(5, ge=0, description="0 disables early stopping")
+    monitor: str = "val_loss"
+    reduce_lr_patience: int = Field(3, ge=0, description="0 disables learning-rate reduction")
+    reduce_lr_factor: float = Field(0.2, gt=0, lt=1)
+    min_learning_rate: float = Field(1e-7, ge=0)
+    checkpoint_every: int = Field(1, ge=1, description="save a checkpoint every N epochs")
+    seed: int = 42
+    deterministic: bool = False
+    distribution: Literal["none", "mirrored", "multi_worker"] = "none"
+    mixed_precision: bool = False
+    version: str | None = Field(None, description="package version; default: a timestamp")
+
+
+class GateConfig(StrictModel):
+    """Pass/fail limits for exported variants against the Keras float reference."""
+
+    float_min_agreement: float = Field(1.0, ge=0, le=1)
+    float_max_prob_diff: float = Field(1e-4, ge=0)
+    int8_min_agreement: float = Field(0.98, ge=0, le=1)
+    int8_max_accuracy_drop: float = Field(0.01, ge=0, le=1)
+
+
+class OptimizeConfig(StrictModel):
+    """Quantization, pruning, clustering and export (see training.optimize.VARIANTS)."""
+
+    variants: list[str] | None = Field(None, description="default: every registered variant")
+    representative_samples: int = Field(100, ge=1)
+    qat_epochs: int = Field(2, ge=1)
+    prune_sparsity: float = Field(0.75, gt=0, lt=1)
+    prune_epochs: int = Field(2, ge=1)
+    clusters: int = Field(16, ge=2)
+    cluster_epochs: int = Field(2, ge=1)
+    fine_tune_learning_rate: float = Field(1e-4, gt=0)
+    onnx_opset: int = Field(17, ge=13)
+    latency_runs: int = Field(50, ge=1)
+    latency_min_time_s: float = Field(1.0, ge=0)
+    gates: GateConfig = Field(default_factory=GateConfig)
+
+
+class PipelineConfig(StrictModel):
+    """Everything, one section per stage; loads from YAML."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    optimize: OptimizeConfig = Field(default_factory=OptimizeConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    loadtest: LoadTestConfig = Field(default_factory=LoadTestConfig)
+
+
+def load_pipeline_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, *, data: str | Path | None = None
+) -> PipelineConfig:
+    """Load a :class:`PipelineConfig` from YAML plus ``--set`` overrides; ``data`` overrides ``data.path``.
+
+    Raises:
+        ConfigError: a bad file, key or value (one line each).
+    """
+    extra = list(overrides or [])
+    if data is not None:
+        extra.append(f"data.path={data}")
+    return load_config(PipelineConfig, path, extra)
+
+
+def require_data_dir(config: PipelineConfig) -> Path:
+    """Return the configured data folder, or raise a one-line error saying how to give one."""
+    path = config.data.path
+    if path is None:
+        raise ConfigError("data.path is not set; set it in the config or pass --data DIR")
+    if not Path(path).is_dir():
+        raise ConfigError(
+            f"data.path = '{path}' is not a folder; pass a folder with one subfolder per class "
+            "(or train/ val/ test/), e.g. 'shipyard demo-data demo_data' makes one"
+        )
+    return Path(path)
