@@ -9,7 +9,6 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))  # quiet cuInit on CPU hosts
 
 import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
