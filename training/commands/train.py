@@ -1,0 +1,71 @@
+"""``shipyard train``, ``evaluate`` and ``pipeline``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from training.cli import add_config_args
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", default="runs", help="parent folder of runs (default: runs/)")
+    p.add_argument("--data", default=None, help="data folder (overrides data.path)")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train, evaluate and package a classifier")
+    add_config_args(p)
+    _common(p)
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run (default: the newest unfinished run of this model)")
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a package on its test split or another folder")
+    p.add_argument("package", help="model package folder")
+    p.add_argument("data", nargs="?", default=None, help="folder of class folders to evaluate on")
+    p.add_argument("--compare", default=None, metavar="OTHER", help="another package to compare with")
+    p.set_defaults(handler=_evaluate)
+
+    p = sub.add_parser("pipeline", help="train, evaluate, package and register in one go")
+    add_config_args(p)
+    _common(p)
+    p.set_defaults(handler=_pipeline)
+
+
+def _load(args):
+    from training.config import load_pipeline_config
+
+    return load_pipeline_config(args.config, args.overrides, data=args.data)
+
+
+def _train(args) -> int:
+    from training.pipeline import run_train
+
+    config = _load(args)
+    outcome = run_train(config, args.output, resume=args.resume, verbose=0 if args.quiet else "auto")
+    print(outcome.evaluation_table)
+    print(f"\ntrained {outcome.epochs} epochs in {outcome.seconds:.1f}s")
+    print(outcome.package)
+    return 0
+
+
+def _evaluate(args) -> int:
+    from training.pipeline import run_evaluate
+
+    result = run_evaluate(Path(args.package), args.data, args.compare)
+    print(result["table"])
+    return 0
+
+
+def _pipeline(args) -> int:
+    from training.pipeline import run_pipeline
+
+    config = _load(args)
+    result = run_pipeline(config, args.output, verbose=0 if args.quiet else "auto")
+    outcome = result["outcome"]
+    print(outcome.evaluation_table)
+    print(f"\ntrained {outcome.epochs} epochs in {outcome.seconds:.1f}s; registered as {result['tag']}")
+    print(result["package"])
+    return 0

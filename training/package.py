@@ -1,0 +1,225 @@
+"""Writes the model package (see DESIGN.md) from a finished training run, and reads it back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.manifest import (
+    DatasetInfo,
+    InputContract,
+    Manifest,
+    VariantInfo,
+    read_manifest,
+    record_file,
+    record_tree,
+    verify_file,
+    write_manifest,
+)
+from edge.preprocess import image_stats
+from training.config import PipelineConfig
+
+KERAS_FILE = "keras/model.keras"
+REFERENCE_SAMPLE = 512
+PCA_COMPONENTS = 8
+
+
+def reference_statistics(
+    model, images: np.ndarray, labels: np.ndarray, class_names: list[str], original_sizes: list[tuple[int, int]]
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Statistics of a reference split (validation) for drift monitoring.
+
+    Returns:
+        (stats, embeddings): per-class frequencies of predictions and labels, the confidence distribution,
+        image statistics (brightness, contrast, saturation, original width/height), and the
+        penultimate-layer embedding's mean, standard deviation and PCA projection; plus a sample of
+        raw embeddings (float32, at most REFERENCE_SAMPLE rows).
+    """
+    from training.models import embedding_model
+
+    rng = np.random.default_rng(0)
+    if len(images) > REFERENCE_SAMPLE:
+        keep = np.sort(rng.choice(len(images), REFERENCE_SAMPLE, replace=False))
+        images, labels = images[keep], labels[keep]
+        original_sizes = [original_sizes[i] for i in keep]
+    two = embedding_model(model)
+    probs, emb = two.predict(images.astype(np.float32), verbose=0, batch_size=64)
+    preds = probs.argmax(axis=1)
+    conf = probs.max(axis=1)
+    n = len(class_names)
+    istats = [image_stats(img) for img in images]
+    mean = emb.mean(axis=0)
+    centered = emb - mean
+    k = int(min(PCA_COMPONENTS, centered.shape[1], max(1, centered.shape[0] - 1)))
+    _, _, vt = np.linalg.svd(centered, full_matrices=False)
+    components = vt[:k]
+    projected = centered @ components.T
+    stats = {
+        "count": len(images),
+        "labels": class_names,
+        "class_frequencies": (np.bincount(preds, minlength=n) / max(len(preds), 1)).tolist(),
+        "label_frequencies": (np.bincount(labels, minlength=n) / max(len(labels), 1)).tolist(),
+        "confidence": {
+            "sample": conf.round(6).tolist(),
+            "quantiles": np.quantile(conf, [0.05, 0.25, 0.5, 0.75, 0.95]).tolist() if len(conf) else [],
+            "mean": float(conf.mean()) if len(conf) else 0.0,
+        },
+        "image_stats": {
+            "brightness": [s["brightness"] for s in istats],
+            "contrast": [s["contrast"] for s in istats],
+            "saturation": [s["saturation"] for s in istats],
+            "width": [int(w) for w, _ in original_sizes],
+            "height": [int(h) for _, h in original_sizes],
+        },
+        "embedding": {
+            "dim": int(emb.shape[1]),
+            "mean": mean.tolist(),
+            "std": emb.std(axis=0).tolist(),
+            "pca_components": components.tolist(),
+            "pca_projected": projected.round(6).tolist(),
+        },
+    }
+    return stats, emb.astype(np.float32)
+
+
+def _original_sizes(samples) -> list[tuple[int, int]]:
+    from PIL import Image
+
+    sizes = []
+    for s in samples:
+        try:
+            with Image.open(s.path) as img:
+                sizes.append(img.size)
+        except Exception:
+            sizes.append((0, 0))
+    return sizes
+
+
+def write_package(result, config: PipelineConfig, *, top_k: int | None = None) -> tuple[Path, Manifest]:
+    """Evaluate a trained model and write the full package into its run directory.
+
+    Writes keras/model.keras (no optimizer state), eval/, reference/, logs/history.json and manifest.json.
+
+    Args:
+        result: a :class:`training.train.TrainResult`.
+        config: the config the run used.
+
+    Returns:
+        (package directory, manifest).
+    """
+    from training._tf import keras
+    from training.data import load_split_arrays
+    from training.evaluate import evaluate_predictions, write_evaluation
+    from training.models import count_params
+
+    pkg = Path(result.run_dir)
+    ds = result.datasets
+    scan = ds.scan
+    labels = scan.labels
+    model = result.model
+
+    (pkg / "keras").mkdir(exist_ok=True)
+    clean = keras.Model(model.inputs, model.outputs, name=model.name)  # no optimizer or compile state
+    clean.save(pkg / KERAS_FILE)
+
+    test_samples = scan.splits.get("test") or scan.splits.get("val") or []
+    eval_split = "test" if scan.splits.get("test") else "val"
+    test_x, test_y = load_split_arrays(test_samples, ds.contract)
+    test_probs = model.predict(test_x.astype(np.float32), verbose=0, batch_size=64) if len(test_x) else np.zeros((0, len(labels)))
+    rel_paths = [Path(s.path).relative_to(scan.root).as_posix() for s in test_samples]
+    train_labels = np.array([s.label for s in scan.splits["train"]], dtype=np.int64)
+    evaluation = evaluate_predictions(
+        test_y, test_probs, labels, train_labels, paths=rel_paths, top_k=top_k or config.train.top_k
+    )
+    write_evaluation(pkg / "eval", evaluation, result.history)
+
+    ref_dir = pkg / "reference"
+    ref_dir.mkdir(exist_ok=True)
+    np.savez_compressed(
+        ref_dir / "predictions.npz",
+        paths=np.array(rel_paths, dtype=str),
+        labels=test_y.astype(np.int64),
+        probabilities=test_probs.astype(np.float32),
+    )
+    ref_samples = scan.splits.get("val") or scan.splits["train"]
+    ref_x, ref_y = load_split_arrays(ref_samples, ds.contract)
+    stats, emb = reference_statistics(model, ref_x, ref_y, labels, _original_sizes(ref_samples))
+    (ref_dir / "stats.json").write_text(json.dumps(stats))
+    np.save(ref_dir / "embeddings.npy", emb)
+
+    logs = pkg / "logs"
+    logs.mkdir(exist_ok=True)
+    (logs / "history.json").write_text(json.dumps(result.history, indent=2))
+
+    cfg = config.model
+    manifest = Manifest(
+        name=cfg.name,
+        version=pkg.name,
+        labels=labels,
+        input=InputContract(height=ds.contract.height, width=ds.contract.width),
+        base_model={
+            "name": cfg.base if cfg.base_model is None else f"file:{cfg.base_model}",
+            "weights": cfg.weights,
+            "cut_at": cfg.cut_at,
+            "freeze": cfg.freeze,
+            "alpha": cfg.alpha,
+            "parameters": count_params(model),
+        },
+        training_config=json.loads(config.model_dump_json()),
+        dataset=DatasetInfo.model_validate(ds.dataset_info().model_dump()),
+        metrics={
+            **evaluation.summary(),
+            "evaluated_on": eval_split,
+            "majority_baseline_accuracy": evaluation.baseline["accuracy"],
+            "epochs": result.epochs_run,
+            "phase_epochs": result.phase_epochs,
+            "train_seconds": round(result.seconds, 2),
+        },
+    )
+    manifest.variants["keras"] = VariantInfo(file=KERAS_FILE, format="keras", status="passed", quantization="none")
+    for sub in ("keras", "eval", "reference", "logs"):
+        if (pkg / sub).is_dir():
+            record_tree(pkg, manifest, sub)
+    entry = manifest.files[KERAS_FILE]
+    manifest.variants["keras"].sha256, manifest.variants["keras"].bytes = entry.sha256, entry.bytes
+    write_manifest(pkg, manifest)
+    return pkg, manifest
+
+
+def load_package_model(package: Path | str):
+    """Load the Keras float reference of a package after verifying its sha256 (``safe_mode=True``)."""
+    from training.models import load_keras_model
+
+    manifest = read_manifest(package)
+    path = verify_file(package, manifest, KERAS_FILE)
+    return load_keras_model(path), manifest
+
+
+def refresh_files(package: Path | str, manifest: Manifest, subdirs: tuple[str, ...] = ("eval",)) -> Manifest:
+    """Re-hash the files under ``subdirs`` (after a stage rewrote them) and save the manifest."""
+    for sub in subdirs:
+        for rel in [r for r in manifest.files if r.startswith(sub + "/")]:
+            if not (Path(package) / rel).is_file():
+                del manifest.files[rel]
+        if (Path(package) / sub).is_dir():
+            record_tree(package, manifest, sub)
+    write_manifest(package, manifest)
+    return manifest
+
+
+def record_and_save(package: Path | str, manifest: Manifest, relpaths: list[str]) -> Manifest:
+    """Record the given files in the manifest and save it."""
+    for rel in relpaths:
+        record_file(package, manifest, rel)
+    write_manifest(package, manifest)
+    return manifest
+
+
+def copy_package(src: Path | str, dst: Path | str) -> Path:
+    """Copy a package directory (e.g. into the model store)."""
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    return Path(dst)

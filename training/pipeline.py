@@ -1,0 +1,137 @@
+"""The stage functions behind the CLI verbs: ``run_train``, ``run_evaluate``, ``run_pipeline``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.config import ConfigError
+from edge.manifest import Manifest
+from training.config import DataConfig, PipelineConfig, load_pipeline_config
+
+
+@dataclass
+class TrainOutcome:
+    package: Path
+    manifest: Manifest
+    evaluation_table: str
+    epochs: int
+    seconds: float
+
+
+def run_train(
+    config: PipelineConfig, output: Path | str = "runs", *, resume: Path | str | None = None, verbose: int | str = "auto"
+) -> TrainOutcome:
+    """Train, evaluate and package. ``resume`` is a run directory (or ``"latest"``) to continue."""
+    from training.evaluate import Evaluation
+    from training.package import write_package
+    from training.train import _update_state, find_resumable, load_run_config, train
+
+    run_dir = None
+    if resume is not None:
+        run_dir = find_resumable(Path(output), config.model.name) if str(resume) == "latest" else Path(resume)
+        saved = load_run_config(run_dir)
+        if config.data.path is not None and saved.data.path != config.data.path:
+            saved = saved.model_copy(update={"data": saved.data.model_copy(update={"path": config.data.path})})
+        config = saved
+    result = train(config, output, run_dir=run_dir, verbose=verbose)
+    pkg, manifest = write_package(result, config)
+    _update_state(pkg, status="done")
+    import json
+
+    metrics = json.loads((pkg / "eval" / "metrics.json").read_text())
+    ev = Evaluation(metrics=metrics["metrics"], baseline=metrics["majority_baseline"], labels=manifest.labels)
+    return TrainOutcome(pkg, manifest, ev.table(), result.epochs_run, result.seconds)
+
+
+def _samples_for(manifest: Manifest, data: Path | None):
+    """The images to evaluate on: the package's own test split, or every image of ``data``."""
+    from training.data import scan_dataset
+
+    if data is None:
+        if manifest.dataset is None:
+            raise ConfigError("the package records no dataset; pass DATA to evaluate on")
+        cfg = PipelineConfig.model_validate(manifest.training_config).data
+        if not Path(cfg.path or "").is_dir():
+            raise ConfigError(
+                f"the package's dataset {cfg.path} is not here; pass DATA (a folder of class folders) to evaluate on"
+            )
+        scan = scan_dataset(cfg.path, cfg)
+        if scan.fingerprint() != manifest.dataset.fingerprint:
+            raise ConfigError(
+                f"the dataset at {cfg.path} changed since training (fingerprint differs); pass DATA explicitly"
+            )
+        split = "test" if scan.splits.get("test") else "val"
+        return scan, scan.splits[split]
+    cfg = DataConfig(path=Path(data), val_fraction=0.0, test_fraction=0.0)
+    scan = scan_dataset(data, cfg)
+    if scan.layout == "split_folders" and scan.splits.get("test"):
+        samples = scan.splits["test"]
+    else:
+        samples = [s for split in scan.splits.values() for s in split]
+    unknown = sorted(set(scan.labels) - set(manifest.labels))
+    if unknown:
+        raise ConfigError(
+            f"{data} has classes the model does not know: {', '.join(unknown)}; the model's classes are "
+            f"{', '.join(manifest.labels)}"
+        )
+    mapping = {i: manifest.labels.index(name) for i, name in enumerate(scan.labels)}
+    from training.data import Sample
+
+    return scan, [Sample(s.path, mapping[s.label]) for s in samples]
+
+
+def run_evaluate(package: Path | str, data: Path | str | None = None, compare: Path | str | None = None) -> dict[str, Any]:
+    """Evaluate a package on its test split (or on ``data``), optionally against another package.
+
+    Returns ``{"table": str, "evaluation": Evaluation}``; with no ``data``, rewrites ``eval/``.
+    """
+    from training.data import load_split_arrays
+    from training.evaluate import classification_metrics, evaluate_predictions, write_evaluation
+    from training.package import load_package_model, refresh_files
+
+    package = Path(package)
+    model, manifest = load_package_model(package)
+    scan, samples = _samples_for(manifest, Path(data) if data else None)
+    if not samples:
+        raise ConfigError("there are no images to evaluate on")
+    x, y = load_split_arrays(samples, manifest.input)
+    probs = model.predict(x.astype(np.float32), verbose=0, batch_size=64)
+    train_labels = np.array([s.label for s in scan.splits.get("train", [])] or list(y), dtype=np.int64)
+    paths = [Path(s.path).relative_to(scan.root).as_posix() for s in samples]
+    top_k = int(manifest.training_config.get("train", {}).get("top_k", 3))
+    ev = evaluate_predictions(y, probs, manifest.labels, train_labels, paths=paths, top_k=top_k)
+    if compare is not None:
+        other, other_manifest = load_package_model(compare)
+        if other_manifest.labels != manifest.labels:
+            raise ConfigError(f"{compare} has other classes ({other_manifest.labels}) than {package}; cannot compare")
+        if other_manifest.input != manifest.input:
+            x_other, _ = load_split_arrays(samples, other_manifest.input)
+        else:
+            x_other = x
+        other_probs = other.predict(x_other.astype(np.float32), verbose=0, batch_size=64)
+        ev.compared = classification_metrics(y, other_probs, manifest.labels, top_k)
+        ev.compared_name = other_manifest.tag
+    if data is None:
+        history_path = package / "logs" / "history.json"
+        import json
+
+        history = json.loads(history_path.read_text()) if history_path.is_file() else None
+        write_evaluation(package / "eval", ev, history)
+        refresh_files(package, manifest, ("eval",))
+    return {"table": ev.table(), "evaluation": ev}
+
+
+def run_pipeline(config: PipelineConfig, output: Path | str = "runs", *, verbose: int | str = "auto") -> dict[str, Any]:
+    """Train, evaluate, package and register. Returns the package path, tag and evaluation table."""
+    from training.registry import register
+
+    outcome = run_train(config, output, verbose=verbose)
+    tag = register(outcome.package)
+    return {"package": outcome.package, "tag": tag, "outcome": outcome}
+
+
+__all__ = ["load_pipeline_config", "run_evaluate", "run_pipeline", "run_train"]
