@@ -280,6 +280,7 @@ def test_corrupt_file_that_passes_the_scan_is_skipped_at_decode_in_both_schemes(
     assert corrupt not in {s.path for s in memory.scan.splits["train"]}
     assert len(_all_batches(memory.train)[1]) == 10
     assert memory.dataset_info().skipped_files == 1
+    assert memory.dataset_info().fingerprint == scan_dataset(root, config).fingerprint()  # a re-scan matches
 
     stream = build_datasets(config.model_copy(update={"loading": "stream"}), CONTRACT)
     assert len(_all_batches(stream.train)[1]) == 10
@@ -489,13 +490,13 @@ def test_inspect_report(mixed_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> tuple[Path, dict[str, int]]:
+def demo_digits(tmp_path_factory) -> tuple[Path, dict[str, int]]:
     out = tmp_path_factory.mktemp("demo") / "digits"
     return out, write_demo_data(out)
 
 
-def test_demo_data_counts_and_images(demo_dir: tuple[Path, dict[str, int]]) -> None:
-    out, counts = demo_dir
+def test_demo_data_counts_and_images(demo_digits: tuple[Path, dict[str, int]]) -> None:
+    out, counts = demo_digits
     assert sorted(counts) == [str(d) for d in range(10)] and sum(counts.values()) == 1797
     assert {d.name: len(list(d.glob("*.png"))) for d in out.iterdir() if d.is_dir()} == counts
     with Image.open(next((out / "7").glob("*.png"))) as img:
@@ -507,9 +508,9 @@ def test_demo_data_counts_and_images(demo_dir: tuple[Path, dict[str, int]]) -> N
 
 
 def test_demo_data_subset_is_idempotent_and_guarded(
-    demo_dir: tuple[Path, dict[str, int]], tmp_path: Path
+    demo_digits: tuple[Path, dict[str, int]], tmp_path: Path
 ) -> None:
-    full, counts = demo_dir
+    full, counts = demo_digits
     out = tmp_path / "low"
     first = write_demo_data(out, classes=[0, 1, 2, 3, 4], size=16)
     assert first == {k: counts[k] for k in "01234"}
