@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (epoch 1 is cold, the rest give the steady state)")
 
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     folder = args.data or RESULTS / f"input_data_{args.size}px_{args.images}"
     start = time.perf_counter()
     generate(folder, args.images, args.size)
@@ -260,6 +261,10 @@ def main(argv: list[str] | None = None) -> dict:
             "platform": platform.platform(),
             "python": platform.python_version(),
             "tensorflow": tf.__version__,
+            "load_average_1m": {
+                "before": load_before,
+                "after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            },
         },
         "tf_runtime": "started before measuring (as in a training run)",
         "raw_pil_1_thread": pil,
