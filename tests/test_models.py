@@ -34,11 +34,16 @@ def test_every_base_builds_flat_and_frozen(base):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
-def test_freeze_last_n_keeps_batchnorm_frozen():
-    model = build_model(ModelConfig(base="small_cnn", weights="none", freeze=4), 3, (32, 32))
+def test_freeze_last_n_keeps_batchnorm_frozen(tmp_path):
+    donor = build_model(ModelConfig(base="small_cnn", weights="none"), 3, (32, 32))
+    donor.save(tmp_path / "w.keras")
+    model = build_model(ModelConfig(base="small_cnn", weights=str(tmp_path / "w.keras"), freeze=4), 3, (32, 32))
     trainable = [layer.name for layer in model.layers if layer.trainable and layer.weights and layer.name in base_layer_names(model)]
     # the last 4 base layers are relu3, bn3, conv3, pool2: conv3 trains, bn3 stays frozen (inference mode)
     assert trainable == ["conv3"]
+    # from scratch (no pretrained weights) BatchNorm must train
+    scratch = build_model(ModelConfig(base="small_cnn", weights="none", freeze="none"), 3, (32, 32))
+    assert scratch.get_layer("bn1").trainable
 
 
 def test_cut_at_named_layer_and_unknown_layer():

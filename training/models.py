@@ -66,7 +66,8 @@ def _small_cnn(input_tensor, weights, alpha_value):
     width = int(16 * (alpha_value or 1.0))
     for i, filters in enumerate((width, width * 2, width * 4), start=1):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
-        x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
+        # A low momentum lets the moving statistics keep up in the short runs this base is meant for.
+        x = keras.layers.BatchNormalization(momentum=0.6, name=f"bn{i}")(x)
         x = keras.layers.ReLU(name=f"relu{i}")(x)
         if i < 3:
             x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
@@ -239,6 +240,7 @@ def build_model(config: ModelConfig, num_classes: int, image_size: tuple[int, in
         features = _cut(base, config.cut_at or spec.default_cut)
         base_layers = [layer for layer in _layers_between(base, features) if not layer.name.startswith(PREPROCESS_PREFIX)]
     base_names = {layer.name for layer in base_layers}
+    pretrained = config.base_model is not None or config.weights.lower() != "none"
 
     x = features
     if len(x.shape) == 4:
@@ -255,8 +257,9 @@ def build_model(config: ModelConfig, num_classes: int, image_size: tuple[int, in
         num_classes, activation="softmax", kernel_regularizer=reg, dtype="float32", name=OUTPUT_NAME
     )(x)
     model = keras.Model(inputs, outputs, name=config.name.replace("-", "_").replace(".", "_"))
-    set_base_trainable(model, base_names, config.freeze)
-    model._shipyard_base_layers = sorted(base_names)
+    set_base_trainable(model, base_names, config.freeze, freeze_batchnorm=pretrained)
+    model._shipyard_base_layers = sorted(base_names)  # kept for phase 2 on this object
+    model._shipyard_pretrained = pretrained
     return model
 
 
@@ -302,8 +305,13 @@ def base_layer_names(model) -> list[str]:
     return [layer.name for layer in model.layers if layer.name in names]
 
 
-def set_base_trainable(model, base_names: set[str] | list[str], freeze: str | int) -> int:
-    """Freeze the base: ``"all"``, ``"none"`` or all but the last N layers. BatchNorm stays frozen always.
+def set_base_trainable(
+    model, base_names: set[str] | list[str], freeze: str | int, *, freeze_batchnorm: bool = True
+) -> int:
+    """Freeze the base: ``"all"``, ``"none"`` or all but the last N layers.
+
+    With ``freeze_batchnorm`` (a pretrained base) BatchNormalization layers stay frozen, so they run in
+    inference mode and keep their pretrained statistics; a base trained from scratch trains them.
 
     Returns the number of trainable base layers.
     """
@@ -318,7 +326,8 @@ def set_base_trainable(model, base_names: set[str] | list[str], freeze: str | in
     for i, layer in enumerate(ordered):
         on = i >= len(ordered) - keep
         # Frozen BatchNormalization runs in inference mode in Keras 2: keep the pretrained statistics.
-        layer.trainable = on and not isinstance(layer, keras.layers.BatchNormalization)
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = on and not (is_bn and freeze_batchnorm)
         trainable += int(layer.trainable and bool(layer.weights))
     return trainable
 

@@ -258,7 +258,9 @@ def train(
         ft = config.train.fine_tune
         if ft.enabled:
             with strategy.scope():
-                set_base_trainable(model, base_names, ft.unfreeze_layers)
+                set_base_trainable(
+                    model, base_names, ft.unfreeze_layers, freeze_batchnorm=getattr(model, "_shipyard_pretrained", True)
+                )
                 compile_model(model, config.train, num_classes, learning_rate=ft.learning_rate)
             start = phases["head"]
             h2 = model.fit(

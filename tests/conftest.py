@@ -1,0 +1,96 @@
+"""Shared fixtures: an isolated BentoML model store, the demo digits, and one tiny trained package."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# Training runs on tiny models: many threads only contend on a 2-core machine.
+TINY_TRAIN = [
+    "data.image_size=32",
+    "model.base=small_cnn",
+    "model.weights=none",
+    "model.freeze=none",
+    "train.early_stopping_patience=0",
+    "train.reduce_lr_patience=0",
+    "train.learning_rate=0.003",
+]
+
+
+def pytest_configure(config):
+    """Point BentoML at a throw-away store before anything imports it."""
+    if "SHIPYARD_TEST_BENTOML_HOME" not in os.environ:
+        home = tempfile.mkdtemp(prefix="shipyard-bentoml-")
+        os.environ["SHIPYARD_TEST_BENTOML_HOME"] = home
+        os.environ["BENTOML_HOME"] = home
+        os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def pytest_unconfigure(config):
+    home = os.environ.get("SHIPYARD_TEST_BENTOML_HOME")
+    if home and Path(home).name.startswith("shipyard-bentoml-"):
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def run_cli(*args: str, timeout: float = 600, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``shipyard`` (or ``shipyard-edge`` when args[0] == 'edge') from this venv; capture output."""
+    exe = BIN / "shipyard"
+    if args and args[0] == "edge":
+        exe, args = BIN / "shipyard-edge", args[1:]
+    return subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd
+    )
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """The full demo dataset (1797 digits, 32 px PNG, one folder per class)."""
+    from training.demo import write_demo_data
+
+    out = tmp_path_factory.mktemp("demo") / "digits"
+    write_demo_data(out, size=32)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_demo_dir(tmp_path_factory) -> Path:
+    """A 3-class subset (digits 0-2, ~540 images): quick to train on."""
+    from training.demo import write_demo_data
+
+    out = tmp_path_factory.mktemp("demo3") / "digits"
+    write_demo_data(out, size=32, classes=[0, 1, 2])
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory, small_demo_dir) -> Path:
+    """A real trained package (small CNN, 3 classes, 3 epochs): reuse it, never modify it in place."""
+    from training.config import load_pipeline_config
+    from training.pipeline import run_train
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = load_pipeline_config(
+        None,
+        [*TINY_TRAIN, "model.name=tiny", "train.epochs=3", "train.version=v1"],
+        data=small_demo_dir,
+    )
+    return run_train(cfg, out, verbose=0).package
+
+
+@pytest.fixture
+def package_copy(tiny_package, tmp_path) -> Path:
+    """A private copy of the tiny package that a test may modify."""
+    dst = tmp_path / "pkg"
+    shutil.copytree(tiny_package, dst)
+    return dst
