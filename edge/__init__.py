@@ -1,6 +1,8 @@
 """Shipyard's device side: the model-package contract, preprocessing and runners. No TensorFlow."""
 
+from edge.bench import BenchResult, bench_model, benchmark
 from edge.errors import (
+    DataError,
     ImageError,
     ImageTooLargeError,
     InputError,
@@ -10,11 +12,16 @@ from edge.errors import (
     ShipyardError,
     UnsupportedFormatError,
 )
+from edge.evaluate import EvalResult, evaluate_package
 from edge.manifest import InputContract, Manifest, VariantInfo, read_manifest, verify_file
+from edge.package import choose_variant, open_package, open_variant_runner
 from edge.preprocess import decode, decode_file
-from edge.runners import OnnxRunner, Runner, TFLiteRunner, open_runner
+from edge.runners import OnnxRunner, Runner, TensorSpec, TFLiteRunner, open_runner
 
 __all__ = [
+    "BenchResult",
+    "DataError",
+    "EvalResult",
     "ImageError",
     "ImageTooLargeError",
     "InputContract",
@@ -27,11 +34,18 @@ __all__ = [
     "Runner",
     "ShipyardError",
     "TFLiteRunner",
+    "TensorSpec",
     "UnsupportedFormatError",
     "VariantInfo",
+    "bench_model",
+    "benchmark",
+    "choose_variant",
     "decode",
     "decode_file",
+    "evaluate_package",
+    "open_package",
     "open_runner",
+    "open_variant_runner",
     "read_manifest",
     "verify_file",
 ]

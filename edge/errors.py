@@ -45,3 +45,7 @@ class IntegrityError(PackageError):
 
 class ModelFileError(ShipyardError):
     """A model file is not a TFLite/ONNX model, is truncated, or needs an operator the runtime lacks."""
+
+
+class DataError(InputError):
+    """A data folder is missing, empty, or not laid out as one subfolder per class (optionally under splits)."""

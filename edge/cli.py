@@ -1,0 +1,535 @@
+"""``shipyard-edge``: run, benchmark and check a model on a device with no TensorFlow.
+
+Verbs::
+
+    shipyard-edge predict MODEL IMAGE... [--variant V] [--top-k K] [--labels FILE] [--batch-size N] [--json]
+    shipyard-edge bench MODEL [--runs N] [--min-time S] [--threads T] [--batch-size N] [--mode M] [--json]
+    shipyard-edge eval PACKAGE DATA_DIR [--variant V] [--split S] [--batch-size N] [--json]
+
+MODEL is a model package (a folder with ``manifest.json``) or a bare ``.tflite``/``.onnx`` file. Every
+error is one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.errors import ModelFileError, PackageError, ShipyardError
+from edge.manifest import InputContract
+from edge.runners import Runner
+
+EXIT_ERROR = 2
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be a finite number >= 0")
+    return value
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _table(rows: list[list[str]], header: list[str], right: set[int] | None = None) -> str:
+    right = right or set()
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        out = [
+            str(c).rjust(w) if i in right else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(out).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+# ---------------------------------------------------------------------------------------------- labels
+def read_label_file(path: str | Path) -> list[str]:
+    """Read one label per line (blank lines at the end ignored).
+
+    Raises:
+        ModelFileError: the file is missing, unreadable, or empty.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"label file {path} does not exist; pass a text file with one label per line")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelFileError(
+            f"label file {path} cannot be read as UTF-8 text ({exc}); save it as UTF-8"
+        ) from exc
+    while lines and not lines[-1].strip():
+        lines.pop()
+    labels = [line.strip() for line in lines]
+    if not labels:
+        raise ModelFileError(f"label file {path} is empty; write one label per line, in class-index order")
+    return labels
+
+
+def _onnx_labels(runner: Runner) -> list[str] | None:
+    raw = getattr(runner, "metadata", {}).get("labels")
+    if not raw:
+        return None
+    try:
+        labels = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    return [str(x) for x in labels] if isinstance(labels, list) else None
+
+
+# ---------------------------------------------------------------------------------------------- opening
+class OpenedModel:
+    """A runner with what the CLI needs around it: labels, input contract, where they came from."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        contract: InputContract,
+        labels: list[str] | None,
+        labels_source: str,
+        variant: str | None,
+        source: str,
+    ):
+        self.runner, self.contract, self.labels = runner, contract, labels
+        self.labels_source, self.variant, self.source = labels_source, variant, source
+
+
+def open_model(
+    model: str | Path,
+    *,
+    variant: str | None = None,
+    threads: int | None = None,
+    labels_file: str | None = None,
+) -> OpenedModel:
+    """Open a package (verified variant) or a bare model file for prediction.
+
+    Raises:
+        PackageError, IntegrityError, ModelFileError: the model cannot be opened or used on RGB images,
+            or a label file is missing or does not fit.
+    """
+    from edge.package import open_variant_runner
+    from edge.runners import open_runner
+
+    path = Path(model)
+    if path.is_dir():
+        if labels_file is not None:
+            raise PackageError(f"--labels is for bare model files; the package {path} carries its own labels")
+        runner, manifest, key = open_variant_runner(path, variant, num_threads=threads)
+        return OpenedModel(runner, manifest.input, list(manifest.labels), "manifest", key, str(path))
+    if variant is not None:
+        raise ModelFileError(f"--variant {variant!r} needs a model package; {path} is a single model file")
+    labels = read_label_file(labels_file) if labels_file is not None else None
+    runner = open_runner(path, num_threads=threads)
+    try:
+        runner.check_image_input()
+        if runner.height is None or runner.width is None:
+            raise ModelFileError(
+                f"{path} has an open input height/width {tuple(runner.input_shape)}; shipyard-edge needs a fixed "
+                "input size to resize images to: export the model with a fixed height and width"
+            )
+        contract = InputContract(height=runner.height, width=runner.width)
+        source = "file" if labels is not None else "indices"
+        if labels is None and (meta := _onnx_labels(runner)) is not None:
+            labels, source = meta, "onnx metadata"
+        return OpenedModel(runner, contract, labels, source, None, str(path))
+    except Exception:
+        runner.close()
+        raise
+
+
+# ---------------------------------------------------------------------------------------------- predict
+def _looks_like_probabilities(scores: np.ndarray) -> bool:
+    if scores.size == 0:
+        return True
+    sums = scores.sum(axis=1)
+    return bool(scores.min() >= -1e-6 and scores.max() <= 1 + 1e-6 and np.all(np.abs(sums - 1) < 0.1))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predict_files(
+    opened: OpenedModel, images: Sequence[str | Path], *, top_k: int = 5, batch_size: int | None = None
+) -> dict[str, Any]:
+    """Decode images with the model's contract, run them in batches and return the top-k of each.
+
+    Args:
+        opened: from :func:`open_model`.
+        images: image files.
+        top_k: labels per image (at most the number of classes).
+        batch_size: images per inference; ``None`` runs all in one batch (or the model's fixed batch).
+
+    Returns:
+        A JSON-ready dict: model, variant, input, labels source, and per image its top-k.
+
+    Raises:
+        ImageError: an image is missing, corrupt or of an unsupported format.
+        ModelFileError: the label file's length does not fit the model's outputs, or the runtime fails.
+    """
+    from edge.preprocess import decode_file
+
+    runner = opened.runner
+    pixels = [decode_file(p, opened.contract) for p in images]
+    step = batch_size or len(pixels)
+    if runner.max_batch:
+        step = min(step, runner.max_batch)
+    outputs = [runner.predict(np.stack(pixels[i : i + step])) for i in range(0, len(pixels), step)]
+    scores = np.concatenate(outputs).astype(np.float32)
+    if scores.ndim != 2:
+        scores = scores.reshape(len(pixels), -1)
+    classes = scores.shape[1]
+    labels = opened.labels
+    if labels is not None and len(labels) != classes:
+        raise ModelFileError(
+            f"the labels ({opened.labels_source}) name {len(labels)} classes but the model outputs {classes}; "
+            "pass a label file with one line per output class"
+        )
+    normalized = "probabilities"
+    if not _looks_like_probabilities(scores):
+        scores, normalized = _softmax(scores), "softmax of the model's outputs (they were not probabilities)"
+    k = min(top_k, classes)
+    results = []
+    for path, row in zip(images, scores, strict=True):
+        order = np.argsort(-row, kind="stable")[:k]
+        results.append(
+            {
+                "image": str(path),
+                "top_k": [
+                    {
+                        "rank": r + 1,
+                        "index": int(i),
+                        "label": labels[i] if labels is not None else str(int(i)),
+                        "probability": float(row[i]),
+                    }
+                    for r, i in enumerate(order)
+                ],
+            }
+        )
+    return {
+        "model": opened.source,
+        "variant": opened.variant,
+        "format": runner.format,
+        "input": {
+            "height": opened.contract.height,
+            "width": opened.contract.width,
+            "dtype": runner.input_dtype.name,
+            "quantization": list(runner.input_quant) if runner.input_quant else None,
+        },
+        "labels_source": opened.labels_source,
+        "scores": normalized,
+        "predictions": results,
+    }
+
+
+def _print_predictions(result: dict[str, Any]) -> None:
+    inp = result["input"]
+    variant = f" variant {result['variant']}" if result["variant"] else ""
+    print(
+        f"model {result['model']}{variant} ({result['format']}, {inp['height']}x{inp['width']} {inp['dtype']} input), "
+        f"labels from {result['labels_source']}"
+    )
+    if result["scores"] != "probabilities":
+        print(f"scores: {result['scores']}")
+    rows = []
+    for pred in result["predictions"]:
+        for item in pred["top_k"]:
+            rows.append(
+                [
+                    pred["image"] if item["rank"] == 1 else "",
+                    str(item["rank"]),
+                    item["label"],
+                    f"{item['probability']:.4f}",
+                ]
+            )
+    print(_table(rows, ["image", "rank", "label", "probability"], right={1, 3}))
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    opened = open_model(args.model, variant=args.variant, threads=args.threads, labels_file=args.labels)
+    try:
+        result = predict_files(opened, args.images, top_k=args.top_k, batch_size=args.batch_size)
+    finally:
+        opened.runner.close()
+    if args.json:
+        _print_json(result)
+    else:
+        _print_predictions(result)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- bench
+def _print_bench(r: dict[str, Any]) -> None:
+    variant = f" variant {r['variant']}" if r["variant"] else ""
+    print(
+        f"model {r['model']}{variant} ({r['format']}), {r['threads']} thread(s), batch {r['batch_size']}, mode {r['mode']}"
+    )
+    for spec in r["inputs"]:
+        q = f" quant {spec['quantization']}" if spec["quantization"] else ""
+        print(f"  input  {spec['name']}: {spec['dtype']} {tuple(spec['shape'])}{q}")
+    for spec in r["outputs"]:
+        print(f"  output {spec['name']}: {spec['dtype']} {tuple(spec['shape'])}")
+    load = f"{r['load_ms']:.2f} ms" if r["load_ms"] is not None else "n/a"
+    delta = f"{r['rss_delta_mib']:+.1f} MiB" if r["rss_delta_mib"] is not None else "n/a"
+    rows = [
+        ["model load", load],
+        ["first inference", f"{r['first_ms']:.3f} ms"],
+        ["warm-up", f"{r['warmup_runs']} runs, mean {r['warmup_mean_ms']:.3f} ms"],
+        ["timed runs", f"{r['runs']} in {r['total_s']:.2f} s"],
+        ["p50", f"{r['p50_ms']:.3f} ms"],
+        ["p90", f"{r['p90_ms']:.3f} ms"],
+        ["p99", f"{r['p99_ms']:.3f} ms"],
+        ["mean +- std", f"{r['mean_ms']:.3f} +- {r['std_ms']:.3f} ms"],
+        ["min / max", f"{r['min_ms']:.3f} / {r['max_ms']:.3f} ms"],
+        ["throughput", f"{r['throughput_ips']:.1f} images/s ({r['inferences_per_s']:.1f} inferences/s)"],
+        ["peak RSS (ru_maxrss)", f"{r['peak_rss_mib']:.1f} MiB"],
+        ["RSS delta since load", delta],
+    ]
+    print(_table(rows, ["metric", "value"]))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edge.bench import bench_model
+
+    result = bench_model(
+        args.model,
+        variant=args.variant,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        runs=args.runs,
+        min_time=args.min_time,
+        max_time=args.max_time,
+        warmup_runs=args.warmup,
+        mode=args.mode,
+    )
+    data = result.to_dict(include_times=args.times)
+    if args.json:
+        _print_json(data)
+    else:
+        _print_bench(data)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- eval
+def _print_eval(r: dict[str, Any]) -> None:
+    print(
+        f"package {r['package']} variant {r['variant']} ({r['variant_file']}), data {r['data_dir']} "
+        f"(split {r['split']}): {r['images']} images, {r['ms_per_image']:.2f} ms/image"
+    )
+    if r["skipped"]:
+        first = r["skipped"][0]
+        print(f"skipped {len(r['skipped'])} file(s), first: {first['path']}: {first['reason']}")
+    if r["unknown_classes"]:
+        named = ", ".join(f"{k} ({v})" for k, v in sorted(r["unknown_classes"].items()))
+        print(f"ignored folders that are not labels of the model: {named}")
+    print(
+        f"accuracy {r['accuracy']:.4f}   macro F1 {r['macro']['f1']:.4f}   weighted F1 {r['weighted']['f1']:.4f}"
+    )
+    rows = [
+        [c["label"], f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", str(c["support"])]
+        for c in r["per_class"]
+    ]
+    m = r["macro"]
+    rows.append(
+        ["macro avg", f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", str(r["images"])]
+    )
+    print(_table(rows, ["label", "precision", "recall", "f1", "support"], right={1, 2, 3, 4}))
+    print("confusion matrix (rows: true label, columns: predicted)")
+    labels = r["labels"]
+    conf_rows = [[labels[i], *(str(v) for v in row)] for i, row in enumerate(r["confusion"])]
+    print(_table(conf_rows, ["", *labels], right=set(range(1, len(labels) + 1))))
+    ref = r["reference"]
+    if ref["top1_agreement"] is not None:
+        print(
+            f"reference: {ref['matched']} of {ref['total']} reference images matched; top-1 agreement "
+            f"{ref['top1_agreement']:.4f}; max |p - p_ref| {ref['max_abs_diff']:.4g}; mean {ref['mean_abs_diff']:.4g}"
+            + (f"; {ref['label_mismatches']} label mismatch(es)" if ref["label_mismatches"] else "")
+        )
+    else:
+        print(f"reference: {ref['message']}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from edge.evaluate import evaluate_package
+
+    if not Path(args.package).is_dir():
+        raise PackageError(
+            f"{args.package} is not a model package folder; eval needs a package (with manifest.json)"
+        )
+    result = evaluate_package(
+        args.package,
+        args.data_dir,
+        variant=args.variant,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        split=args.split,
+    )
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        _print_eval(result.to_dict())
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The ``shipyard-edge`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="shipyard-edge",
+        description="Run, benchmark and check a Shipyard model on this device (no TensorFlow needed).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,bench,eval}")
+
+    def common(p: argparse.ArgumentParser, variant: bool = True) -> None:
+        if variant:
+            p.add_argument("--variant", help="package variant, e.g. int8.tflite, fp32.tflite, model.onnx")
+        p.add_argument("--threads", type=_positive_int, help="inference threads (default: all cores)")
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        p.add_argument("--verbose", action="store_true", help="keep the runtimes' own log lines on stderr")
+
+    p = sub.add_parser("predict", help="top-k labels of images")
+    p.add_argument("model", help="a model package folder or a .tflite/.onnx file")
+    p.add_argument("images", nargs="+", help="image files (JPEG, PNG, WebP, BMP)")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="labels per image (default 5)")
+    p.add_argument("--labels", help="label file for a bare model: one label per line, in class order")
+    p.add_argument(
+        "--batch-size", type=_positive_int, help="images per inference (default: all in one batch)"
+    )
+    common(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("bench", help="latency, throughput and memory, like TFLite's benchmark_model")
+    p.add_argument("model", help="a model package folder or a .tflite/.onnx file")
+    p.add_argument(
+        "--runs", type=_positive_int, default=50, help="at least this many timed runs (default 50)"
+    )
+    p.add_argument(
+        "--min-time", type=_non_negative_float, default=1.0, help="and at least this many seconds (1.0)"
+    )
+    p.add_argument(
+        "--max-time", type=_non_negative_float, default=150.0, help="stop after this many seconds (150)"
+    )
+    p.add_argument(
+        "--warmup",
+        type=_non_negative_int,
+        default=5,
+        help="warm-up runs after the first inference (default 5)",
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=1, help="batch size of every input (default 1)"
+    )
+    p.add_argument(
+        "--mode",
+        choices=("invoke", "predict"),
+        default="invoke",
+        help="invoke: time the runtime alone, inputs set once (default); predict: the runner's full predict",
+    )
+    p.add_argument("--times", action="store_true", help="with --json, include every run's time")
+    common(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("eval", help="accuracy and agreement with the package's reference, on this device")
+    p.add_argument("package", help="a model package folder")
+    p.add_argument("data_dir", help="class folders, or train/ val/ test/ holding class folders")
+    p.add_argument("--split", help="with split folders: test (default when present), val, train or all")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per inference (default 32)")
+    common(p)
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr(enabled: bool) -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null while the runtimes run (LiteRT prints INFO lines there).
+
+    Their errors still reach us as exceptions, whose text goes into our one-line message.
+    """
+    if not enabled:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError):  # no real fd 2 (embedded, captured): nothing to silence
+        yield
+        return
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``shipyard-edge``; returns the exit status (2 for every handled error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "max_time", 1.0) == 0:
+        parser.error("--max-time must be > 0")
+    try:
+        with _quiet_native_stderr(not args.verbose):
+            return int(args.func(args))
+    except BrokenPipeError:  # the reader went away (| head): stop quietly, as Unix tools do
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (ShipyardError, OSError) as exc:
+        message = " ".join(str(exc).split())
+        print(f"shipyard-edge {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,472 @@
+"""Evaluate a package's variant on this device, on a folder of labelled images (numpy only).
+
+Measures accuracy, per-class precision/recall/F1 and the confusion matrix with the chosen runtime, and
+compares the device's probabilities with the Keras float reference the package carries
+(``reference/predictions.npz``), image by image, matched by relative path.
+
+The data folder is laid out as for training: one subfolder per class (images anywhere below it), or
+split folders (``train/``, ``val/`` or ``validation/``, ``test/``) that each hold class subfolders.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from edge.errors import DataError, ImageError
+from edge.manifest import InputContract, Manifest, verify_file
+from edge.package import open_variant_runner
+from edge.preprocess import IMAGE_SUFFIXES, decode_file
+from edge.runners import Runner
+
+REFERENCE_FILE = "reference/predictions.npz"
+#: Split folder names, as training reads them.
+SPLIT_DIRS: frozenset[str] = frozenset({"train", "val", "validation", "test"})
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """One image found in the data folder."""
+
+    relpath: str  # posix, relative to the data folder
+    path: Path
+    class_name: str
+
+
+@dataclass
+class ReferenceComparison:
+    """How the device's probabilities compare with ``reference/predictions.npz``."""
+
+    available: bool
+    total: int = 0
+    matched: int = 0
+    top1_agreement: float | None = None
+    max_abs_diff: float | None = None
+    mean_abs_diff: float | None = None
+    label_mismatches: int = 0
+    message: str = ""
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate_package` measured."""
+
+    package: str
+    variant: str
+    variant_file: str
+    data_dir: str
+    split: str
+    labels: list[str]
+    images: int
+    accuracy: float
+    per_class: list[dict[str, Any]]
+    macro: dict[str, float]
+    weighted: dict[str, float]
+    confusion: list[list[int]]
+    reference: ReferenceComparison
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    unknown_classes: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    ms_per_image: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _files_below(folder: Path) -> list[Path]:
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files.extend(Path(dirpath) / f for f in filenames if not f.startswith("."))
+    return sorted(files)
+
+
+def find_images(
+    data_dir: str | Path, split: str | None = None, labels: list[str] | None = None
+) -> tuple[list[LabelledImage], str, list[dict[str, str]]]:
+    """List the labelled images of a data folder.
+
+    Args:
+        data_dir: one subfolder per class, or split folders (``train/``, ``val/``, ``test/``) holding
+            class subfolders.
+        split: with split folders, the split to read: ``test`` by default when present, else ``val``,
+            else everything; ``"all"`` reads every split.
+        labels: the model's labels; a folder named like a split is only read as a split when it is not
+            one of them.
+
+    Returns:
+        ``(images, split_read, skipped)``: the images (relative paths against ``data_dir``), the split
+        read (``"all"`` for a class-folder root) and the files skipped for their suffix.
+
+    Raises:
+        DataError: the folder is missing, has no class folders, or the split asked for is absent.
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(
+            f"data folder {root} does not exist or is not a folder; pass a folder of class subfolders"
+        )
+    subdirs = _subdirs(root)
+    names = {p.name for p in subdirs}
+    label_set = set(labels or [])
+    is_split = (
+        bool(names) and names <= SPLIT_DIRS and not (names & label_set) and any(_subdirs(p) for p in subdirs)
+    )
+    if is_split:
+        if split in (None, ""):
+            split = next((s for s in ("test", "val", "validation") if s in names), "all")
+        if split != "all" and split not in names:
+            raise DataError(
+                f"--split {split!r} is not a folder of {root}; it has: {', '.join(sorted(names))} (or use --split all)"
+            )
+        class_roots = [d for s in subdirs if split in ("all", s.name) for d in _subdirs(s)]
+    else:
+        if split not in (None, "", "all"):
+            raise DataError(
+                f"--split {split!r} was given but {root} has no split folders (train/, val/, test/); "
+                "it holds class folders directly: drop --split"
+            )
+        split = "all"
+        class_roots = subdirs
+    if not class_roots:
+        raise DataError(
+            f"{root} has no class folders; pass a folder with one subfolder per class, or with "
+            "train/<class>/, val/<class>/, test/<class>/"
+        )
+    images: list[LabelledImage] = []
+    skipped: list[dict[str, str]] = []
+    for class_dir in class_roots:
+        for path in _files_below(class_dir):
+            rel = path.relative_to(root).as_posix()
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                skipped.append(
+                    {"path": rel, "reason": f"suffix {path.suffix or '(none)'} is not an image suffix"}
+                )
+                continue
+            images.append(LabelledImage(rel, path, class_dir.name))
+    return images, split, skipped
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1/support, macro and weighted averages, and the confusion matrix.
+
+    Args:
+        y_true: true class indices, shape ``(N,)``.
+        y_pred: predicted class indices, shape ``(N,)``.
+        labels: the class names (their count fixes the matrix size).
+
+    Returns:
+        A dict with ``accuracy``, ``per_class`` (list of dicts), ``macro``, ``weighted`` and ``confusion``
+        (rows: true class, columns: predicted class). A class without predictions (or without support)
+        has precision (or recall) 0.
+
+    Raises:
+        ValueError: the arrays differ in length or hold an index outside the labels.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    n = len(labels)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true has shape {y_true.shape}, y_pred {y_pred.shape}; they must match")
+    if y_true.size and (min(y_true.min(), y_pred.min()) < 0 or max(y_true.max(), y_pred.max()) >= n):
+        raise ValueError(f"class indices must be in 0..{n - 1} for {n} labels")
+    confusion = np.zeros((n, n), dtype=np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    tp = np.diag(confusion).astype(np.float64)
+    predicted = confusion.sum(axis=0).astype(np.float64)
+    support = confusion.sum(axis=1).astype(np.float64)
+    precision = np.divide(tp, predicted, out=np.zeros(n), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros(n), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(n), where=denom > 0)
+    total = support.sum()
+    weights = support / total if total > 0 else np.zeros(n)
+    present = support > 0
+    per_class = [
+        {
+            "label": labels[i],
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i in range(n)
+    ]
+
+    def _avg(values: np.ndarray, w: np.ndarray | None) -> float:
+        if w is not None:
+            return float((values * w).sum())
+        return float(values[present].mean()) if present.any() else 0.0
+
+    return {
+        "accuracy": float(tp.sum() / total) if total > 0 else 0.0,
+        "per_class": per_class,
+        "macro": {"precision": _avg(precision, None), "recall": _avg(recall, None), "f1": _avg(f1, None)},
+        "weighted": {
+            "precision": _avg(precision, weights),
+            "recall": _avg(recall, weights),
+            "f1": _avg(f1, weights),
+        },
+        "confusion": confusion.tolist(),
+    }
+
+
+def _parts(path: str) -> tuple[str, ...]:
+    return tuple(PurePosixPath(path.replace("\\", "/")).parts)
+
+
+def match_reference(local: list[str], reference: list[str]) -> list[int | None]:
+    """Match local relative paths to reference paths; return the reference index of each (or ``None``).
+
+    Two paths match when they are equal, or when one is the other with leading folders added (so
+    ``3/img_0012.png`` in a ``test/`` folder matches ``test/3/img_0012.png``, and the reverse). At least
+    the class folder and the file name must agree; a path that would match several references is left
+    unmatched.
+    """
+    full: dict[tuple[str, ...], int] = {}
+    suffixes: dict[tuple[str, ...], int] = {}
+    for i, ref in enumerate(reference):
+        parts = _parts(ref)
+        full[parts] = -1 if parts in full else i
+        for k in range(2, len(parts) + 1):
+            suf = parts[-k:]
+            suffixes[suf] = -1 if suffixes.get(suf, i) != i else i
+    out: list[int | None] = []
+    for rel in local:
+        parts = _parts(rel)
+        found: int | None = None
+        if parts in full:
+            found = full[parts]
+        elif len(parts) >= 2 and parts in suffixes:
+            found = suffixes[parts]
+        else:
+            for k in range(len(parts) - 1, 1, -1):
+                if parts[-k:] in full:
+                    found = full[parts[-k:]]
+                    break
+        out.append(found if found is not None and found >= 0 else None)
+    return out
+
+
+def load_reference(package: str | Path, manifest: Manifest) -> dict[str, np.ndarray] | None:
+    """Read ``reference/predictions.npz`` (verified against the manifest when listed), or ``None`` if absent.
+
+    Raises:
+        IntegrityError: the file is listed but its sha256 differs.
+        PackageError: the file lacks ``paths`` or ``probabilities``.
+    """
+    from edge.errors import PackageError
+
+    path = Path(package) / REFERENCE_FILE
+    if not path.is_file():
+        return None
+    if REFERENCE_FILE in manifest.files:
+        verify_file(package, manifest, REFERENCE_FILE)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise PackageError(f"{path} is not a readable .npz file ({exc}); re-create the package") from exc
+    missing = [k for k in ("paths", "probabilities") if k not in arrays]
+    if missing:
+        raise PackageError(f"{path} lacks the array(s) {', '.join(missing)}; re-create the package")
+    return arrays
+
+
+def predict_images(
+    runner: Runner, images: list[Path], contract: InputContract, batch_size: int = 32
+) -> tuple[np.ndarray, list[int], list[dict[str, str]]]:
+    """Decode and run images in batches; images that fail to decode are skipped, not fatal.
+
+    Args:
+        runner: the model's runner.
+        images: image files.
+        contract: the input contract to decode to.
+        batch_size: images per inference (capped by a model's fixed batch size).
+
+    Returns:
+        ``(probabilities, kept, skipped)``: probabilities of the kept images (float32 ``N x C``), the
+        indices into ``images`` that were kept, and ``{"path", "reason"}`` for each skipped one.
+    """
+    step = max(1, min(batch_size, runner.max_batch or batch_size))
+    probs: list[np.ndarray] = []
+    kept: list[int] = []
+    skipped: list[dict[str, str]] = []
+    pending: list[np.ndarray] = []
+    pending_idx: list[int] = []
+
+    def flush() -> None:
+        if pending:
+            probs.append(np.asarray(runner.predict(np.stack(pending)), dtype=np.float32))
+            kept.extend(pending_idx)
+            pending.clear()
+            pending_idx.clear()
+
+    for i, path in enumerate(images):
+        try:
+            pending.append(decode_file(path, contract))
+            pending_idx.append(i)
+        except ImageError as exc:
+            skipped.append({"path": str(path), "reason": str(exc)})
+        if len(pending) >= step:
+            flush()
+    flush()
+    out = np.concatenate(probs) if probs else np.zeros((0, 0), dtype=np.float32)
+    return out, kept, skipped
+
+
+def compare_with_reference(
+    relpaths: list[str], true_idx: np.ndarray, probs: np.ndarray, reference: dict[str, np.ndarray] | None
+) -> ReferenceComparison:
+    """Top-1 agreement and probability differences of the device's outputs against the reference.
+
+    Args:
+        relpaths: the images' paths relative to the data folder (posix).
+        true_idx: their true class indices (checked against the reference's labels).
+        probs: the device's probabilities, one row per image.
+        reference: the arrays of ``reference/predictions.npz``, or ``None`` when the package has none.
+
+    Returns:
+        A :class:`ReferenceComparison`; ``matched == 0`` with a message saying why when nothing matched.
+    """
+    if reference is None:
+        return ReferenceComparison(
+            available=False, message=f"the package has no {REFERENCE_FILE}; agreement not computed"
+        )
+    ref_paths = [str(p) for p in reference["paths"].tolist()]
+    ref_probs = np.asarray(reference["probabilities"], dtype=np.float32)
+    ref_labels = reference.get("labels")
+    matches = match_reference(relpaths, ref_paths)
+    local = [i for i, m in enumerate(matches) if m is not None]
+    if not local:
+        example_ref = ref_paths[0] if ref_paths else "(none)"
+        example_local = relpaths[0] if relpaths else "(none)"
+        return ReferenceComparison(
+            available=True,
+            total=len(ref_paths),
+            message=(
+                f"none of the {len(relpaths)} images matches the {len(ref_paths)} reference images by relative path "
+                f"(reference e.g. {example_ref!r}, here e.g. {example_local!r}); pass the data folder the "
+                "package was trained on to compare with the reference"
+            ),
+        )
+    ref_idx = np.array([matches[i] for i in local], dtype=np.int64)
+    mine = probs[local]
+    theirs = ref_probs[ref_idx]
+    if mine.shape[1] != theirs.shape[1]:
+        return ReferenceComparison(
+            available=True,
+            total=len(ref_paths),
+            matched=len(local),
+            message=f"the reference has {theirs.shape[1]} classes, the model {mine.shape[1]}; not compared",
+        )
+    diff = np.abs(mine - theirs)
+    mismatches = 0
+    if ref_labels is not None:
+        mismatches = int((np.asarray(ref_labels)[ref_idx] != true_idx[local]).sum())
+    agreement = float((mine.argmax(axis=1) == theirs.argmax(axis=1)).mean())
+    return ReferenceComparison(
+        available=True,
+        total=len(ref_paths),
+        matched=len(local),
+        top1_agreement=agreement,
+        max_abs_diff=float(diff.max()),
+        mean_abs_diff=float(diff.mean()),
+        label_mismatches=mismatches,
+        message=f"{len(local)} of {len(ref_paths)} reference images matched",
+    )
+
+
+def evaluate_package(
+    package: str | Path,
+    data_dir: str | Path,
+    *,
+    variant: str | None = None,
+    threads: int | None = None,
+    batch_size: int = 32,
+    split: str | None = None,
+) -> EvalResult:
+    """Evaluate a variant of a package on a data folder, on this device.
+
+    Args:
+        package: the package directory.
+        data_dir: the labelled images (see :func:`find_images`).
+        variant: the variant to run (default as :func:`edge.package.choose_variant`).
+        threads: inference threads (default: all cores).
+        batch_size: images per inference.
+        split: the split folder to read (see :func:`find_images`).
+
+    Returns:
+        An :class:`EvalResult`.
+
+    Raises:
+        PackageError, IntegrityError, ModelFileError: the package or variant cannot be opened.
+        DataError: the data folder is missing, holds no class folders, or no usable image of a known class.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}; use 1 or more")
+    runner, manifest, key = open_variant_runner(package, variant, num_threads=threads)
+    try:
+        found, split_read, skipped = find_images(data_dir, split, manifest.labels)
+        index = {name: i for i, name in enumerate(manifest.labels)}
+        unknown: dict[str, int] = {}
+        usable: list[LabelledImage] = []
+        for img in found:
+            if img.class_name in index:
+                usable.append(img)
+            else:
+                unknown[img.class_name] = unknown.get(img.class_name, 0) + 1
+        if not usable:
+            extra = f" (its folders: {', '.join(sorted(unknown))})" if unknown else ""
+            raise DataError(
+                f"{data_dir} holds no image in a folder named after one of the model's labels "
+                f"({', '.join(manifest.labels[:10])}{', ...' if len(manifest.labels) > 10 else ''}){extra}; "
+                "pass the folder of class subfolders the model was trained on"
+            )
+        reference = load_reference(package, manifest)
+        start = time.perf_counter()
+        probs, kept, bad = predict_images(runner, [img.path for img in usable], manifest.input, batch_size)
+        seconds = time.perf_counter() - start
+    finally:
+        runner.close()
+    root = Path(data_dir)
+    for item in bad:
+        item["path"] = Path(item["path"]).relative_to(root).as_posix()
+    skipped.extend(bad)
+    if not kept:
+        raise DataError(
+            f"none of the {len(usable)} images in {data_dir} could be decoded; first: {bad[0]['reason']}"
+        )
+    kept_images = [usable[i] for i in kept]
+    y_true = np.array([index[img.class_name] for img in kept_images], dtype=np.int64)
+    metrics = classification_metrics(y_true, probs.argmax(axis=1), manifest.labels)
+    comparison = compare_with_reference([img.relpath for img in kept_images], y_true, probs, reference)
+    return EvalResult(
+        package=manifest.tag,
+        variant=key,
+        variant_file=manifest.variants[key].file,
+        data_dir=str(data_dir),
+        split=split_read,
+        labels=list(manifest.labels),
+        images=len(kept_images),
+        accuracy=metrics["accuracy"],
+        per_class=metrics["per_class"],
+        macro=metrics["macro"],
+        weighted=metrics["weighted"],
+        confusion=metrics["confusion"],
+        reference=comparison,
+        skipped=skipped,
+        unknown_classes=unknown,
+        seconds=seconds,
+        ms_per_image=1000 * seconds / len(usable),
+    )
