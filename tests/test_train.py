@@ -1,0 +1,251 @@
+"""Training, packaging, registry and the CLI verbs, on tiny real models."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import BIN, TINY_TRAIN, run_cli
+
+from edge.errors import IntegrityError
+from edge.manifest import read_manifest, verify_package
+from training.config import load_pipeline_config
+
+
+def test_package_holds_everything_the_contract_lists(tiny_package):
+    manifest = verify_package(tiny_package)
+    assert manifest.labels == ["0", "1", "2"]
+    assert (manifest.input.height, manifest.input.width, manifest.input.dtype) == (32, 32, "uint8")
+    for rel in ("keras/model.keras", "eval/metrics.json", "eval/confusion_matrix.png", "eval/learning_curves.png",
+                "reference/predictions.npz", "reference/stats.json", "reference/embeddings.npy", "logs/history.json",
+                "logs/history.csv"):
+        assert rel in manifest.files, rel
+    ds = manifest.dataset
+    assert ds is not None and ds.loading in ("memory", "stream") and ds.loading_reason
+    assert sum(ds.split_counts.values()) == sum(sum(c.values()) for c in ds.class_counts.values())
+    # metrics are real: a 3-class digit model beats the majority baseline by far
+    assert manifest.metrics["accuracy"] > 0.8 > manifest.metrics["majority_baseline_accuracy"]
+    cm = json.loads((tiny_package / "eval" / "confusion_matrix.json").read_text())["matrix"]
+    assert int(np.sum(cm)) == manifest.metrics["test_count"] == ds.split_counts["test"]
+    hist = json.loads((tiny_package / "logs" / "history.json").read_text())
+    assert len(hist["loss"]) == 3 and "val_accuracy" in hist and "learning_rate" in hist
+    ref = np.load(tiny_package / "reference" / "predictions.npz")
+    assert ref["probabilities"].shape == (ds.split_counts["test"], 3)
+    assert all((Path(ds.path) / p).is_file() for p in ref["paths"][:5])
+    stats = json.loads((tiny_package / "reference" / "stats.json").read_text())
+    assert abs(sum(stats["class_frequencies"]) - 1) < 1e-6
+    assert len(stats["image_stats"]["brightness"]) == stats["count"] == ds.split_counts["val"]
+    assert stats["embedding"]["dim"] == np.load(tiny_package / "reference" / "embeddings.npy").shape[1]
+
+
+def test_loading_refuses_tampered_files(package_copy):
+    from training.package import load_package_model
+
+    keras_file = package_copy / "keras" / "model.keras"
+    keras_file.write_bytes(keras_file.read_bytes()[:-100])
+    with pytest.raises(IntegrityError, match="sha256"):
+        load_package_model(package_copy)
+    from training.registry import register
+
+    with pytest.raises(IntegrityError):
+        register(package_copy)
+
+
+def test_register_list_and_idempotence(package_copy):
+    from training.registry import list_models, package_path, register
+
+    manifest = read_manifest(package_copy)
+    tag = register(package_copy)
+    assert tag == manifest.tag == "tiny:v1"
+    assert register(package_copy) == tag  # same files: same tag, no error
+    stored = package_path("tiny:latest")
+    assert read_manifest(stored).files == manifest.files
+    assert not (stored / "checkpoints").exists(), "checkpoints must not be copied into the store"
+    rows = [r for r in list_models("tiny") if r["tag"] == tag]
+    assert rows and rows[0]["accuracy"] == pytest.approx(manifest.metrics["accuracy"])
+
+
+def test_cli_verbs_chain(small_demo_dir, tmp_path):
+    out = tmp_path / "runs"
+    args = [str(Path(__file__).parents[1] / "configs" / "demo.yaml"), "--data", str(small_demo_dir), "--output", str(out),
+            "--quiet", "--set", "train.epochs=1", "--set", "model.name=chain", "--set", "train.early_stopping_patience=0"]
+    train = run_cli("train", *args)
+    assert train.returncode == 0, train.stderr[-2000:]
+    package = Path(train.stdout.strip().splitlines()[-1])
+    assert (package / "manifest.json").is_file()
+    assert "majority baseline" in train.stdout and "macro.f1" in train.stdout
+    reg = run_cli("register", str(package))
+    assert reg.returncode == 0, reg.stderr[-2000:]
+    tag = reg.stdout.strip().splitlines()[-1]
+    assert tag.startswith("chain:")
+    listing = run_cli("models", "list")
+    assert tag in listing.stdout and "accuracy" in listing.stdout
+    ev = run_cli("evaluate", str(package), str(small_demo_dir), "--compare", str(package))
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    assert "model - other" in ev.stdout and "+0.0000" in ev.stdout
+
+
+def test_cli_bad_inputs_are_one_line_errors(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = run_cli("train", str(Path(__file__).parents[1] / "configs" / "demo.yaml"), "--data", str(empty))
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("error:")
+    assert "Traceback" not in res.stderr
+    res = run_cli("train", str(Path(__file__).parents[1] / "configs" / "demo.yaml"), "--set", "train.epochz=1")
+    assert res.returncode == 2 and "unknown key 'train.epochz'" in res.stderr
+    res = run_cli("train", str(Path(__file__).parents[1] / "configs" / "demo.yaml"), "--data", str(tmp_path / "nope"))
+    assert res.returncode == 2 and "is not a folder" in res.stderr
+    res = run_cli("evaluate", str(tmp_path))
+    assert res.returncode == 2 and "no manifest.json" in res.stderr
+
+
+def _weights(package: Path):
+    from training.package import load_package_model
+
+    model, _ = load_package_model(package)
+    return model.get_weights()
+
+
+def test_same_seed_same_weights(small_demo_dir, tmp_path):
+    from training.pipeline import run_train
+
+    packages = []
+    for i in range(2):
+        cfg = load_pipeline_config(
+            None, [*TINY_TRAIN, "train.epochs=1", "train.deterministic=true", f"train.version=det{i}",
+                   "data.augment.rotation=0.05"], data=small_demo_dir)
+        packages.append(run_train(cfg, tmp_path, verbose=0).package)
+    for a, b in zip(_weights(packages[0]), _weights(packages[1]), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_after_sigkill(small_demo_dir, tmp_path):
+    from training.pipeline import run_train
+
+    epochs = 5
+    common = [*TINY_TRAIN, f"train.epochs={epochs}", "train.deterministic=true", "model.name=resume"]
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(f"data:\n  path: {small_demo_dir}\n")
+    cmd = [str(BIN / "shipyard"), "train", str(cfg_file), "--output", str(tmp_path / "killed"), "--quiet"]
+    for item in [*common, "train.version=r1"]:
+        cmd += ["--set", item]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    history = tmp_path / "killed" / "resume" / "r1" / "logs" / "history.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if history.is_file() and len(history.read_text().strip().splitlines()) >= 3:  # header + 2 epochs
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before it could be killed: {proc.stderr.read()[-1500:]}")
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(history.read_text().strip().splitlines()) - 1
+    assert 2 <= done_before < epochs
+
+    res = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    resumed = Path(res.stdout.strip().splitlines()[-1])
+    manifest = read_manifest(resumed)
+    assert manifest.metrics["epochs"] == epochs
+    hist = json.loads((resumed / "logs" / "history.json").read_text())
+    assert len(hist["loss"]) == epochs, "each epoch appears once in the history"
+
+    cfg = load_pipeline_config(None, [*common, "train.version=r2"], data=small_demo_dir)
+    straight = run_train(cfg, tmp_path / "straight", verbose=0).package
+    assert read_manifest(straight).metrics["epochs"] == epochs
+    a, b = _weights(resumed), _weights(straight)
+    rel = [np.linalg.norm(x - y) / (np.linalg.norm(y) + 1e-9) for x, y in zip(a, b, strict=True) if x.ndim > 1]
+    assert max(rel) < 0.35, rel
+    assert abs(manifest.metrics["accuracy"] - read_manifest(straight).metrics["accuracy"]) < 0.05
+
+
+def test_transfer_learning_beats_scratch(tmp_path):
+    """Pretrain a small base on digits 0-4, transfer it to digits 5-9 with 20 images per class.
+
+    The transferred model (initialised from the pretrained base, fine-tuned whole) is compared with the
+    same architecture trained from scratch on the same 100 images, over three seeds each, on ~650
+    held-out test images.
+    """
+    import statistics
+
+    from training.demo import write_demo_data
+    from training.pipeline import run_train
+
+    pre_dir = tmp_path / "d04"
+    write_demo_data(pre_dir, size=32, classes=[0, 1, 2, 3, 4])
+    cfg = load_pipeline_config(
+        None, [*TINY_TRAIN, "model.name=pre", "train.epochs=8", "train.version=v1", "model.head.dense=[64]"], data=pre_dir
+    )
+    base = run_train(cfg, tmp_path / "runs", verbose=0).package
+    assert read_manifest(base).metrics["accuracy"] > 0.8
+
+    few = tmp_path / "d59"
+    full = tmp_path / "d59_all"
+    write_demo_data(full, size=32, classes=[5, 6, 7, 8, 9])
+    for cls_dir in sorted(p for p in full.iterdir() if p.is_dir()):
+        files = sorted(cls_dir.glob("*.png"))
+        for split, chunk in (("train", files[:20]), ("val", files[20:30]), ("test", files[30:])):
+            dest = few / split / cls_dir.name
+            dest.mkdir(parents=True)
+            for f in chunk:
+                (dest / f.name).write_bytes(f.read_bytes())
+
+    common = [*TINY_TRAIN, "train.learning_rate=0.001", "train.epochs=20", "data.batch_size=16"]
+    transfer = [f"model.base_model={base / 'keras' / 'model.keras'}", "model.freeze=none"]
+    acc: dict[str, list[float]] = {"transfer": [], "scratch": []}
+    for seed in (1, 2, 3):
+        for name, extra in (("transfer", transfer), ("scratch", [])):
+            cfg = load_pipeline_config(
+                None, [*common, *extra, f"model.name={name}", f"train.version=s{seed}", f"train.seed={seed}"], data=few
+            )
+            manifest = read_manifest(run_train(cfg, tmp_path / "runs", verbose=0).package)
+            assert manifest.metrics["test_count"] > 600
+            acc[name].append(manifest.metrics["accuracy"])
+    print(f"transfer {acc['transfer']} vs scratch {acc['scratch']}")
+    assert statistics.mean(acc["transfer"]) >= statistics.mean(acc["scratch"]) + 0.05, acc
+
+
+def test_streaming_training_matches_contract(small_demo_dir, tmp_path):
+    from training.pipeline import run_train
+
+    cfg = load_pipeline_config(
+        None, [*TINY_TRAIN, "train.epochs=1", "data.loading=stream", "model.name=stream", "train.version=v1"],
+        data=small_demo_dir,
+    )
+    pkg = run_train(cfg, tmp_path, verbose=0).package
+    manifest = read_manifest(pkg)
+    assert manifest.dataset.loading == "stream"
+    assert "stream" in manifest.dataset.loading_reason or "forced" in manifest.dataset.loading_reason.lower()
+
+
+def test_mirrored_strategy_trains(small_demo_dir, tmp_path):
+    from training.pipeline import run_train
+
+    cfg = load_pipeline_config(
+        None, [*TINY_TRAIN, "train.epochs=1", "train.distribution=mirrored", "model.name=mirror", "train.version=v1"],
+        data=small_demo_dir,
+    )
+    assert run_train(cfg, tmp_path, verbose=0).package.is_dir()
+
+
+def test_multi_worker_needs_tf_config(small_demo_dir, tmp_path, monkeypatch):
+    from edge.config import ConfigError
+    from training.pipeline import run_train
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    cfg = load_pipeline_config(None, [*TINY_TRAIN, "train.distribution=multi_worker"], data=small_demo_dir)
+    with pytest.raises(ConfigError, match="TF_CONFIG"):
+        run_train(cfg, tmp_path, verbose=0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
