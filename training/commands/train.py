@@ -34,6 +34,15 @@ def register(sub) -> None:
     p.set_defaults(handler=_pipeline)
 
 
+def _verbosity(args) -> int:
+    """Keras progress: a bar on a terminal, one line per epoch in a log, nothing with --quiet."""
+    import sys
+
+    if args.quiet:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
+
+
 def _load(args):
     from training.config import load_pipeline_config
 
@@ -44,7 +53,7 @@ def _train(args) -> int:
     from training.pipeline import run_train
 
     config = _load(args)
-    outcome = run_train(config, args.output, resume=args.resume, verbose=0 if args.quiet else "auto")
+    outcome = run_train(config, args.output, resume=args.resume, verbose=_verbosity(args))
     print(outcome.evaluation_table)
     print(f"\ntrained {outcome.epochs} epochs in {outcome.seconds:.1f}s")
     print(outcome.package)
@@ -63,7 +72,7 @@ def _pipeline(args) -> int:
     from training.pipeline import run_pipeline
 
     config = _load(args)
-    result = run_pipeline(config, args.output, verbose=0 if args.quiet else "auto")
+    result = run_pipeline(config, args.output, verbose=_verbosity(args))
     outcome = result["outcome"]
     print(outcome.evaluation_table)
     print(f"\ntrained {outcome.epochs} epochs in {outcome.seconds:.1f}s; registered as {result['tag']}")
