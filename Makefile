@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(BIN)/shipyard pipeline configs/demo.yaml
 
 test: $(STAMP)
+	bash scripts/system-deps.sh
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest
 
