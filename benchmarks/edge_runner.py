@@ -223,6 +223,7 @@ def measure(models: dict[str, str], rounds: int, runs: int, warmup: int) -> dict
             "ai_edge_litert": getattr(ai_edge_litert, "__version__", "unknown"),
             "numpy": np.__version__,
             "tensorflow_loaded_while_measuring": "tensorflow" in sys.modules,
+            "load_average_1_5_15_min_after": [round(x, 2) for x in os.getloadavg()],
         },
     }
 
@@ -263,6 +264,10 @@ def print_table(report: dict) -> None:
     print(
         f"\npreprocess (edge.preprocess.decode of a {p['jpeg_bytes']:,}-byte 224 px JPEG): p50 {p['decode_p50_ms']:.3f} ms "
         f"= {100 * p['fraction_of_int8_inference']:.1f}% of int8 inference at 1 thread ({p['int8_inference_1thread_p50_ms']:.2f} ms)"
+    )
+    env = report["environment"]
+    print(
+        f"{env['cores_usable']} usable core(s); load average after measuring: {env['load_average_1_5_15_min_after']}"
     )
     for name, ok in report["targets_met"].items():
         print(f"target {name}: {'met' if ok else 'MISSED'}")
