@@ -30,30 +30,28 @@ def classification_metrics(
         ``{"loss", "accuracy", "top{k}_accuracy"?, "macro": {...}, "weighted": {...},
         "per_class": {label: {precision, recall, f1, support}}, "confusion_matrix": [[...]], "count"}``.
     """
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+    from edge.evaluate import classification_metrics as count_metrics
 
     labels = np.asarray(labels, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     n_classes = len(class_names)
-    preds = probabilities.argmax(axis=1)
-    idx = list(range(n_classes))
-    p, r, f, s = precision_recall_fscore_support(labels, preds, labels=idx, zero_division=0)
+    preds = probabilities.argmax(axis=1) if len(labels) else np.zeros(0, np.int64)
+    # The same counting code runs on the device (shipyard-edge eval), so both sides report identical numbers.
+    counted = count_metrics(labels, preds, class_names)
     out: dict[str, Any] = {
         "count": len(labels),
         "loss": float(-np.mean(np.log(np.clip(probabilities[np.arange(len(labels)), labels], EPS, 1.0)))) if len(labels) else 0.0,
-        "accuracy": float(np.mean(preds == labels)) if len(labels) else 0.0,
+        "accuracy": counted["accuracy"],
     }
     if n_classes > top_k:
         topk = np.argsort(-probabilities, axis=1)[:, :top_k]
         out[f"top{top_k}_accuracy"] = float(np.mean([lab in row for lab, row in zip(labels, topk, strict=True)]))
-    for avg in ("macro", "weighted"):
-        ap, ar, af, _ = precision_recall_fscore_support(labels, preds, labels=idx, average=avg, zero_division=0)
-        out[avg] = {"precision": float(ap), "recall": float(ar), "f1": float(af)}
+    out["macro"] = counted["macro"]
+    out["weighted"] = counted["weighted"]
     out["per_class"] = {
-        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-        for i, name in enumerate(class_names)
+        row["label"]: {k: row[k] for k in ("precision", "recall", "f1", "support")} for row in counted["per_class"]
     }
-    out["confusion_matrix"] = confusion_matrix(labels, preds, labels=idx).tolist()
+    out["confusion_matrix"] = counted["confusion"]
     return out
 
 
