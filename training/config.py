@@ -156,28 +156,61 @@ class TrainConfig(StrictModel):
 
 
 class GateConfig(StrictModel):
-    """Pass/fail limits for exported variants against the Keras float reference."""
+    """Pass/fail limits for exported variants against the Keras float reference (on the test split).
+
+    Each variant of ``training.optimize.VARIANTS`` names its gate kind:
+
+    * ``float`` (fp32 TFLite, ONNX, SavedModel): the same top-1 class on every test image and class
+      probabilities within ``float_max_prob_diff``; a second ``embedding`` output within
+      ``embedding_max_rel_diff`` of the largest reference embedding value.
+    * ``fp16`` (float16 weights, computed in float32 on CPUs): weights lose about 3 decimal digits, so
+      probabilities may move by about 1e-3; the gate allows 1e-2 and 99% top-1 agreement.
+    * ``dynamic`` (int8 weights, activations quantized on the fly): behaves like int8, with int8's limits.
+    * ``int8`` (full integer): top-1 agreement and the accuracy lost. For variants that were fine-tuned
+      (QAT, pruning, clustering), agreement is measured against the fine-tuned float model the file was
+      converted from (``int8_agreement_with: parent``: the conversion must be faithful) or against the
+      original Keras model (``reference``); the accuracy drop is always against the original.
+    """
 
     float_min_agreement: float = Field(1.0, ge=0, le=1)
     float_max_prob_diff: float = Field(1e-4, ge=0)
+    embedding_max_rel_diff: float = Field(1e-4, ge=0, description="largest embedding difference / largest |embedding|")
+    fp16_min_agreement: float = Field(0.99, ge=0, le=1)
+    fp16_max_prob_diff: float = Field(1e-2, ge=0)
+    dynamic_min_agreement: float = Field(0.98, ge=0, le=1)
+    dynamic_max_accuracy_drop: float = Field(0.01, ge=0, le=1)
     int8_min_agreement: float = Field(0.98, ge=0, le=1)
     int8_max_accuracy_drop: float = Field(0.01, ge=0, le=1)
+    int8_agreement_with: Literal["parent", "reference"] = Field(
+        "parent", description="fine-tuned variants: agree with the float model they were converted from, or the original"
+    )
 
 
 class OptimizeConfig(StrictModel):
     """Quantization, pruning, clustering and export (see training.optimize.VARIANTS)."""
 
     variants: list[str] | None = Field(None, description="default: every registered variant")
-    representative_samples: int = Field(100, ge=1)
+    representative_samples: int = Field(100, ge=1, description="training images used to calibrate int8 ranges")
     qat_epochs: int = Field(2, ge=1)
     prune_sparsity: float = Field(0.75, gt=0, lt=1)
     prune_epochs: int = Field(2, ge=1)
+    prune_min_weights: int = Field(
+        1024, ge=0, description="only Conv2D/Dense kernels with at least this many weights are pruned or clustered"
+    )
     clusters: int = Field(16, ge=2)
     cluster_epochs: int = Field(2, ge=1)
     fine_tune_learning_rate: float = Field(1e-4, gt=0)
-    onnx_opset: int = Field(17, ge=13)
+    fine_tune_batch_size: int = Field(32, ge=1)
+    fine_tune_samples: int | None = Field(
+        None, ge=1, description="at most this many training images for QAT/pruning/clustering (default: all)"
+    )
+    eval_samples: int | None = Field(None, ge=1, description="at most this many test images for the gates (default: all)")
+    seed: int = 0
+    onnx_opset: int = Field(17, ge=13, le=18, description="tf2onnx 1.17 writes opsets 13..18")
+    latency: bool = Field(True, description="measure latency (off: faster, the report shows no latency)")
     latency_runs: int = Field(50, ge=1)
     latency_min_time_s: float = Field(1.0, ge=0)
+    latency_warmup_runs: int = Field(5, ge=0)
     gates: GateConfig = Field(default_factory=GateConfig)
 
 
