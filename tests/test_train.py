@@ -247,5 +247,31 @@ def test_multi_worker_needs_tf_config(small_demo_dir, tmp_path, monkeypatch):
         run_train(cfg, tmp_path, verbose=0)
 
 
+def test_multi_worker_cluster_and_mixed_precision(small_demo_dir, tmp_path):
+    """A one-worker MultiWorkerMirroredStrategy cluster on 127.0.0.1, with mixed float16 (CLI subprocess:
+    collectives must be configured before TensorFlow runs any op, which the test process already did)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    tf_config = {"cluster": {"worker": [f"127.0.0.1:{port}"]}, "task": {"type": "worker", "index": 0}}
+    sets = [*TINY_TRAIN, "train.epochs=1", "train.distribution=multi_worker", "train.mixed_precision=true",
+            "model.name=mw", "train.version=v1"]
+    args = ["train", str(Path(__file__).parents[1] / "configs" / "demo.yaml"), "--data", str(small_demo_dir),
+            "--output", str(tmp_path), "--quiet"]
+    for item in sets:
+        args += ["--set", item]
+    res = run_cli(*args, env={"TF_CONFIG": json.dumps(tf_config)}, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    package = Path(res.stdout.strip().splitlines()[-1])
+    from training.package import load_package_model
+
+    model, manifest = load_package_model(package)
+    assert manifest.training_config["train"]["distribution"] == "multi_worker"
+    assert model.get_layer("probabilities").dtype == "float32"  # the softmax stays float32 under mixed precision
+    assert any(layer.dtype_policy.name == "mixed_float16" for layer in model.layers if hasattr(layer, "dtype_policy"))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))

@@ -216,6 +216,8 @@ def train(
 
     started = time.perf_counter()
     require_data_dir(config)
+    # Multi-worker collectives must be configured before TensorFlow runs any op: make the strategy first.
+    strategy = make_strategy(config.train.distribution)
     configure_determinism(config.train.seed, config.train.deterministic)
     height, width = image_size_for(config.model, config.data.image_size)
     contract = InputContract(height=height, width=width)
@@ -228,7 +230,6 @@ def train(
     if config.train.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        strategy = make_strategy(config.train.distribution)
         with strategy.scope():
             model = build_model(config.model, num_classes, (height, width))
             compile_model(model, config.train, num_classes)
