@@ -125,13 +125,30 @@ def run_evaluate(package: Path | str, data: Path | str | None = None, compare: P
     return {"table": ev.table(), "evaluation": ev}
 
 
-def run_pipeline(config: PipelineConfig, output: Path | str = "runs", *, verbose: int | str = "auto") -> dict[str, Any]:
-    """Train, evaluate, package and register. Returns the package path, tag and evaluation table."""
+def run_pipeline(
+    config: PipelineConfig,
+    output: Path | str = "runs",
+    *,
+    verbose: int | str = "auto",
+    optimize: bool = True,
+    progress=None,
+) -> dict[str, Any]:
+    """Train, evaluate, package, optimize (build and check the edge variants) and register.
+
+    Returns ``{"package", "tag", "outcome", "optimize"}``; ``optimize`` is the
+    :class:`training.optimize.OptimizeOutcome` (None when skipped). The package is registered even when
+    a variant failed its gate, so it can be inspected; the caller decides the exit code.
+    """
     from training.registry import register
 
     outcome = run_train(config, output, verbose=verbose)
+    optimized = None
+    if optimize:
+        from training.optimize import run_optimize
+
+        optimized = run_optimize(outcome.package, config, progress=progress)
     tag = register(outcome.package)
-    return {"package": outcome.package, "tag": tag, "outcome": outcome}
+    return {"package": outcome.package, "tag": tag, "outcome": outcome, "optimize": optimized}
 
 
 __all__ = ["load_pipeline_config", "run_evaluate", "run_pipeline", "run_train"]

@@ -28,9 +28,10 @@ def register(sub) -> None:
     p.add_argument("--compare", default=None, metavar="OTHER", help="another package to compare with")
     p.set_defaults(handler=_evaluate)
 
-    p = sub.add_parser("pipeline", help="train, evaluate, package and register in one go")
+    p = sub.add_parser("pipeline", help="train, evaluate, package, optimize and register in one go")
     add_config_args(p)
     _common(p)
+    p.add_argument("--no-optimize", action="store_true", help="skip building the TFLite/ONNX variants")
     p.set_defaults(handler=_pipeline)
 
 
@@ -69,12 +70,29 @@ def _evaluate(args) -> int:
 
 
 def _pipeline(args) -> int:
+    import sys
+
     from training.pipeline import run_pipeline
 
     config = _load(args)
-    result = run_pipeline(config, args.output, verbose=_verbosity(args))
+
+    def progress(line: str) -> None:
+        if not args.quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    result = run_pipeline(
+        config, args.output, verbose=_verbosity(args), optimize=not args.no_optimize, progress=progress
+    )
     outcome = result["outcome"]
     print(outcome.evaluation_table)
+    code = 0
+    optimized = result["optimize"]
+    if optimized is not None:
+        from training.optimize_report import terminal_table
+
+        print()
+        print(terminal_table(optimized.results, optimized.reference))
+        code = optimized.exit_code
     print(f"\ntrained {outcome.epochs} epochs in {outcome.seconds:.1f}s; registered as {result['tag']}")
     print(result["package"])
-    return 0
+    return code
