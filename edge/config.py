@@ -47,7 +47,15 @@ class ServeConfig(StrictModel):
 
 
 class MonitorConfig(StrictModel):
-    """Latency and drift monitoring inside the service."""
+    """Latency and drift monitoring inside the service (:mod:`serving.monitoring`).
+
+    Drift is tested on a rolling window of the last ``window`` requests, every ``evaluate_every``
+    requests. ``ks_pvalue`` is the false-alarm probability of one evaluation over *all* signals: it is
+    split evenly over the signals (Bonferroni) and, for the input signal, again over its features.
+    ``psi_threshold`` and ``mmd_threshold`` are minimum effect sizes: the threshold used is the larger of
+    each and the statistic's null quantile at the corrected level, so a small reference split or a
+    small window does not raise false alarms.
+    """
 
     enabled: bool = True
     window: int = Field(200, ge=10, description="requests per drift window")
@@ -55,6 +63,24 @@ class MonitorConfig(StrictModel):
     ks_pvalue: float = Field(0.01, gt=0, lt=1)
     mmd_threshold: float = Field(0.05, gt=0)
     sink: str = Field("default", description="bentoml.monitor sink name")
+    evaluate_every: int | None = Field(
+        None, ge=1, description="requests between drift evaluations once the window is full (default window // 2)"
+    )
+    permutations: int = Field(200, ge=20, le=5000, description="permutations of the embedding MMD test")
+    sink_enabled: bool = Field(True, description="log every request's features and prediction via bentoml.monitor")
+    sink_class: str | None = Field(
+        None,
+        description="bentoml.monitor class: 'default', 'otlp' or a dotted path to a MonitorBase subclass; "
+        "None uses BentoML's monitoring.type setting",
+    )
+    sink_options: dict[str, Any] | None = Field(
+        None, description="options of the sink class (e.g. {log_path: ...}); None uses BentoML's monitoring.options"
+    )
+    queue_size: int = Field(
+        10_000, ge=1, description="observations waiting for the monitoring thread before new ones are dropped"
+    )
+    feedback_ttl_s: float = Field(86_400.0, gt=0, description="how long a prediction accepts /feedback")
+    feedback_capacity: int = Field(50_000, ge=1, description="predictions kept for /feedback (oldest are forgotten)")
 
 
 class LoadTestConfig(StrictModel):

@@ -1,0 +1,146 @@
+"""The Prometheus metrics of the prediction service (all named ``shipyard_*``).
+
+``prometheus_client`` is imported inside :func:`metrics_for`, never at module import: BentoML sets
+``PROMETHEUS_MULTIPROC_DIR`` for its workers and the client picks its value class (in-memory or the
+multiprocess files that BentoML's ``/metrics`` endpoint aggregates) when it is first imported.
+Gauges carry a ``multiprocess_mode`` so that, with several workers, ``/metrics`` shows one value per
+series (the worst drift of any live worker, the most recent accuracy).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: Histogram buckets (seconds) from 0.5 ms to 5 s, roughly 1-2.5-5 per decade.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+#: The request stages :meth:`serving.monitoring.Monitor.observe_timing` accepts.
+STAGES: tuple[str, ...] = ("decode", "queue", "inference", "total")
+#: The drift signals, in the order they are reported.
+SIGNALS: tuple[str, ...] = ("prediction", "confidence", "input", "embedding")
+
+
+@dataclass(frozen=True)
+class MonitorMetrics:
+    """The metric objects one process registers (shared by every :class:`Monitor` on one registry)."""
+
+    latency: Any
+    predictions: Any
+    errors: Any
+    monitoring_errors: Any
+    dropped: Any
+    feedback: Any
+    feedback_correct: Any
+    live_accuracy: Any
+    drift_score: Any
+    drift_threshold: Any
+    drift_pvalue: Any
+    drift_detected: Any
+    drift_available: Any
+    drift_evaluations: Any
+    drift_alarms: Any
+
+
+_CACHE: weakref.WeakKeyDictionary[Any, MonitorMetrics] = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+def _make(registry: Any, kind: type, name: str, doc: str, labels: tuple[str, ...] = (), **kwargs: Any) -> Any:
+    """Create and register one metric; when the name is taken, reuse the collector that holds it."""
+    try:
+        return kind(name, doc, labels, registry=registry, **kwargs)
+    except ValueError:
+        names = getattr(registry, "_names_to_collectors", {})
+        existing = names.get(name) or names.get(name + "_total")
+        if isinstance(existing, kind):
+            return existing
+        logger.warning("metric %s is already registered as something else; keeping ours unregistered", name)
+        return kind(name, doc, labels, registry=None, **kwargs)
+
+
+def metrics_for(registry: Any | None = None) -> MonitorMetrics:
+    """The Shipyard metrics registered in ``registry`` (default: ``prometheus_client.REGISTRY``).
+
+    Creating them twice on the same registry returns the same objects, so several monitors (or tests)
+    in one process do not collide.
+    """
+    import prometheus_client as pc
+
+    registry = pc.REGISTRY if registry is None else registry
+    with _LOCK:
+        cached = _CACHE.get(registry)
+        if cached is not None:
+            return cached
+        m = MonitorMetrics(
+            latency=_make(
+                registry, pc.Histogram, "shipyard_latency_seconds",
+                "Time spent per request stage: decode, queue (waiting for a batch), inference, total.",
+                ("stage",), buckets=LATENCY_BUCKETS,
+            ),
+            predictions=_make(
+                registry, pc.Counter, "shipyard_predictions_total",
+                "Predictions served, by predicted label and model variant.", ("label", "variant"),
+            ),
+            errors=_make(registry, pc.Counter, "shipyard_errors_total", "Request errors, by kind.", ("kind",)),
+            monitoring_errors=_make(
+                registry, pc.Counter, "shipyard_monitoring_errors_total",
+                "Errors inside monitoring (swallowed; predictions were not affected), by stage.", ("stage",),
+            ),
+            dropped=_make(
+                registry, pc.Counter, "shipyard_monitoring_dropped_total",
+                "Observations dropped because the monitoring queue was full.",
+            ),
+            feedback=_make(
+                registry, pc.Counter, "shipyard_feedback_total",
+                "Ground-truth labels received on /feedback, by true label.", ("label",),
+            ),
+            feedback_correct=_make(
+                registry, pc.Counter, "shipyard_feedback_correct_total",
+                "Feedback whose true label matched the prediction, by true label.", ("label",),
+            ),
+            live_accuracy=_make(
+                registry, pc.Gauge, "shipyard_live_accuracy",
+                "Accuracy over the most recent feedback (the last `window` labels received).",
+                multiprocess_mode="livemostrecent",
+            ),
+            drift_score=_make(
+                registry, pc.Gauge, "shipyard_drift_score",
+                "Drift statistic of the last evaluated window (PSI, KS distance or MMD^2), by signal.",
+                ("signal",), multiprocess_mode="livemax",
+            ),
+            drift_threshold=_make(
+                registry, pc.Gauge, "shipyard_drift_threshold",
+                "Score above which drift is detected, by signal.", ("signal",), multiprocess_mode="livemax",
+            ),
+            drift_pvalue=_make(
+                registry, pc.Gauge, "shipyard_drift_pvalue",
+                "p-value of the last drift test, by signal (1 when not evaluated).", ("signal",),
+                multiprocess_mode="livemin",
+            ),
+            drift_detected=_make(
+                registry, pc.Gauge, "shipyard_drift_detected",
+                "1 when the last evaluated window drifted from the training reference, by signal.",
+                ("signal",), multiprocess_mode="livemax",
+            ),
+            drift_available=_make(
+                registry, pc.Gauge, "shipyard_drift_available",
+                "1 when the signal can be computed (reference present, inputs received), by signal.",
+                ("signal",), multiprocess_mode="livemax",
+            ),
+            drift_evaluations=_make(
+                registry, pc.Counter, "shipyard_drift_evaluations_total", "Drift evaluations completed.",
+            ),
+            drift_alarms=_make(
+                registry, pc.Counter, "shipyard_drift_alarms_total",
+                "Drift evaluations in which the signal detected drift, by signal.", ("signal",),
+            ),
+        )  # fmt: skip
+        _CACHE[registry] = m
+        return m

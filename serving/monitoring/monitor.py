@@ -1,0 +1,534 @@
+"""The service's monitor: latency histograms, prediction counts, live accuracy, drift and a request log.
+
+The request path only does cheap work: :meth:`Monitor.observe_prediction` takes the argmax, bumps a
+counter, remembers the prediction for ``/feedback`` and puts the observation on a bounded queue. A
+daemon thread takes it from there: image statistics, the ``bentoml.monitor`` record, the rolling
+window and, when it is due, the drift tests. Every method that the request path calls swallows its
+own errors: they are logged (rate-limited) and counted in ``shipyard_monitoring_errors_total``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import queue
+import threading
+import time
+from collections import OrderedDict, deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.config import MonitorConfig
+from edge.errors import InputError
+from edge.manifest import Manifest
+from serving.monitoring.drift import FEATURES, DriftWindow, load_reference
+from serving.monitoring.metrics import SIGNALS, STAGES, MonitorMetrics, metrics_for
+
+logger = logging.getLogger("serving.monitoring")
+
+_STOP = object()
+#: Log the first error of each stage with its traceback, then one line every this many.
+_LOG_EVERY = 100
+#: Most observations the monitor's thread takes from its queue at once.
+_BATCH = 64
+
+
+class FeedbackNotFoundError(InputError):
+    """``/feedback`` named a request id this monitor does not know (never seen, expired or forgotten)."""
+
+    status = 404
+
+
+class FeedbackConflictError(InputError):
+    """``/feedback`` for a request that already received its label."""
+
+    status = 409
+
+
+class Monitor:
+    """Latency, prediction, accuracy and drift monitoring of one served model.
+
+    Args:
+        manifest: the served package's manifest (labels, variants).
+        package_dir: the package directory; its ``reference/`` statistics are the drift baseline
+            (verified against the manifest's sha256; when missing or altered, drift is reported as
+            unavailable and everything else still works).
+        config: window size, thresholds, sink and limits.
+        registry: the ``prometheus_client`` registry for the ``shipyard_*`` metrics (default: the
+            global one, which BentoML's ``/metrics`` endpoint exposes).
+
+    Construct it where the service loads its model (in each worker process). It starts a daemon
+    thread on first use; :meth:`close` stops it.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        package_dir: str | Path,
+        config: MonitorConfig,
+        *,
+        registry: Any | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.package_dir = Path(package_dir)
+        self.config = config
+        self.labels: list[str] = list(manifest.labels)
+        self._label_index = {label: i for i, label in enumerate(self.labels)}
+        self._lock = threading.Lock()
+        self._pending: OrderedDict[str, list[Any]] = OrderedDict()  # request id -> [pred, time, labelled]
+        self._recent: deque[bool] = deque(maxlen=config.window)
+        self._feedback_count = 0
+        self._correct_count = 0
+        self._errors: dict[str, int] = {}
+        self._dropped = 0
+        self._submitted = 0
+        self._processed = 0
+        self._done = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._closed = False
+        self._alarmed: set[str] = set()
+        self._timing_children: dict[str, Any] = {}
+        self._prediction_children: dict[tuple[int, str], Any] = {}
+        self._metrics: MonitorMetrics | None = None
+        self._sink: Any = None
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=config.queue_size)
+        self.reference = load_reference(manifest, self.package_dir)
+        for signal, reason in self.reference.problems.items():
+            logger.warning("drift signal %r unavailable: %s", signal, reason)
+        self.window = DriftWindow(self.reference, config, manifest.variants)
+        if not config.enabled:
+            return
+        try:
+            self._metrics = metrics_for(registry)
+            self._timing_children = {stage: self._metrics.latency.labels(stage=stage) for stage in STAGES}
+            self._publish_drift(self.window.snapshot()["signals"])
+            self._metrics.live_accuracy.set(float("nan"))
+        except Exception as exc:
+            self._metrics = None
+            self._fail("metrics", exc)
+
+    # -- request path ------------------------------------------------------------------------------
+    def observe_timing(self, stage: str, seconds: float) -> None:
+        """Record how long a request stage took (``decode``, ``queue``, ``inference`` or ``total``). Never raises."""
+        if self._metrics is None:
+            return
+        try:
+            child = self._timing_children.get(stage)
+            if child is None:
+                raise ValueError(f"unknown timing stage {stage!r}; use one of {', '.join(STAGES)}")
+            seconds = float(seconds)
+            if not seconds >= 0.0 or seconds == float("inf"):
+                raise ValueError(
+                    f"timing of {stage!r} is {seconds}; it must be a finite number of seconds >= 0"
+                )
+            child.observe(seconds)
+        except Exception as exc:
+            self._fail("timing", exc)
+
+    def observe_prediction(
+        self,
+        request_id: str,
+        pixels: np.ndarray,
+        original_size: tuple[int, int],
+        probabilities: np.ndarray,
+        embedding: np.ndarray | None,
+        *,
+        variant: str,
+    ) -> None:
+        """Record one prediction: counts it, keeps it for :meth:`feedback` and queues it for drift.
+
+        Args:
+            request_id: the id the client can later send to ``/feedback``.
+            pixels: the ``uint8`` (H, W, 3) model input. It is read later, on the monitor's thread:
+                do not modify it in place after this call (the service's decode makes a new array
+                per request, so nothing is copied here).
+            original_size: (width, height) of the uploaded image.
+            probabilities: the model's output for this image, shape (classes,).
+            embedding: the penultimate-layer embedding, or ``None`` when the variant has none.
+            variant: the served variant's name (a key of ``manifest.variants``).
+
+        Never raises; costs a few microseconds (the heavy work runs on the monitor's thread).
+        """
+        if self._metrics is None:
+            return
+        try:
+            probs = np.asarray(probabilities).reshape(-1)
+            if probs.shape[0] != len(self.labels):
+                raise ValueError(f"probabilities have {probs.shape[0]} values for {len(self.labels)} labels")
+            pred = int(probs.argmax())
+            confidence = float(probs[pred])
+            child = self._prediction_children.get((pred, variant))
+            if child is None:
+                child = self._metrics.predictions.labels(label=self.labels[pred], variant=str(variant))
+                self._prediction_children[(pred, variant)] = child
+            child.inc()
+            now = time.monotonic()
+            with self._lock:
+                self._pending[str(request_id)] = [pred, now, False]
+                self._pending.move_to_end(str(request_id))
+                self._expire(now)
+            pixels = np.asarray(pixels)
+            if pixels.ndim != 3 or pixels.shape[-1] != 3:
+                raise ValueError(f"pixels have shape {pixels.shape}; expected (height, width, 3)")
+            self._ensure_worker()
+            item = (
+                str(request_id),
+                pixels,
+                original_size,
+                pred,
+                confidence,
+                None if embedding is None else np.array(embedding, dtype=np.float32, copy=True).reshape(-1),
+                str(variant),
+                time.time(),
+            )
+            try:
+                self._queue.put_nowait(item)
+                with self._done:
+                    self._submitted += 1
+            except queue.Full:
+                self._dropped += 1
+                self._metrics.dropped.inc()
+        except Exception as exc:
+            self._fail("observe", exc)
+
+    def count_error(self, kind: str) -> None:
+        """Count one failed request of ``kind`` (e.g. ``"bad_image"``, ``"timeout"``). Never raises."""
+        if self._metrics is None:
+            return
+        try:
+            self._metrics.errors.labels(kind=str(kind)[:64]).inc()
+        except Exception as exc:
+            self._fail("count_error", exc)
+
+    # -- feedback ----------------------------------------------------------------------------------
+    def feedback(self, request_id: str, true_label: str) -> dict[str, Any]:
+        """Record the true label of an earlier prediction and return the live accuracy.
+
+        Returns:
+            ``request_id``, ``predicted_label``, ``true_label``, ``correct``, ``accuracy`` (all feedback
+            this process received), ``recent_accuracy`` (the last ``window`` labels), ``feedback_count``
+            and ``correct_count``.
+
+        Raises:
+            InputError: (400) ``true_label`` is not one of the model's labels.
+            FeedbackNotFoundError: (404) the request id is unknown, expired or was forgotten.
+            FeedbackConflictError: (409) this request already received its label.
+        """
+        index = self._label_index.get(true_label) if isinstance(true_label, str) else None
+        if index is None:
+            shown = ", ".join(repr(label) for label in self.labels[:20])
+            more = f" and {len(self.labels) - 20} more" if len(self.labels) > 20 else ""
+            raise InputError(f"unknown label {true_label!r}; this model's labels are {shown}{more}")
+        if self._metrics is None:
+            raise FeedbackNotFoundError(
+                f"request {request_id!r} is unknown: monitoring is disabled (serve.monitor.enabled=false), "
+                "so predictions are not kept for feedback"
+            )
+        rid = str(request_id)
+        with self._lock:
+            self._expire(time.monotonic())
+            entry = self._pending.get(rid)
+            if entry is None:
+                raise FeedbackNotFoundError(
+                    f"request {rid!r} is unknown or expired: feedback is accepted for "
+                    f"{self.config.feedback_ttl_s:g} s after a prediction, for the last "
+                    f"{self.config.feedback_capacity} predictions of this worker"
+                )
+            if entry[2]:
+                raise FeedbackConflictError(f"request {rid!r} already received its label; send feedback once")
+            entry[2] = True
+            correct = entry[0] == index
+            self._feedback_count += 1
+            self._correct_count += int(correct)
+            self._recent.append(correct)
+            result = {
+                "request_id": rid,
+                "predicted_label": self.labels[entry[0]],
+                "true_label": true_label,
+                "correct": bool(correct),
+                "accuracy": self._correct_count / self._feedback_count,
+                "recent_accuracy": sum(self._recent) / len(self._recent),
+                "feedback_count": self._feedback_count,
+                "correct_count": self._correct_count,
+            }
+        try:
+            self._metrics.feedback.labels(label=true_label).inc()
+            if correct:
+                self._metrics.feedback_correct.labels(label=true_label).inc()
+            self._metrics.live_accuracy.set(result["recent_accuracy"])
+        except Exception as exc:
+            self._fail("feedback", exc)
+        return result
+
+    def _expire(self, now: float) -> None:
+        """Forget predictions older than the TTL or beyond the capacity (call with the lock held)."""
+        horizon = now - self.config.feedback_ttl_s
+        pending = self._pending
+        while pending:
+            first = next(iter(pending.values()))
+            if first[1] >= horizon and len(pending) <= self.config.feedback_capacity:
+                break
+            pending.popitem(last=False)
+
+    # -- drift -------------------------------------------------------------------------------------
+    def drift(self) -> dict[str, Any]:
+        """The current drift statistics, JSON-able.
+
+        Returns:
+            ``enabled``, ``window``, ``evaluate_every``, ``observed``, ``in_window``, ``evaluations``,
+            ``alpha`` (false-alarm budget per evaluation), ``signal_alpha``, ``detected`` (any signal),
+            ``signals`` (per signal: ``available``, ``method``, ``score``, ``threshold``, ``detected``,
+            ``p_value``, ``window_size``, ``reference_size``, ``updated``, ``details`` or ``reason``),
+            ``pending`` (observations not processed yet), ``dropped`` and ``errors`` (per stage).
+        """
+        try:
+            out = self.window.snapshot()
+        except Exception as exc:
+            self._fail("drift", exc)
+            out = {"signals": {}, "detected": False, "error": str(exc)}
+        with self._done:
+            pending = self._submitted - self._processed
+        out.update(
+            enabled=self._metrics is not None,
+            model=self.manifest.tag,
+            pending=pending,
+            dropped=self._dropped,
+            errors=dict(self._errors),
+            feedback={
+                "count": self._feedback_count,
+                "correct": self._correct_count,
+                "accuracy": self._correct_count / self._feedback_count if self._feedback_count else None,
+                "recent_accuracy": sum(self._recent) / len(self._recent) if self._recent else None,
+            },
+        )
+        return out
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every observation queued so far is processed (and any due drift evaluation done).
+
+        Returns:
+            True when done, False on timeout.
+        """
+        deadline = time.monotonic() + timeout
+        with self._done:
+            target = self._submitted
+            while self._processed < target:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._worker_alive():
+                    return self._processed >= target
+                self._done.wait(min(left, 0.5))
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the monitor's thread after it has processed what is queued."""
+        self._closed = True
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            try:
+                self._queue.put(_STOP, timeout=timeout)
+            except queue.Full:
+                return
+            thread.join(timeout)
+
+    # -- worker ------------------------------------------------------------------------------------
+    def _worker_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._pid == os.getpid()
+
+    def _ensure_worker(self) -> None:
+        if self._closed or (self._pid == os.getpid() and self._thread is not None):
+            return
+        with self._lock:
+            if self._pid == os.getpid() and self._thread is not None:
+                return
+            self._pid = os.getpid()  # a forked child gets its own thread
+            self._thread = threading.Thread(target=self._run, name="shipyard-monitor", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < _BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(item is _STOP for item in batch)
+            items = [item for item in batch if item is not _STOP]
+            try:
+                if items:
+                    self._process(items)
+            except Exception as exc:
+                self._fail("worker", exc)
+            finally:
+                with self._done:
+                    self._processed += len(items)
+                    self._done.notify_all()
+            if stop:
+                return
+            time.sleep(0)  # let request threads take the GIL between batches
+
+    def _process(self, items: list[tuple[Any, ...]]) -> None:
+        """Image statistics, the sink record, the window and (when due) a drift evaluation, for a batch."""
+        features = np.full((len(items), len(FEATURES)), np.nan)
+        try:
+            features[:, :3] = batch_image_stats([item[1] for item in items])
+        except Exception as exc:
+            self._fail("image_stats", exc)
+        for row, item in zip(features, items, strict=True):
+            try:
+                row[3:] = [float(v) for v in item[2]]
+            except Exception as exc:
+                self._fail("original_size", exc)
+        if self.config.sink_enabled:
+            try:
+                self._log_records(items, features)
+            except Exception as exc:
+                self._fail("sink", exc)
+        for row, (_, _, _, pred, confidence, embedding, variant, _) in zip(features, items, strict=True):
+            try:
+                self.window.add(pred, confidence, tuple(row), embedding, variant)
+            except Exception as exc:
+                self._fail("window", exc)
+            if self.window.due():
+                try:
+                    results = self.window.evaluate()
+                except Exception as exc:
+                    self._fail("drift", exc)
+                    continue
+                self._publish_drift(results)
+                if self._metrics is not None:
+                    self._metrics.drift_evaluations.inc()
+                time.sleep(0)
+
+    def _log_records(self, items: list[tuple[Any, ...]], features: np.ndarray) -> None:
+        """One ``bentoml.monitor`` record per request (written as one batch).
+
+        The monitor instance is created once through ``bentoml.monitor`` (so BentoML's ``monitoring``
+        config picks the class and options unless the MonitorConfig names them) and then driven
+        directly, in a fresh context each time, with BentoML's per-record variables cleared: a sink
+        that failed half-way cannot leave them set and break the next record.
+        """
+        columns: list[tuple[str, str, str, list[Any]]] = [
+            ("request", "feature", "categorical", [item[0] for item in items]),
+            ("received", "feature", "numerical", [round(item[7], 3) for item in items]),
+            ("variant", "feature", "categorical", [item[6] for item in items]),
+        ]
+        for j, name in enumerate(FEATURES):
+            values = features[:, j]
+            if name in ("width", "height"):
+                columns.append((name, "feature", "numerical", [int(v) if v == v else None for v in values]))
+            else:
+                columns.append((name, "feature", "numerical", [round(float(v), 4) for v in values]))
+        columns.append(("prediction", "prediction", "categorical", [self.labels[item[3]] for item in items]))
+        columns.append(("confidence", "prediction", "numerical", [round(item[4], 6) for item in items]))
+        contextvars.Context().run(self._write_sink, columns)
+
+    def _write_sink(self, columns: list[tuple[str, str, str, list[Any]]]) -> None:
+        try:
+            from bentoml._internal.monitoring.base import MON_COLUMN_VAR, MON_DATAS_VAR
+        except ImportError:  # pragma: no cover - another BentoML layout
+            MON_COLUMN_VAR = MON_DATAS_VAR = None
+        if self._sink is None:
+            import bentoml
+
+            kwargs: dict[str, Any] = {}
+            if self.config.sink_class is not None:
+                kwargs["monitor_class"] = self.config.sink_class
+            if self.config.sink_options is not None:
+                kwargs["monitor_options"] = dict(self.config.sink_options)
+            # The first record defines the schema: log it row by row (log_batch would repeat columns).
+            manager = bentoml.monitor(self.config.sink, **kwargs)
+            mon = manager.__enter__()
+            for name, role, kind, values in columns:
+                mon.log(values[0], name, role, kind)
+            manager.__exit__(None, None, None)
+            self._sink = mon
+            columns = [(name, role, kind, values[1:]) for name, role, kind, values in columns]
+            if not columns[0][3]:
+                return
+        if MON_COLUMN_VAR is not None and MON_DATAS_VAR is not None:
+            MON_COLUMN_VAR.set(None)
+            MON_DATAS_VAR.set(None)
+        self._sink.start_record()
+        for name, role, kind, values in columns:
+            self._sink.log_batch(values, name, role, kind)
+        self._sink.stop_record()
+
+    def _publish_drift(self, results: dict[str, dict[str, Any]]) -> None:
+        """Set the drift gauges and log a warning when a signal starts (or stops) detecting drift."""
+        for signal in SIGNALS:
+            r = results.get(signal) or {}
+            detected = bool(r.get("detected"))
+            if detected and self._metrics is not None:
+                try:
+                    self._metrics.drift_alarms.labels(signal=signal).inc()
+                except Exception as exc:
+                    self._fail("metrics", exc)
+            if detected and signal not in self._alarmed:
+                self._alarmed.add(signal)
+                logger.warning(
+                    "drift detected on %s: score %.4g > threshold %.4g (p=%s) over the last %s requests",
+                    signal, r.get("score"), r.get("threshold"), r.get("p_value"), r.get("window_size"),
+                )  # fmt: skip
+            elif not detected and signal in self._alarmed and r.get("available"):
+                self._alarmed.discard(signal)
+                logger.info("drift on %s is back under its threshold", signal)
+        if self._metrics is None:
+            return
+        try:
+            m = self._metrics
+            for signal in SIGNALS:
+                r = results.get(signal) or {}
+                m.drift_available.labels(signal=signal).set(1.0 if r.get("available") else 0.0)
+                m.drift_detected.labels(signal=signal).set(1.0 if r.get("detected") else 0.0)
+                m.drift_score.labels(signal=signal).set(r.get("score") or 0.0)
+                m.drift_threshold.labels(signal=signal).set(r.get("threshold") or 0.0)
+                p = r.get("p_value")
+                m.drift_pvalue.labels(signal=signal).set(1.0 if p is None else p)
+        except Exception as exc:
+            self._fail("metrics", exc)
+
+    # -- errors ------------------------------------------------------------------------------------
+    def _fail(self, stage: str, exc: BaseException) -> None:
+        """Count and log an error inside monitoring; never raises."""
+        try:
+            count = self._errors.get(stage, 0) + 1
+            self._errors[stage] = count
+            if self._metrics is not None:
+                self._metrics.monitoring_errors.labels(stage=stage).inc()
+            if count == 1:
+                logger.warning("monitoring error in %s (predictions are not affected)", stage, exc_info=exc)
+            elif count % _LOG_EVERY == 0:
+                logger.warning(
+                    "monitoring error in %s (%d so far): %s: %s", stage, count, type(exc).__name__, exc
+                )
+        except Exception:  # logging or metrics broken: nothing left to report to
+            pass
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def batch_image_stats(images: list[np.ndarray]) -> np.ndarray:
+    """:func:`edge.preprocess.image_stats` of many ``uint8`` RGB images: rows of (brightness, contrast,
+    saturation). Images of one shape are computed together (one set of numpy calls per shape)."""
+    out = np.empty((len(images), 3), dtype=np.float64)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, img in enumerate(images):
+        groups.setdefault(img.shape, []).append(i)
+    for shape, index in groups.items():
+        if len(shape) != 3 or shape[-1] != 3:
+            raise ValueError(f"pixels have shape {shape}; expected (height, width, 3)")
+        arr = np.stack([images[i] for i in index]).astype(np.float32)
+        luma = arr @ _LUMA
+        cmax = arr.max(axis=-1)
+        cmin = arr.min(axis=-1)
+        sat = np.where(cmax > 0, (cmax - cmin) / np.maximum(cmax, 1e-6), 0.0)
+        out[index, 0] = luma.mean(axis=(1, 2))
+        out[index, 1] = luma.std(axis=(1, 2))
+        out[index, 2] = sat.mean(axis=(1, 2))
+    return out
