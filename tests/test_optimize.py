@@ -450,3 +450,15 @@ def test_efficientnet_squeeze_excite_variants_build(tmp_path):
     )
     for row in results:
         assert row.status != "failed_export", (row.key, row.reason)
+
+
+def test_count_macs_matches_the_arithmetic():
+    from training.config import ModelConfig
+    from training.models import build_model
+    from training.optimize import count_macs
+
+    model = build_model(ModelConfig(base="small_cnn", weights="none"), 3, (32, 32))
+    macs = count_macs(model)
+    conv = 32 * 32 * 3 * 3 * 3 * 16 + 16 * 16 * 3 * 3 * 16 * 32 + 8 * 8 * 3 * 3 * 32 * 64
+    assert macs["conv"] == conv and macs["dense"] == 64 * 3 and macs["depthwise"] == 0
+    assert macs["total"] == conv + 64 * 3

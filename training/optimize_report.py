@@ -185,16 +185,44 @@ def _svg_scatter(points: list[dict[str, Any]], *, x_label: str, y_label: str, lo
         f'<text x="14" y="{top + ph / 2}" text-anchor="middle" transform="rotate(-90 14 {top + ph / 2})">'
         f"{html.escape(y_label)}</text>"
     )
-    for p in pts:
+    placed: list[tuple[float, float, float, float]] = []
+    for p in sorted(pts, key=lambda p: (px(p["x"]), py(p["y"]))):
         cx, cy = px(p["x"]), py(p["y"])
         color = STATUS_COLOR.get(p["status"], "#333")
         out.append(
             f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{color}" fill-opacity="0.8">'
             f"<title>{html.escape(p['label'])}</title></circle>"
         )
-        out.append(f'<text x="{cx + 7:.1f}" y="{cy + 4:.1f}" fill="#222">{html.escape(p["label"])}</text>')
+        lx, ly = _place_label(cx, cy, 6.2 * len(p["label"]), placed, width, height)
+        if abs(ly - (cy + 4)) > 1:
+            out.append(
+                f'<line x1="{cx:.1f}" y1="{cy:.1f}" x2="{lx - 2:.1f}" y2="{ly - 4:.1f}" stroke="#bbb"/>'
+            )
+        out.append(f'<text x="{lx:.1f}" y="{ly:.1f}" fill="#222">{html.escape(p["label"])}</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+def _place_label(
+    cx: float,
+    cy: float,
+    w: float,
+    placed: list[tuple[float, float, float, float]],
+    width: float,
+    height: float,
+) -> tuple[float, float]:
+    """A label position right of (or else left of) a point, stepping up and down until it overlaps no other."""
+    h = 12.0
+    for dy in (0, -13, 13, -26, 26, -39, 39, -52, 52, -65, 65, -78, 78):
+        for x in (cx + 7, cx - 7 - w):
+            y = cy + 4 + dy
+            box = (x, y - h + 2, x + w, y + 2)
+            if x < 0 or box[2] > width or box[1] < 0 or box[3] > height:
+                continue
+            if all(box[2] < b[0] or box[0] > b[2] or box[3] < b[1] or box[1] > b[3] for b in placed):
+                placed.append(box)
+                return x, y
+    return cx + 7, cy + 4
 
 
 def render_html(
