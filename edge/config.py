@@ -67,6 +67,9 @@ class MonitorConfig(StrictModel):
         None, ge=1, description="requests between drift evaluations once the window is full (default window // 2)"
     )
     permutations: int = Field(200, ge=20, le=5000, description="permutations of the embedding MMD test")
+    alarm_after: int = Field(
+        1, ge=1, description="consecutive evaluations a signal must flag before it reports drift (2+ for fewer alarms)"
+    )
     sink_enabled: bool = Field(True, description="log every request's features and prediction via bentoml.monitor")
     sink_class: str | None = Field(
         None,
@@ -77,10 +80,18 @@ class MonitorConfig(StrictModel):
         None, description="options of the sink class (e.g. {log_path: ...}); None uses BentoML's monitoring.options"
     )
     queue_size: int = Field(
-        10_000, ge=1, description="observations waiting for the monitoring thread before new ones are dropped"
+        1_000,
+        ge=1,
+        description="observations waiting for the monitoring thread before new ones are dropped "
+        "(each holds its model input: 1,000 at 224x224 px is 150 MB)",
     )
     feedback_ttl_s: float = Field(86_400.0, gt=0, description="how long a prediction accepts /feedback")
     feedback_capacity: int = Field(50_000, ge=1, description="predictions kept for /feedback (oldest are forgotten)")
+    feedback_store: str | None = Field(
+        "auto",
+        description="where API workers share predictions awaiting /feedback: 'auto' (a SQLite file in BentoML's "
+        "PROMETHEUS_MULTIPROC_DIR under bentoml serve, else memory), 'memory' (each worker alone) or a file path",
+    )
 
 
 class LoadTestConfig(StrictModel):

@@ -6,8 +6,9 @@ Prometheus metric definitions in :mod:`serving.monitoring.metrics`.
 """
 
 from serving.monitoring.drift import DriftWindow, Reference, load_reference
+from serving.monitoring.feedback import FeedbackConflictError, FeedbackNotFoundError, FeedbackStore
 from serving.monitoring.metrics import LATENCY_BUCKETS, SIGNALS, STAGES, metrics_for
-from serving.monitoring.monitor import FeedbackConflictError, FeedbackNotFoundError, Monitor
+from serving.monitoring.monitor import Monitor
 
 __all__ = [
     "LATENCY_BUCKETS",
@@ -16,6 +17,7 @@ __all__ = [
     "DriftWindow",
     "FeedbackConflictError",
     "FeedbackNotFoundError",
+    "FeedbackStore",
     "Monitor",
     "Reference",
     "load_reference",

@@ -200,6 +200,7 @@ class DriftWindow:
         self._since = 0
         self._emb_problem: str | None = None
         self._psi_null: float | None = None
+        self._streak: dict[str, int] = {}
         self.evaluations = 0
         #: One line per recent evaluation: when, which signals detected drift, and every score.
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
@@ -274,6 +275,12 @@ class DriftWindow:
                 logger.warning("drift signal %s failed: %s", signal, exc, exc_info=True)
                 results[signal] = self._unavailable(signal, f"evaluation failed: {type(exc).__name__}: {exc}")
                 results[signal]["error"] = True
+        for signal, result in results.items():
+            flagged = bool(result.get("detected"))
+            self._streak[signal] = self._streak.get(signal, 0) + 1 if flagged else 0
+            result["flagged"] = flagged
+            result["consecutive"] = self._streak[signal]
+            result["detected"] = flagged and self._streak[signal] >= self.config.alarm_after
         summary = {
             "evaluation": self.evaluations + 1,
             "updated": _now(),

@@ -131,7 +131,7 @@ def metrics_for(registry: Any | None = None) -> MonitorMetrics:
             ),
             drift_available=_make(
                 registry, pc.Gauge, "shipyard_drift_available",
-                "1 when the signal can be computed (reference present, inputs received), by signal.",
+                "1 when the signal was evaluated on a full window (reference present, inputs received), by signal.",
                 ("signal",), multiprocess_mode="livemax",
             ),
             drift_evaluations=_make(

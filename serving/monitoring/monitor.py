@@ -15,7 +15,6 @@ import os
 import queue
 import threading
 import time
-from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,11 @@ from edge.config import MonitorConfig
 from edge.errors import InputError
 from edge.manifest import Manifest
 from serving.monitoring.drift import FEATURES, DriftWindow, load_reference
+from serving.monitoring.feedback import (
+    FeedbackNotFoundError,
+    FeedbackStore,
+    shared_path,
+)
 from serving.monitoring.metrics import SIGNALS, STAGES, MonitorMetrics, metrics_for
 
 logger = logging.getLogger("serving.monitoring")
@@ -34,18 +38,6 @@ _STOP = object()
 _LOG_EVERY = 100
 #: Most observations the monitor's thread takes from its queue at once.
 _BATCH = 64
-
-
-class FeedbackNotFoundError(InputError):
-    """``/feedback`` named a request id this monitor does not know (never seen, expired or forgotten)."""
-
-    status = 404
-
-
-class FeedbackConflictError(InputError):
-    """``/feedback`` for a request that already received its label."""
-
-    status = 409
 
 
 class Monitor:
@@ -78,11 +70,9 @@ class Monitor:
         self.labels: list[str] = list(manifest.labels)
         self._label_index = {label: i for i, label in enumerate(self.labels)}
         self._lock = threading.Lock()
-        self._pending: OrderedDict[str, list[Any]] = OrderedDict()  # request id -> [pred, time, labelled]
-        self._recent: deque[bool] = deque(maxlen=config.window)
-        self._feedback_count = 0
-        self._correct_count = 0
+        self._feedback: FeedbackStore | None = None
         self._errors: dict[str, int] = {}
+        self._errors_lock = threading.Lock()
         self._dropped = 0
         self._submitted = 0
         self._processed = 0
@@ -102,6 +92,14 @@ class Monitor:
         self.window = DriftWindow(self.reference, config, manifest.variants)
         if not config.enabled:
             return
+        self._feedback = FeedbackStore(
+            self.labels,
+            manifest.tag,
+            ttl_s=config.feedback_ttl_s,
+            capacity=config.feedback_capacity,
+            recent=config.window,
+            path=shared_path(config.feedback_store),
+        )
         try:
             self._metrics = metrics_for(registry)
             self._timing_children = {stage: self._metrics.latency.labels(stage=stage) for stage in STAGES}
@@ -166,30 +164,31 @@ class Monitor:
                 child = self._metrics.predictions.labels(label=self.labels[pred], variant=str(variant))
                 self._prediction_children[(pred, variant)] = child
             child.inc()
-            now = time.monotonic()
-            with self._lock:
-                self._pending[str(request_id)] = [pred, now, False]
-                self._pending.move_to_end(str(request_id))
-                self._expire(now)
+            now = time.time()
+            rid = str(request_id)
+            if self._feedback is not None:
+                self._feedback.remember(rid, pred, now)
             pixels = np.asarray(pixels)
             if pixels.ndim != 3 or pixels.shape[-1] != 3:
                 raise ValueError(f"pixels have shape {pixels.shape}; expected (height, width, 3)")
             self._ensure_worker()
             item = (
-                str(request_id),
+                rid,
                 pixels,
                 original_size,
                 pred,
                 confidence,
                 None if embedding is None else np.array(embedding, dtype=np.float32, copy=True).reshape(-1),
                 str(variant),
-                time.time(),
+                now,
             )
+            with self._done:
+                self._submitted += 1
             try:
                 self._queue.put_nowait(item)
-                with self._done:
-                    self._submitted += 1
             except queue.Full:
+                with self._done:
+                    self._submitted -= 1
                 self._dropped += 1
                 self._metrics.dropped.inc()
         except Exception as exc:
@@ -210,8 +209,9 @@ class Monitor:
 
         Returns:
             ``request_id``, ``predicted_label``, ``true_label``, ``correct``, ``accuracy`` (all feedback
-            this process received), ``recent_accuracy`` (the last ``window`` labels), ``feedback_count``
-            and ``correct_count``.
+            so far), ``recent_accuracy`` (the last ``window`` labels), ``feedback_count`` and
+            ``correct_count``; across all workers when the feedback store is shared (see
+            ``MonitorConfig.feedback_store``), else of this process.
 
         Raises:
             InputError: (400) ``true_label`` is not one of the model's labels.
@@ -223,56 +223,20 @@ class Monitor:
             shown = ", ".join(repr(label) for label in self.labels[:20])
             more = f" and {len(self.labels) - 20} more" if len(self.labels) > 20 else ""
             raise InputError(f"unknown label {true_label!r}; this model's labels are {shown}{more}")
-        if self._metrics is None:
+        if self._metrics is None or self._feedback is None:
             raise FeedbackNotFoundError(
                 f"request {request_id!r} is unknown: monitoring is disabled (serve.monitor.enabled=false), "
                 "so predictions are not kept for feedback"
             )
-        rid = str(request_id)
-        with self._lock:
-            self._expire(time.monotonic())
-            entry = self._pending.get(rid)
-            if entry is None:
-                raise FeedbackNotFoundError(
-                    f"request {rid!r} is unknown or expired: feedback is accepted for "
-                    f"{self.config.feedback_ttl_s:g} s after a prediction, for the last "
-                    f"{self.config.feedback_capacity} predictions of this worker"
-                )
-            if entry[2]:
-                raise FeedbackConflictError(f"request {rid!r} already received its label; send feedback once")
-            entry[2] = True
-            correct = entry[0] == index
-            self._feedback_count += 1
-            self._correct_count += int(correct)
-            self._recent.append(correct)
-            result = {
-                "request_id": rid,
-                "predicted_label": self.labels[entry[0]],
-                "true_label": true_label,
-                "correct": bool(correct),
-                "accuracy": self._correct_count / self._feedback_count,
-                "recent_accuracy": sum(self._recent) / len(self._recent),
-                "feedback_count": self._feedback_count,
-                "correct_count": self._correct_count,
-            }
+        result = self._feedback.record(str(request_id), index)
         try:
             self._metrics.feedback.labels(label=true_label).inc()
-            if correct:
+            if result["correct"]:
                 self._metrics.feedback_correct.labels(label=true_label).inc()
             self._metrics.live_accuracy.set(result["recent_accuracy"])
         except Exception as exc:
             self._fail("feedback", exc)
         return result
-
-    def _expire(self, now: float) -> None:
-        """Forget predictions older than the TTL or beyond the capacity (call with the lock held)."""
-        horizon = now - self.config.feedback_ttl_s
-        pending = self._pending
-        while pending:
-            first = next(iter(pending.values()))
-            if first[1] >= horizon and len(pending) <= self.config.feedback_capacity:
-                break
-            pending.popitem(last=False)
 
     # -- drift -------------------------------------------------------------------------------------
     def drift(self) -> dict[str, Any]:
@@ -297,13 +261,8 @@ class Monitor:
             model=self.manifest.tag,
             pending=pending,
             dropped=self._dropped,
-            errors=dict(self._errors),
-            feedback={
-                "count": self._feedback_count,
-                "correct": self._correct_count,
-                "accuracy": self._correct_count / self._feedback_count if self._feedback_count else None,
-                "recent_accuracy": sum(self._recent) / len(self._recent) if self._recent else None,
-            },
+            errors=self._error_counts(),
+            feedback=self._feedback.summary() if self._feedback is not None else None,
         )
         return out
 
@@ -330,9 +289,11 @@ class Monitor:
         if thread is not None and thread.is_alive():
             try:
                 self._queue.put(_STOP, timeout=timeout)
+                thread.join(timeout)
             except queue.Full:
-                return
-            thread.join(timeout)
+                pass
+        if self._feedback is not None and (thread is None or not thread.is_alive()):
+            self._feedback.close()
 
     # -- worker ------------------------------------------------------------------------------------
     def _worker_alive(self) -> bool:
@@ -383,6 +344,11 @@ class Monitor:
                 row[3:] = [float(v) for v in item[2]]
             except Exception as exc:
                 self._fail("original_size", exc)
+        if self._feedback is not None and self._feedback.shared:
+            try:
+                self._feedback.sync([(item[0], item[3], item[7]) for item in items])
+            except Exception as exc:
+                self._fail("feedback_store", exc)
         if self.config.sink_enabled:
             try:
                 self._log_records(items, features)
@@ -483,7 +449,8 @@ class Monitor:
             m = self._metrics
             for signal in SIGNALS:
                 r = results.get(signal) or {}
-                m.drift_available.labels(signal=signal).set(1.0 if r.get("available") else 0.0)
+                evaluated = r.get("available") and r.get("score") is not None
+                m.drift_available.labels(signal=signal).set(1.0 if evaluated else 0.0)
                 m.drift_detected.labels(signal=signal).set(1.0 if r.get("detected") else 0.0)
                 m.drift_score.labels(signal=signal).set(r.get("score") or 0.0)
                 m.drift_threshold.labels(signal=signal).set(r.get("threshold") or 0.0)
@@ -492,12 +459,17 @@ class Monitor:
         except Exception as exc:
             self._fail("metrics", exc)
 
+    def _error_counts(self) -> dict[str, int]:
+        with self._errors_lock:
+            return dict(self._errors)
+
     # -- errors ------------------------------------------------------------------------------------
     def _fail(self, stage: str, exc: BaseException) -> None:
         """Count and log an error inside monitoring; never raises."""
         try:
-            count = self._errors.get(stage, 0) + 1
-            self._errors[stage] = count
+            with self._errors_lock:
+                count = self._errors.get(stage, 0) + 1
+                self._errors[stage] = count
             if self._metrics is not None:
                 self._metrics.monitoring_errors.labels(stage=stage).inc()
             if count == 1:

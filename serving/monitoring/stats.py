@@ -202,18 +202,22 @@ def psi_null_quantile(
 
     Both sides are resampled (multinomial, from the smoothed reference frequencies) at their own
     sizes, so the threshold accounts for the noise of a small reference as well as of the window.
+    Simulations run in chunks of about 250k counts, so many classes do not need much memory.
     """
     counts = np.asarray(reference_counts, dtype=np.float64)
     n = int(np.rint(counts.sum()))
     k = len(counts)
     if n <= 0 or window <= 0 or k < 2:
         return 0.0
-    sims = int(max(1000, min(sims, 4_000_000 // k)))
+    sims = int(min(sims, max(2000, 4_000_000 // k)))
+    chunk = max(1, 250_000 // k)
     rng = np.random.default_rng(seed)
     p = _smoothed(counts, 0.5)
-    ref = rng.multinomial(n, p, size=sims)
-    win = rng.multinomial(window, p, size=sims)
-    return float(np.quantile(psi(ref, win), quantile))
+    values = []
+    for start in range(0, sims, chunk):
+        size = min(chunk, sims - start)
+        values.append(psi(rng.multinomial(n, p, size=size), rng.multinomial(window, p, size=size)))
+    return float(np.quantile(np.concatenate(values), quantile))
 
 
 @dataclass(frozen=True)

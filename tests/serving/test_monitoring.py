@@ -116,9 +116,11 @@ def feed(
 ):
     """Send ``n`` requests of ``kind`` (resampled with replacement) and wait until they are processed."""
     x, p, e = traffic.pixels[kind], traffic.probs[kind], traffic.embeddings[kind]
-    for i in rng.integers(0, len(x), n):
+    for sent, i in enumerate(rng.integers(0, len(x), n), start=1):
         rid = f"{kind}-{rng.integers(1 << 62)}"
         mon.observe_prediction(rid, x[i], (32, 32), p[i], e[i] if embeddings else None, variant="keras")
+        if sent % 500 == 0:  # a tight loop outruns any server: let the queue (1,000 by default) drain
+            assert mon.flush(60)
     assert mon.flush(60)
 
 
@@ -274,6 +276,20 @@ def test_shifted_traffic_is_flagged_within_one_window(make_monitor, traffic, reg
         assert not report["signals"]["input"]["detected"]
 
 
+def test_alarm_after_needs_consecutive_flags(make_monitor, traffic, registry):
+    rng = np.random.default_rng(4)
+    mon = make_monitor(window=100, evaluate_every=50, alarm_after=3)
+    feed(mon, traffic, "test", 100, rng)
+    feed(mon, traffic, "dark", 100, rng)  # evaluations at 150 and 200 flag it: two in a row
+    result = mon.drift()["signals"]["input"]
+    assert result["flagged"] and result["consecutive"] == 2 and not result["detected"]
+    assert sample(registry, "shipyard_drift_detected", signal="input") == 0.0
+    feed(mon, traffic, "dark", 50, rng)
+    result = mon.drift()["signals"]["input"]
+    assert result["detected"] and result["consecutive"] == 3
+    assert sample(registry, "shipyard_drift_detected", signal="input") == 1.0
+
+
 def test_without_embeddings_the_signal_is_unavailable(make_monitor, traffic, registry):
     mon = make_monitor(window=50)
     feed(mon, traffic, "dark", 60, np.random.default_rng(2), embeddings=False)
@@ -381,6 +397,70 @@ def test_feedback_expires_and_forgets_the_oldest(make_monitor):
     with pytest.raises(InputError) as expired:
         mon.feedback("r1", "0")
     assert expired.value.status == 404 and "expired" in str(expired.value)
+
+
+def test_feedback_is_shared_between_workers(tiny_package, tmp_path):
+    """Two monitors on one shared file stand for two API workers behind one port."""
+    from prometheus_client import CollectorRegistry
+
+    store = tmp_path / "shared" / "feedback.sqlite3"
+    manifest = read_manifest(tiny_package)
+
+    def worker() -> Monitor:
+        config = MonitorConfig(window=10, sink_enabled=False, feedback_store=str(store))
+        return Monitor(manifest, tiny_package, config, registry=CollectorRegistry())
+
+    a, b = worker(), worker()
+    try:
+        pixels = np.zeros((32, 32, 3), np.uint8)
+        for i, pred in enumerate([0, 1, 2, 0]):
+            a.observe_prediction(f"r{i}", pixels, (32, 32), np.eye(3)[pred], None, variant="keras")
+        assert a.flush(10)
+        first = b.feedback("r0", "0")  # predicted on a, labelled on b
+        assert first["correct"] and first["predicted_label"] == "0" and first["feedback_count"] == 1
+        with pytest.raises(InputError) as twice:
+            a.feedback("r0", "1")  # a never saw the label, the shared file did
+        assert twice.value.status == 409
+        second = a.feedback("r1", "2")
+        assert not second["correct"] and second["feedback_count"] == 2 and second["accuracy"] == 0.5
+        b.observe_prediction("s0", pixels, (32, 32), np.eye(3)[1], None, variant="keras")
+        third = b.feedback("s0", "1")  # labelled before b's thread copied it to the file
+        assert third["correct"] and third["feedback_count"] == 3
+        with pytest.raises(InputError) as again:
+            a.feedback("s0", "1")
+        assert again.value.status == 409
+        with pytest.raises(InputError) as unknown:
+            b.feedback("nobody", "1")
+        assert unknown.value.status == 404
+        summary = a.drift()["feedback"]
+        assert summary["count"] == 3 and summary["accuracy"] == pytest.approx(2 / 3)
+        assert summary["store"].startswith("shared")
+    finally:
+        a.close()
+        b.close()
+
+
+def test_feedback_store_location(tmp_path, tiny_package):
+    from serving.monitoring.feedback import SHARED_FILE, shared_path
+
+    assert shared_path("auto", {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}) == tmp_path / SHARED_FILE
+    assert shared_path("auto", {}) is None
+    assert shared_path("memory", {}) is None and shared_path(None) is None
+    assert not SHARED_FILE.endswith(".db")  # prometheus_client's multiprocess collector reads *.db
+    (tmp_path / "adir").mkdir()
+    config = MonitorConfig(window=10, sink_enabled=False, feedback_store=str(tmp_path / "adir"))
+    from prometheus_client import CollectorRegistry
+
+    mon = Monitor(read_manifest(tiny_package), tiny_package, config, registry=CollectorRegistry())
+    try:
+        mon.observe_prediction(
+            "r", np.zeros((32, 32, 3), np.uint8), (32, 32), np.eye(3)[2], None, variant="k"
+        )
+        assert mon.feedback("r", "2")["correct"]  # an unusable file: per-process memory still answers
+        summary = mon.drift()["feedback"]
+        assert summary["store"] == "memory" and "unusable" in summary["problem"]
+    finally:
+        mon.close()
 
 
 # -- failures never reach the request ----------------------------------------------------------------
@@ -543,7 +623,7 @@ from edge.manifest import read_manifest
 from serving.monitoring import Monitor
 
 
-@bentoml.service
+@bentoml.service(workers=2)
 class MonitorProbe:
     def __init__(self) -> None:
         package = Path(os.environ["SHIPYARD_PROBE_PACKAGE"])
@@ -614,8 +694,10 @@ def test_metrics_reach_bentoml_metrics_endpoint(tiny_package, tmp_path):
             time.sleep(0.5)
         out = _post(base + "/observe", {"n": 25})
         assert out["drift"]["evaluations"] >= 1 and out["drift"]["errors"] == {}
-        fb = _post(base + "/feedback", {"request_id": out["ids"][0], "label": "0"})
-        assert fb["correct"] and fb["accuracy"] == 1.0
+        # two workers: some of these land on the one that did not see the predictions
+        answers = [_post(base + "/feedback", {"request_id": rid, "label": "0"}) for rid in out["ids"][:6]]
+        assert [a["feedback_count"] for a in answers] == [1, 2, 3, 4, 5, 6]
+        assert all(a["correct"] for a in answers) and answers[-1]["accuracy"] == 1.0
         with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
             text = resp.read().decode()
     finally:
@@ -642,8 +724,8 @@ def test_metrics_reach_bentoml_metrics_endpoint(tiny_package, tmp_path):
     assert value("shipyard_latency_seconds_bucket", stage="decode", le="0.0005") == 0.0
     assert value("shipyard_predictions_total", label="0", variant="probe") == 25.0
     assert value("shipyard_errors_total", kind="bad_image") == 1.0
-    assert value("shipyard_feedback_total", label="0") == 1.0
-    assert value("shipyard_feedback_correct_total", label="0") == 1.0
+    assert value("shipyard_feedback_total", label="0") == 6.0  # summed over both workers
+    assert value("shipyard_feedback_correct_total", label="0") == 6.0
     assert value("shipyard_live_accuracy") == 1.0
     assert value("shipyard_drift_evaluations_total") >= 1.0
     for signal in ("prediction", "confidence", "input", "embedding"):
