@@ -107,7 +107,7 @@ def render_markdown(
         f"{_pct(reference.accuracy)}, macro F1 {_num(reference.macro_f1, '.4f')}, "
         f"{len(reference.probabilities)} images.",
         "",
-        "| " + " | ".join(headers) + " |",
+        "| " + " | ".join(h.replace("|", "\\|") for h in headers) + " |",
         "|" + "|".join("---" for _ in headers) + "|",
     ]
     for row in rows:
