@@ -18,7 +18,9 @@ signals*. It is split evenly over the signals the reference supports (Bonferroni
 signal splits its share again over its features. PSI and MMD^2 thresholds are the larger of the
 configured minimum effect size and the statistic's null quantile at that level (PSI: simulated by
 resampling both sides at their sizes; MMD^2: the gamma fit of the permutation distribution), so small
-reference samples and small windows do not raise false alarms.
+reference samples and small windows do not raise false alarms. A signal reports drift once
+``MonitorConfig.alarm_after`` consecutive evaluations flag it. For a quantized variant, the reference
+confidences are first rounded onto the variant's output grid (:func:`quantize_like`).
 """
 
 from __future__ import annotations

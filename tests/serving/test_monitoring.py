@@ -607,6 +607,33 @@ def test_sink_writes_one_record_per_request(make_monitor, traffic, tmp_path):
     assert rows[0]["width"] == 32 and rows[0]["prediction"] in {"0", "1", "2"}
 
 
+def test_monitoring_imports_neither_tensorflow_nor_training_nor_scipy(tiny_package, tmp_path):
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+        from edge.config import MonitorConfig
+        from edge.manifest import read_manifest
+        from serving.monitoring import Monitor
+
+        package = {str(tiny_package)!r}
+        config = MonitorConfig(window=10, sink="imports", sink_options={{"log_path": {str(tmp_path)!r}}})
+        mon = Monitor(read_manifest(package), package, config)
+        rng = np.random.default_rng(0)
+        emb = np.load(package + "/reference/embeddings.npy")
+        for i in range(25):
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            mon.observe_prediction(str(i), pixels, (32, 32), rng.dirichlet(np.ones(3)), emb[i], variant="keras")
+        assert mon.flush(60) and mon.drift()["evaluations"] >= 1, mon.drift()
+        bad = sorted({{m.split(".")[0] for m in sys.modules}} & {{"tensorflow", "tf_keras", "keras", "training", "scipy"}})
+        print("FORBIDDEN", bad)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "FORBIDDEN []" in out.stdout
+
+
 # -- a real BentoML server ---------------------------------------------------------------------------
 PROBE_SERVICE = '''
 """A tiny BentoML service that drives serving.monitoring.Monitor."""
