@@ -214,6 +214,85 @@ class OptimizeConfig(StrictModel):
     gates: GateConfig = Field(default_factory=GateConfig)
 
 
+class SearchParamConfig(StrictModel):
+    """One entry of ``tune.space``: how to search one config key.
+
+    * ``{type: float, min: 1e-4, max: 1e-2, log: true}``: a real number; ``step`` makes it discrete
+      (with ``log: true`` the step is a factor > 1).
+    * ``{type: int, min: 0, max: 40, step: 10}``: a whole number (both ends included).
+    * ``{type: choice, values: [adam, sgd]}``: one of the values; a value may be a list or a mapping,
+      e.g. ``[[], [64], [128, 64]]`` for ``model.head.dense``.
+    * ``{type: bool}``: true or false.
+    """
+
+    type: Literal["float", "int", "choice", "bool"]
+    min: float | None = None
+    max: float | None = None
+    step: float | None = Field(None, gt=0)
+    log: bool = False
+    values: list | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        numeric = self.type in ("float", "int")
+        if numeric:
+            if self.min is None or self.max is None:
+                raise ValueError(f"type {self.type} needs min and max, e.g. {{type: {self.type}, min: 1, max: 10}}")
+            if self.values is not None:
+                raise ValueError(f"values belongs to type choice; type {self.type} takes min, max, step and log")
+            if self.min >= self.max:
+                raise ValueError(f"min {self.min:g} must be below max {self.max:g}")
+            if self.log and self.min <= 0:
+                raise ValueError(f"log: true needs min > 0, got min {self.min:g}")
+            if self.log and self.step is not None and self.step <= 1:
+                raise ValueError(f"with log: true, step is a factor and must be above 1, got {self.step:g}")
+            if self.type == "int" and any(
+                v is not None and not float(v).is_integer() for v in (self.min, self.max, self.step)
+            ):
+                raise ValueError("type int needs whole-number min, max and step; use type float for fractions")
+            return self
+        extra = [k for k in ("min", "max", "step") if getattr(self, k) is not None] + (["log"] if self.log else [])
+        if extra:
+            raise ValueError(f"{', '.join(extra)} belong(s) to types float and int, not to type {self.type}")
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("type choice needs a non-empty values list, e.g. {type: choice, values: [adam, sgd]}")
+            seen: list = []
+            for v in self.values:
+                if v in seen:
+                    raise ValueError(f"values lists {v!r} twice; list each choice once")
+                seen.append(v)
+        elif self.values is not None:
+            raise ValueError("type bool takes no values (it searches false and true)")
+        return self
+
+
+class TuneConfig(StrictModel):
+    """Hyperparameter search (``shipyard tune``) with KerasTuner over any config key.
+
+    Each trial is the whole config with the trial's values merged in (like ``--set``) and trains with
+    ``shipyard train``'s code; its score is measured on the validation split (or the mean over
+    ``folds`` cross-validation folds). See ``training.tune``.
+    """
+
+    space: dict[str, SearchParamConfig] = Field(
+        default_factory=dict, description="config key (e.g. train.learning_rate) -> how to search it"
+    )
+    tuner: Literal["random", "hyperband", "bayesian"] = "random"
+    objective: Literal["val_accuracy", "val_macro_f1", "val_loss"] = "val_accuracy"
+    max_trials: int = Field(10, ge=1, description="trials in the whole search (a resumed search counts earlier ones)")
+    max_time_s: float | None = Field(None, gt=0, description="no trial starts after this many seconds of this run")
+    early_stopping_patience: int | None = Field(
+        None, ge=0, description="per-trial early stopping on the objective; default: train.early_stopping_patience"
+    )
+    folds: int = Field(1, ge=1, le=20, description="k >= 2: k-fold cross-validation on train+val, score = mean")
+    seed: int = Field(42, ge=1, description="seed of the tuner's sampling")
+    hyperband_factor: int = Field(3, ge=2, description="Hyperband: keep 1/factor of the trials per round")
+    hyperband_iterations: int = Field(1, ge=1)
+    bayesian_initial_points: int | None = Field(None, ge=1, description="random trials before the Gaussian process")
+    max_failed_trials: int = Field(3, ge=1, description="stop the search after this many failed trials in a row")
+
+
 class PipelineConfig(StrictModel):
     """Everything, one section per stage; loads from YAML."""
 
@@ -223,6 +302,7 @@ class PipelineConfig(StrictModel):
     optimize: OptimizeConfig = Field(default_factory=OptimizeConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     loadtest: LoadTestConfig = Field(default_factory=LoadTestConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
 
 
 def load_pipeline_config(
