@@ -8,8 +8,9 @@ key and list the valid ones. The sections that the server reads (:class:`ServeCo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -27,23 +28,120 @@ class StrictModel(BaseModel):
 
 
 class ServeConfig(StrictModel):
-    """The prediction service."""
+    """The prediction service (``serving/``, started by ``shipyard serve`` or ``bentoml serve``).
+
+    The service process reads it with :meth:`from_env`: a YAML file named by ``SHIPYARD_SERVE_CONFIG``
+    (a bare ``serve`` mapping or a pipeline config with a ``serve:`` section), then one
+    ``SHIPYARD_<FIELD>`` variable per field (``SHIPYARD_MODEL``, ``SHIPYARD_VARIANT``,
+    ``SHIPYARD_MAX_BATCH_SIZE``...; ``SHIPYARD_MONITOR`` takes ``0``/``1`` or a JSON object).
+    ``shipyard serve`` passes its settings down with :meth:`to_env`.
+    """
 
     model: str | None = Field(None, description="model tag name:version or name:latest; env SHIPYARD_MODEL wins")
     variant: str = Field("model.onnx", description="variant file to serve, e.g. model.onnx or int8.tflite")
+    embeddings: bool = Field(
+        True,
+        description="when serving model.onnx and the package has a passing model_embedding.onnx, serve that: "
+        "the same probabilities plus the embedding the drift monitor compares",
+    )
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535)
-    workers: int = Field(1, ge=1)
-    threads: int | None = Field(None, ge=1, description="inference threads per worker (default: all cores)")
+    workers: int = Field(1, ge=1, description="API worker processes")
+    model_service: bool = Field(
+        False,
+        description="run the model in its own process (bentoml.depends), shared by every API worker, instead "
+        "of one model per API worker: less memory with several workers, one more hop per request",
+    )
+    threads: int | None = Field(
+        None, ge=1, description="inference threads per model (default: all cores, split over the API workers)"
+    )
     top_k: int = Field(5, ge=1)
-    max_batch_size: int = Field(16, ge=1)
-    max_latency_ms: int = Field(20, ge=1)
+    max_batch_size: int = Field(16, ge=1, description="most images per inference call (1: no batching)")
+    max_latency_ms: int = Field(
+        1000, ge=10, description="a request waiting longer than this for its batch is shed with 503"
+    )
     batching: bool = True
-    max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024)
-    max_pixels: int = Field(50_000_000, ge=1)
-    max_concurrency: int = Field(64, ge=1)
-    timeout_s: float = Field(30.0, gt=0)
+    max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="request body cap (413 above)")
+    max_batch_images: int = Field(32, ge=1, description="most images in one /classify_batch request")
+    max_pixels: int = Field(50_000_000, ge=1, description="pixel cap per image, checked from the header")
+    max_concurrency: int = Field(64, ge=1, description="requests in progress in the service (429 above)")
+    timeout_s: float = Field(30.0, gt=0, description="request timeout (504 above)")
     monitor: MonitorConfig = Field(default_factory=lambda: MonitorConfig())
+
+    #: Prefix of the environment variables :meth:`from_env` reads and :meth:`to_env` writes.
+    ENV_PREFIX: ClassVar[str] = "SHIPYARD_"
+    ENV_FILE: ClassVar[str] = "SHIPYARD_SERVE_CONFIG"
+
+    @classmethod
+    def env_names(cls) -> dict[str, str]:
+        """``{field: environment variable}`` for every field (``monitor`` -> ``SHIPYARD_MONITOR``)."""
+        return {name: cls.ENV_PREFIX + name.upper() for name in cls.model_fields}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeConfig:
+        """Build the config from ``SHIPYARD_SERVE_CONFIG`` (YAML) and ``SHIPYARD_<FIELD>`` variables.
+
+        Args:
+            environ: the environment to read (default ``os.environ``).
+
+        Returns:
+            The validated config; variables win over the file, the file over the defaults.
+
+        Raises:
+            ConfigError: the file is missing or malformed, or a variable's value is invalid (the message
+                names the variable and what it accepts).
+        """
+        import os
+
+        env = os.environ if environ is None else environ
+        raw: dict[str, Any] = {}
+        source = "environment"
+        if path := env.get(cls.ENV_FILE):
+            loaded = _read_yaml_mapping(Path(path), what=cls.ENV_FILE)
+            section = loaded.get("serve", loaded)
+            if not isinstance(section, dict):
+                raise ConfigError(f"{path}: the serve section must be a mapping, not {type(section).__name__}")
+            raw = dict(section)
+            source = f"{path} and the environment"
+        for name, var in cls.env_names().items():
+            if var not in env:
+                continue
+            value: Any = env[var].strip()
+            if name == "monitor":
+                raw["monitor"] = _monitor_from_env(value, var, raw.get("monitor"))
+                continue
+            if value.lower() in ("", "none", "null", "auto") and name in ("model", "threads"):
+                value = None
+            raw[name] = value
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            lines = format_validation_error(exc, cls, source).splitlines()
+            names = cls.env_names()
+            hinted = [
+                line + (f" (variable {names[key]})" if (key := _first_key(line)) in names and names[key] in env else "")
+                for line in lines
+            ]
+            raise ConfigError("\n".join(hinted)) from None
+
+    def to_env(self) -> dict[str, str]:
+        """The ``SHIPYARD_<FIELD>`` variables that make :meth:`from_env` rebuild this config exactly.
+
+        ``model`` and ``threads`` are written as ``none`` when unset, so that a stale variable in the
+        parent's environment cannot win.
+        """
+        out: dict[str, str] = {}
+        for name, var in self.env_names().items():
+            value = getattr(self, name)
+            if name == "monitor":
+                out[var] = value.model_dump_json()
+            elif value is None:
+                out[var] = "none"
+            elif isinstance(value, bool):
+                out[var] = "1" if value else "0"
+            else:
+                out[var] = str(value)
+        return out
 
 
 class MonitorConfig(StrictModel):
@@ -110,6 +208,46 @@ class LoadTestConfig(StrictModel):
 
 
 ServeConfig.model_rebuild()
+
+
+def _read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"{what}={str(path)!r}: no such file; point it at a YAML file with a serve: section")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a mapping, not {type(loaded).__name__}")
+    return loaded
+
+
+def _monitor_from_env(value: str, var: str, base: Any) -> Any:
+    """``SHIPYARD_MONITOR``: ``0``/``1`` (enabled) or a JSON object of :class:`MonitorConfig` fields."""
+    import json
+
+    merged = dict(base) if isinstance(base, dict) else {}
+    if value.startswith("{"):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{var} is not valid JSON ({exc.msg}); give 0, 1 or a JSON object") from None
+        return {**merged, **parsed}
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return {**merged, "enabled": True}
+    if lowered in ("0", "false", "no", "off"):
+        return {**merged, "enabled": False}
+    raise ConfigError(f"{var}={value!r} is invalid: give 0, 1 or a JSON object of monitor settings")
+
+
+def _first_key(line: str) -> str:
+    """The top-level key named in one line of :func:`format_validation_error`."""
+    start = line.find("'")
+    end = line.find("'", start + 1)
+    return line[start + 1 : end].split(".")[0] if 0 <= start < end else ""
 
 M = TypeVar("M", bound=BaseModel)
 _ANY = Literal["any"]

@@ -1,0 +1,187 @@
+"""The model side of the service: one runner from ``edge``, warmed up, and the batch wire format.
+
+The API service decodes images and sends ``uint8`` batches of the input contract to the model service's
+batchable ``predict``; BentoML's adaptive batching merges concurrent calls along the first axis and splits
+the result again. Everything a request needs back travels in one ``float32`` array per image (see
+:func:`pack` / :func:`unpack`), because a batchable API returns one array that BentoML slices per caller.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from edge.errors import PackageError
+from edge.manifest import Manifest
+from edge.package import choose_variant, open_package, open_variant_runner
+from edge.runners import Runner
+
+#: The ONNX variant that adds the embedding output to ``model.onnx`` (built by ``shipyard optimize``).
+EMBEDDING_VARIANT = "model_embedding.onnx"
+PLAIN_ONNX = "model.onnx"
+#: Columns after the probabilities and the embedding: inference seconds of the batch, and its size.
+TRAILER = 2
+
+
+@dataclass(frozen=True)
+class Unpacked:
+    """One image's share of a batched inference."""
+
+    probabilities: np.ndarray
+    embedding: np.ndarray | None
+    inference_s: float
+    batch_size: int
+
+
+def pack(probabilities: np.ndarray, embedding: np.ndarray | None, seconds: float) -> np.ndarray:
+    """One ``float32`` row per image: probabilities, embedding (if any), inference seconds, batch size."""
+    n, classes = probabilities.shape
+    width = classes + (0 if embedding is None else embedding.shape[1]) + TRAILER
+    out = np.empty((n, width), dtype=np.float32)
+    out[:, :classes] = probabilities
+    if embedding is not None:
+        out[:, classes:-TRAILER] = embedding.reshape(n, -1)
+    out[:, -2] = seconds
+    out[:, -1] = n
+    return out
+
+
+def unpack(rows: np.ndarray, num_classes: int) -> list[Unpacked]:
+    """Split :func:`pack`'s rows back into per-image results (the embedding is ``None`` when absent)."""
+    rows = np.asarray(rows, dtype=np.float32)
+    emb_width = rows.shape[1] - num_classes - TRAILER
+    return [
+        Unpacked(
+            probabilities=row[:num_classes],
+            embedding=row[num_classes:-TRAILER] if emb_width > 0 else None,
+            inference_s=float(row[-2]),
+            batch_size=round(float(row[-1])),
+        )
+        for row in rows
+    ]
+
+
+def served_variant(manifest: Manifest, requested: str, embeddings: bool) -> str:
+    """The variant key to serve for ``requested``.
+
+    ``model.onnx`` is swapped for ``model_embedding.onnx`` when ``embeddings`` is on and the package has
+    that variant passing its gate: the same graph with a second output, so the drift monitor gets the
+    embedding at no extra inference.
+
+    Raises:
+        PackageError: the requested variant is unknown or not runnable (the message lists the runnable ones).
+    """
+    key = choose_variant(manifest, requested)
+    file = PurePosixPath(manifest.variants[key].file).name
+    if embeddings and file == PLAIN_ONNX:
+        for other, info in manifest.variants.items():
+            if PurePosixPath(info.file).name == EMBEDDING_VARIANT and info.status == "passed":
+                return other
+    return key
+
+
+def _stop_spinning(runner: Runner, path: Path, sha256: str) -> None:
+    """Rebuild an :class:`~edge.runners.OnnxRunner`'s session with its thread pool not spinning.
+
+    ONNX Runtime's intra-op threads busy-wait for more work after each run by default: in a tight loop
+    that is free, but a server between batches burns a core on it (measured: ~70% more CPU per
+    request). The file is read once more and checked against the manifest's sha256 again.
+
+    Raises:
+        IntegrityError: the file changed since it was verified.
+    """
+    import hashlib
+
+    import onnxruntime as ort
+
+    from edge.errors import IntegrityError
+
+    content = path.read_bytes()
+    if hashlib.sha256(content).hexdigest() != sha256:
+        raise IntegrityError(f"{path} changed while it was being loaded; refusing to serve it")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = runner.num_threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    runner._sess = ort.InferenceSession(content, sess_options=opts, providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+
+
+class Predictor:
+    """A warmed-up runner of one variant of a package; thread-safe :meth:`predict` of ``uint8`` batches."""
+
+    def __init__(
+        self,
+        package_dir: str | Path,
+        variant: str = PLAIN_ONNX,
+        *,
+        threads: int | None = None,
+        embeddings: bool = True,
+        warmup_batches: tuple[int, ...] = (1,),
+    ) -> None:
+        """Open the variant after verifying its sha256, and run a warm-up inference per batch size.
+
+        Raises:
+            PackageError / IntegrityError / ModelFileError: as :func:`edge.package.open_variant_runner`.
+        """
+        self.package_dir = Path(package_dir)
+        manifest = open_package(self.package_dir)
+        key = served_variant(manifest, variant, embeddings)
+        self.runner: Runner
+        self.runner, self.manifest, self.variant = open_variant_runner(self.package_dir, key, threads)
+        self.variant_file = PurePosixPath(self.manifest.variants[self.variant].file).name
+        self.has_embedding = "embedding" in self.runner.output_names
+        if self.runner.format == "onnx":
+            _stop_spinning(
+                self.runner,
+                self.package_dir / self.manifest.variants[self.variant].file,
+                self.manifest.files[self.manifest.variants[self.variant].file].sha256,
+            )
+        self._lock = threading.Lock()
+        self.warmup_s = 0.0
+        self.ready = False
+        self.warm_up(warmup_batches)
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest.num_classes
+
+    def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
+        """Run zeros through the model once per batch size (allocations, kernel selection), then mark ready.
+
+        Raises:
+            PackageError: the warm-up output does not have one probability per label.
+        """
+        started = time.perf_counter()
+        contract = self.manifest.input
+        for n in sorted(set(batch_sizes)):
+            zeros = np.zeros((n, contract.height, contract.width, contract.channels), np.uint8)
+            probs, _ = self._run(zeros)
+            if probs.shape != (n, self.num_classes):
+                raise PackageError(
+                    f"variant {self.variant!r} returned shape {probs.shape} for a batch of {n}, expected "
+                    f"({n}, {self.num_classes}); the package is inconsistent, re-export the variant"
+                )
+        self.warmup_s = time.perf_counter() - started
+        self.ready = True
+
+    def _run(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        with self._lock:
+            outputs = self.runner.run(pixels)
+        probs = outputs.get("probabilities", next(iter(outputs.values())))
+        emb = outputs.get("embedding") if self.has_embedding else None
+        return probs, emb
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """Run a ``uint8`` ``(N, H, W, 3)`` batch; return :func:`pack`'s rows."""
+        started = time.perf_counter()
+        probs, emb = self._run(pixels)
+        return pack(probs, emb, time.perf_counter() - started)
+
+    def close(self) -> None:
+        """Release the runtime."""
+        self.runner.close()

@@ -1,0 +1,314 @@
+"""The Shipyard prediction service (BentoML 1.4): ``bentoml serve serving.service:Shipyard``.
+
+:class:`Shipyard` is the HTTP API: it parses uploads, decodes them with ``edge``'s preprocessing and
+answers. :class:`ShipyardModel` holds the model: one warmed-up runner of one variant of a registered
+package, behind a batchable ``predict`` where BentoML's adaptive batching merges concurrent requests
+into one inference call. By default each API worker holds the model and batches in process
+(:class:`serving.batching.LocalModel`); with ``serve.model_service`` the model runs in its own process,
+reached through ``bentoml.depends`` (:class:`serving.batching.RemoteModel`).
+
+Settings come from the environment (see :class:`edge.config.ServeConfig`), read when this module is
+imported because batching and traffic limits are fixed when the classes are declared.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import anyio
+import bentoml
+import numpy as np
+from starlette.responses import JSONResponse
+
+from edge.runners import default_threads
+from serving.batching import LocalModel, Overloaded, RemoteModel
+from serving.http import JSON, MULTIPART, ClientError, RequestGuard, Upload, info_app, quiet_client_errors
+from serving.inference import Predictor, unpack
+from serving.processing import GuardedMonitor, decode_all, rank
+from serving.schemas import (
+    BATCH_EXAMPLE,
+    CLASSIFY_EXAMPLE,
+    BatchResult,
+    ClassifyBatchInput,
+    ClassifyInput,
+    ClassifyResult,
+    FeedbackResult,
+    Metadata,
+    Timing,
+)
+from serving.settings import load_settings, package_dir
+
+SETTINGS = load_settings()
+CONFIG = SETTINGS.config
+BATCHING = CONFIG.batching and CONFIG.max_batch_size > 1
+#: Inference threads per model: as configured, else the cores split over the models of this server.
+THREADS = CONFIG.threads or (None if CONFIG.model_service else max(1, default_threads() // CONFIG.workers))
+ClassifyInput.max_files = 4
+ClassifyBatchInput.max_files = CONFIG.max_batch_images
+quiet_client_errors()
+
+
+@bentoml.service(
+    name="shipyard_model",
+    workers=1,
+    threads=1,  # one inference at a time, each using every inference thread
+    traffic={"timeout": CONFIG.timeout_s * 2},
+    # BentoML 1.4 replaces the API service's connection pool to this service every 100 requests and
+    # closes the old pool with requests still in flight on it; one local model worker needs no rotation.
+    runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0 * 365 * 86400},
+    logging={"access": {"enabled": False}},  # the internal hop; the API service logs every request
+)
+class ShipyardModel:
+    """The model: a warmed-up ``edge`` runner behind one batchable API."""
+
+    def __init__(self) -> None:
+        tag = SETTINGS.require_tag()
+        self.predictor = Predictor(
+            package_dir(tag),
+            CONFIG.variant,
+            threads=THREADS,
+            embeddings=CONFIG.embeddings,
+            warmup_batches=(1, CONFIG.max_batch_size) if BATCHING else (1,),
+        )
+
+    @bentoml.api(
+        batchable=BATCHING,
+        max_batch_size=max(2, CONFIG.max_batch_size),
+        max_latency_ms=CONFIG.max_latency_ms,
+    )
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """``uint8`` images ``(N, H, W, 3)`` -> one packed row per image (see :func:`serving.inference.pack`)."""
+        return self.predictor.predict(pixels)
+
+    def __is_ready__(self) -> bool:
+        return self.predictor.ready
+
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        self.predictor.close()
+
+
+# BentoML derives an output's media type from its JSON schema, rebuilt for every response: fix it once.
+ShipyardModel.apis["predict"].output_spec.media_type = ShipyardModel.apis["predict"].output_spec.mime_type()
+
+
+@bentoml.asgi_app(info_app({"/metadata": "describe", "/drift": "drift_report"}), path="/")
+@bentoml.service(
+    name="shipyard",
+    workers=CONFIG.workers,
+    traffic={"timeout": CONFIG.timeout_s, "max_concurrency": CONFIG.max_concurrency},
+)
+class Shipyard:
+    """Image classification over HTTP: ``/classify``, ``/classify_batch``, ``/metadata``, ``/feedback``, ``/drift``."""
+
+    if SETTINGS.tag is not None:
+        # Declared so that 'bentoml build' packs the model into the Bento.
+        package = bentoml.models.BentoModel(SETTINGS.tag)
+    if CONFIG.model_service:
+        model_service = bentoml.depends(ShipyardModel)
+
+    def __init__(self) -> None:
+        from edge.manifest import read_manifest
+        from serving.inference import served_variant
+
+        self.tag = SETTINGS.require_tag()
+        self.package_dir = package_dir(self.tag)
+        self.manifest = read_manifest(self.package_dir)
+        self.variant = served_variant(self.manifest, CONFIG.variant, CONFIG.embeddings)
+        self.variant_info = self.manifest.variants[self.variant]
+        self.variant_file = self.variant_info.file.rsplit("/", 1)[-1]
+        self.labels = list(self.manifest.labels)
+        if CONFIG.model_service:
+            self.model: LocalModel | RemoteModel = RemoteModel(self.model_service)
+        else:
+            self.model = LocalModel(ShipyardModel(), ShipyardModel.apis["predict"])
+        self.monitor = GuardedMonitor(self.manifest, self.package_dir, CONFIG.monitor)
+        self._decode_limiter = anyio.CapacityLimiter(4)
+        self.ready = True
+
+    def __is_ready__(self) -> bool:
+        return self.ready
+
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        self.model.close()
+        self.monitor.close()
+
+    # ------------------------------------------------------------------------------------------- APIs
+
+    @bentoml.api(input_spec=ClassifyInput, route="/classify")
+    async def classify(
+        self, image: Upload, top_k: int | None = None, ctx: bentoml.Context = None
+    ) -> ClassifyResult:  # type: ignore[assignment]
+        """Classify one uploaded image: top-k labels with probabilities, the model tag and variant."""
+        started = _request_start(ctx)
+        results = await self._classify([image], "image", top_k, started)
+        if isinstance(results, JSONResponse):
+            return results  # type: ignore[return-value]
+        return results[0]
+
+    @bentoml.api(input_spec=ClassifyBatchInput, route="/classify_batch")
+    async def classify_batch(
+        self,
+        images: list[Upload],
+        top_k: int | None = None,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+    ) -> BatchResult:
+        """Classify several uploaded images; one result per image, in upload order."""
+        started = _request_start(ctx)
+        if len(images) > CONFIG.max_batch_images:
+            raise ClientError(
+                f"{len(images)} images in one request, over the limit of {CONFIG.max_batch_images}; split them",
+                413,
+            )
+        results = await self._classify(images, "images", top_k, started)
+        if isinstance(results, JSONResponse):
+            return results  # type: ignore[return-value]
+        return BatchResult(
+            model=self.tag,
+            variant=self.variant_file,
+            count=len(results),
+            latency_ms=(time.perf_counter() - started) * 1000,
+            results=results,
+        )
+
+    @bentoml.api(route="/feedback")
+    async def feedback(self, request_id: str, label: str) -> FeedbackResult:
+        """Record the true label of an earlier prediction (by its ``request_id``) for the live accuracy."""
+        details = await anyio.to_thread.run_sync(self.monitor.feedback, request_id, label)
+        return FeedbackResult(request_id=request_id, label=label, details=details)
+
+    @bentoml.api(route="/metadata")
+    async def metadata(self) -> Metadata:
+        """The model tag, labels, input contract, variant, metrics and serving settings (also ``GET``)."""
+        return Metadata.model_validate(self.describe())
+
+    @bentoml.api(route="/drift")
+    async def drift(self) -> dict[str, Any]:
+        """Current drift statistics of the live traffic against the package's reference (also ``GET``)."""
+        return await anyio.to_thread.run_sync(self.drift_report)
+
+    # ------------------------------------------------------------------------------------ the work
+
+    def describe(self) -> dict[str, Any]:
+        """What ``/metadata`` shows."""
+        return Metadata(
+            model=self.tag,
+            name=self.manifest.name,
+            version=self.manifest.version,
+            labels=self.labels,
+            input=self.manifest.input.model_dump(),
+            variant=self.variant_file,
+            variant_file=self.variant_info.file,
+            embedding="embedding" in self.variant_info.outputs,
+            metrics=self.manifest.metrics,
+            variant_metrics=self.variant_info.metrics,
+            serving={
+                "batching": BATCHING,
+                "max_batch_size": CONFIG.max_batch_size,
+                "max_latency_ms": CONFIG.max_latency_ms,
+                "top_k": CONFIG.top_k,
+                "max_request_bytes": CONFIG.max_request_bytes,
+                "max_batch_images": CONFIG.max_batch_images,
+                "max_pixels": CONFIG.max_pixels,
+                "max_concurrency": CONFIG.max_concurrency,
+                "timeout_s": CONFIG.timeout_s,
+                "workers": CONFIG.workers,
+                "threads": THREADS,
+                "model_service": CONFIG.model_service,
+                "warmup_ms": None if self.model.warmup_s is None else self.model.warmup_s * 1000,
+                "monitoring": self.monitor.monitor is not None,
+            },
+        ).model_dump(mode="json")
+
+    def drift_report(self) -> dict[str, Any]:
+        """What ``/drift`` shows."""
+        return self.monitor.drift()
+
+    async def _classify(
+        self, uploads: list[Upload], field: str, top_k: int | None, started: float
+    ) -> list[ClassifyResult] | JSONResponse:
+        contract = self.manifest.input
+        try:
+            decoded = await anyio.to_thread.run_sync(
+                lambda: decode_all(uploads, contract, max_pixels=CONFIG.max_pixels, field=field),
+                limiter=self._decode_limiter,
+            )
+        except ClientError as exc:
+            self.monitor.error({413: "too_large", 415: "unsupported_format"}.get(exc.status, "bad_image"))
+            raise
+        pixels = np.stack([d.pixels for d in decoded])
+        sent = time.perf_counter()
+        try:
+            rows = await self.model.predict(pixels)
+        except Overloaded:
+            self.monitor.error("overloaded")
+            return JSONResponse(
+                {
+                    "error": f"the model is overloaded: the request waited longer than max_latency_ms "
+                    f"({CONFIG.max_latency_ms} ms) for its batch; retry later or send fewer requests at once"
+                },
+                status_code=503,
+            )
+        roundtrip = time.perf_counter() - sent
+        k = top_k or CONFIG.top_k
+        results = []
+        for d, out in zip(decoded, unpack(rows, len(self.labels)), strict=True):
+            request_id = uuid.uuid4().hex
+            queue_s = max(0.0, roundtrip - out.inference_s)
+            self.monitor.prediction(
+                request_id,
+                d.pixels,
+                (d.info.width, d.info.height),
+                out.probabilities,
+                out.embedding,
+                self.variant,
+            )
+            results.append(
+                ClassifyResult(
+                    request_id=request_id,
+                    model=self.tag,
+                    variant=self.variant_file,
+                    predictions=rank(out.probabilities, self.labels, k),
+                    latency_ms=0.0,
+                    image=d.info,
+                    timing=Timing(
+                        decode_ms=d.seconds * 1000,
+                        queue_ms=queue_s * 1000,
+                        inference_ms=out.inference_s * 1000,
+                        batch_size=out.batch_size,
+                    ),
+                )
+            )
+        total = time.perf_counter() - started
+        for result, d in zip(results, decoded, strict=True):
+            result.latency_ms = total * 1000
+            self.monitor.timings(
+                decode=d.seconds,
+                queue=result.timing.queue_ms / 1000,
+                inference=result.timing.inference_ms / 1000,
+                total=total,
+            )
+        return results
+
+
+def _request_start(ctx: Any) -> float:
+    """When the request reached the server (set by :class:`RequestGuard`), else now."""
+    try:
+        return float(ctx.request.scope["state"]["shipyard_start"])
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return time.perf_counter()
+
+
+Shipyard.add_asgi_middleware(
+    RequestGuard,
+    routes={"/classify": MULTIPART, "/classify_batch": MULTIPART, "/feedback": JSON},
+    max_request_bytes=CONFIG.max_request_bytes,
+    examples={
+        "/classify": CLASSIFY_EXAMPLE,
+        "/classify_batch": BATCH_EXAMPLE,
+        "/feedback": 'curl -H "Content-Type: application/json" -d \'{"request_id": "...", "label": "cat"}\'',
+    },
+)

@@ -1,0 +1,96 @@
+"""What the service process serves: the :class:`~edge.config.ServeConfig` from the environment and the
+model package it names in the BentoML model store.
+
+Read once when ``serving.service`` is imported, because BentoML fixes batching and traffic limits when
+the service classes are declared. ``name:latest`` is resolved to one version here and written back to
+``SHIPYARD_MODEL``, so that every process ``bentoml serve`` starts afterwards (API workers and the model
+worker) serves the same version even if another one is registered meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.config import ServeConfig
+from edge.errors import PackageError
+from edge.manifest import MANIFEST_NAME
+
+MODEL_ENV = "SHIPYARD_MODEL"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration plus the concrete model tag (``None`` when no model was named)."""
+
+    config: ServeConfig
+    tag: str | None
+
+    def require_tag(self) -> str:
+        """The model tag, or a :class:`PackageError` that says how to name one."""
+        if self.tag is None:
+            raise PackageError(
+                "no model to serve: set SHIPYARD_MODEL=name:version (or name:latest), serve.model in the file "
+                "named by SHIPYARD_SERVE_CONFIG, or run 'shipyard serve TAG'"
+            )
+        return self.tag
+
+
+def resolve_tag(tag: str) -> str:
+    """The concrete ``name:version`` of ``tag`` (``name`` and ``name:latest`` allowed) in the model store.
+
+    Raises:
+        PackageError: the tag is malformed, or the store has no such model.
+    """
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        model = bentoml.models.get(tag)
+    except NotFound:
+        raise PackageError(
+            f"model {tag!r} is not in the BentoML model store at {store_home()}; 'shipyard models list' "
+            "shows what is there, 'shipyard register PACKAGE' adds one"
+        ) from None
+    except Exception as exc:
+        raise PackageError(f"bad model tag {tag!r}: {exc}; use name:version or name:latest") from None
+    return str(model.tag)
+
+
+def package_dir(tag: str) -> Path:
+    """The directory of a registered package (it holds ``manifest.json`` and the files it lists).
+
+    Raises:
+        PackageError: not in the store, or not a Shipyard package.
+    """
+    import bentoml
+
+    path = Path(bentoml.models.get(resolve_tag(tag)).path)
+    if not (path / MANIFEST_NAME).is_file():
+        raise PackageError(f"{tag} in the model store is not a Shipyard package (it has no {MANIFEST_NAME})")
+    return path
+
+
+def store_home() -> str:
+    """Where the BentoML home (and its model store) is: ``$BENTOML_HOME`` or ``~/bentoml``."""
+    return os.environ.get("BENTOML_HOME") or str(Path.home() / "bentoml")
+
+
+def load_settings(environ: MutableMapping[str, str] | None = None, *, pin: bool = True) -> Settings:
+    """Read :class:`ServeConfig` from the environment and resolve its model tag.
+
+    Args:
+        environ: the environment (default ``os.environ``).
+        pin: write the resolved ``name:version`` back to ``SHIPYARD_MODEL`` in ``environ``.
+
+    Raises:
+        ConfigError: a bad setting. PackageError: the model is not in the store.
+    """
+    env = os.environ if environ is None else environ
+    config = ServeConfig.from_env(env)
+    tag = resolve_tag(config.model) if config.model else None
+    if tag is not None and pin:
+        env[MODEL_ENV] = tag
+    return Settings(config=config, tag=tag)

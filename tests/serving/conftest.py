@@ -1,0 +1,329 @@
+"""Fixtures of the service tests: a served package in the model store, test images, the service in
+process (Starlette's TestClient) and as a real ``bentoml serve`` on 127.0.0.1.
+
+The package is the shared tiny trained model (3 digit classes, 32 px), optimized to the variants the
+service runs (``model.onnx``, ``model_embedding.onnx``, ``fp32.tflite``, ``int8.tflite``) and registered
+under its own name so that other tests' registrations of the tiny package cannot collide with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVED_NAME = "serving-tiny"
+VARIANTS = ["model.onnx", "model_embedding.onnx", "fp32.tflite", "int8.tflite"]
+
+
+@dataclass(frozen=True)
+class Served:
+    """The registered package the service tests serve."""
+
+    tag: str
+    package: Path
+    labels: list[str]
+
+
+@pytest.fixture(scope="session")
+def served(tiny_package, tmp_path_factory) -> Served:
+    """The tiny package with the runnable variants, registered as ``serving-tiny:v1``."""
+    from edge.manifest import read_manifest, write_manifest
+    from training.optimize import optimize_config_for, run_optimize
+    from training.registry import register
+
+    pkg = tmp_path_factory.mktemp("served") / "pkg"
+    shutil.copytree(tiny_package, pkg)
+    config = optimize_config_for(
+        read_manifest(pkg), None, ["optimize.latency=false", "optimize.representative_samples=50"]
+    )
+    outcome = run_optimize(pkg, config, variants=VARIANTS)
+    failed = [(r.key, r.status, r.reason) for r in outcome.results if r.status != "passed"]
+    assert not failed, failed
+    manifest = read_manifest(pkg)
+    manifest.name = SERVED_NAME
+    write_manifest(pkg, manifest)
+    return Served(tag=register(pkg), package=pkg, labels=list(manifest.labels))
+
+
+# ------------------------------------------------------------------------------------------ images
+
+
+@dataclass(frozen=True)
+class Images:
+    """Real digit images of the package's classes, in several formats, plus hostile inputs."""
+
+    png: list[bytes]
+    labels: list[int]
+    jpeg: bytes
+    webp: bytes
+    bmp: bytes
+    gif: bytes
+    rgba_png: bytes
+    large_png: bytes  # big enough that decoding takes a noticeable time (timeouts, concurrency limits)
+    bomb_png: bytes  # a header that claims 100 000 x 100 000 pixels
+
+
+def _encode(arr: np.ndarray, fmt: str, **kwargs) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` RGB pixels, with a token amount of data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture(scope="session")
+def images(small_demo_dir) -> Images:
+    """Six digits per class from the demo data, and the same pixels in other formats."""
+    from PIL import Image
+
+    files = []
+    for label in ("0", "1", "2"):
+        files += [(p, int(label)) for p in sorted((small_demo_dir / label).glob("*.png"))[:6]]
+    png = [p.read_bytes() for p, _ in files]
+    rgb = np.asarray(Image.open(io.BytesIO(png[0])).convert("RGB"))
+    rng = np.random.default_rng(0)
+    large = rng.integers(0, 256, size=(2000, 2000, 3), dtype=np.uint8)
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 200, np.uint8)])
+    return Images(
+        png=png,
+        labels=[label for _, label in files],
+        jpeg=_encode(rgb, "JPEG", quality=95),
+        webp=_encode(rgb, "WEBP"),
+        bmp=_encode(rgb, "BMP"),
+        gif=_encode(rgb, "GIF"),
+        rgba_png=_encode(rgba, "PNG"),
+        large_png=_encode(large, "PNG", compress_level=1),
+        bomb_png=png_bomb(),
+    )
+
+
+# ------------------------------------------------------------------------------------------ in process
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block, restoring the previous values after it."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def service_env(tag: str | None, **settings) -> dict[str, str]:
+    """``SHIPYARD_*`` variables for a :class:`ServeConfig` with ``model=tag`` and ``settings``."""
+    from edge.config import ServeConfig
+
+    return ServeConfig(model=tag, **settings).to_env()
+
+
+def load_service(env: dict[str, str]):
+    """(Re)import ``serving.service`` under ``env``; return the module."""
+    with environment(env):
+        if "serving.service" in sys.modules:
+            return importlib.reload(sys.modules["serving.service"])
+        return importlib.import_module("serving.service")
+
+
+def forget_bentoml_metrics() -> None:
+    """Unregister BentoML's request metrics from prometheus' default registry.
+
+    BentoML registers them each time it builds an app; a second app in one process (another config
+    here) would otherwise fail with "Duplicated timeseries".
+    """
+    from prometheus_client import REGISTRY
+
+    for collector, names in list(REGISTRY._collector_to_names.items()):
+        if any(name.startswith("bentoml_") for name in names):
+            REGISTRY.unregister(collector)
+
+
+@contextlib.contextmanager
+def asgi_client(tag: str | None, **settings) -> Iterator:
+    """The service in this process, behind Starlette's TestClient (lifespan run: model loaded, warmed up)."""
+    from starlette.testclient import TestClient
+
+    env = service_env(tag, **settings)
+    forget_bentoml_metrics()
+    with environment(env):
+        module = load_service(env)
+        app = module.Shipyard.to_asgi()
+        with TestClient(app, raise_server_exceptions=False) as client:
+            client.module = module
+            yield client
+
+
+@pytest.fixture(scope="module")
+def client(served) -> Iterator:
+    """The service with default settings, in process."""
+    with asgi_client(served.tag) as c:
+        yield c
+
+
+# ------------------------------------------------------------------------------------------ real server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningServer:
+    """``bentoml serve serving.service:Shipyard`` (or another command) in its own process group."""
+
+    def __init__(self, env: dict[str, str], log: Path, cmd: list[str] | None = None, port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        cmd = cmd or [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "serving.service:Shipyard",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", **env}
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def wait_ready(self, timeout: float = 180.0) -> float:
+        import httpx
+
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()[-4000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return time.monotonic() - started
+            time.sleep(0.3)
+        raise RuntimeError(f"server not ready after {timeout} s:\n{self.output()[-4000:]}")
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log.read_text(errors="replace")
+
+    def pids(self) -> list[int]:
+        """The server and all its descendants."""
+        import psutil
+
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root.pid, *(p.pid for p in root.children(recursive=True))]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+
+@contextlib.contextmanager
+def running_server(tag: str, log: Path, **settings) -> Iterator[RunningServer]:
+    """A real server for the block; stopped (with every child) however the block ends."""
+    server = RunningServer(service_env(tag, **settings), log)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(served, tmp_path_factory) -> Iterator[RunningServer]:
+    """A real server with default settings except a 1 MB body cap (to test it with a small upload)."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with running_server(served.tag, log, max_request_bytes=1024 * 1024) as s:
+        yield s
+
+
+def reference_probabilities(package: Path, variant: str, pixels: np.ndarray) -> np.ndarray:
+    """Probabilities of ``variant`` on each image alone (batch of one), with the service's own runner setup."""
+    from serving.inference import Predictor, unpack
+
+    predictor = Predictor(package, variant, embeddings=False)
+    try:
+        n = predictor.num_classes
+        return np.stack([unpack(predictor.predict(p[None]), n)[0].probabilities for p in pixels])
+    finally:
+        predictor.close()
+
+
+def decode_all(package: Path, blobs: list[bytes]) -> np.ndarray:
+    """The model inputs of ``blobs`` (edge's preprocessing, as the service does)."""
+    from edge.manifest import read_manifest
+    from edge.preprocess import decode
+
+    contract = read_manifest(package).input
+    return np.stack([decode(b, contract) for b in blobs])
+
+
+def assert_error(resp, status: int | tuple[int, ...], *words: str) -> str:
+    """``resp`` has ``status`` and a JSON body ``{"error": "..."}`` mentioning every word; return the message."""
+    statuses = (status,) if isinstance(status, int) else status
+    assert resp.status_code in statuses, (resp.status_code, resp.text[:500])
+    assert resp.headers["content-type"].startswith("application/json"), resp.headers
+    body = resp.json()
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    message = body["error"]
+    assert isinstance(message, str) and len(message) > 10, body
+    for word in words:
+        assert word.lower() in message.lower(), (word, message)
+    return message

@@ -1,0 +1,164 @@
+"""The serving side never imports TensorFlow or ``training`` (DESIGN.md's one rule), and ``shipyard serve``
+never imports ``serving``: checked in the sources, in a process that runs the service, and in a fresh
+virtual environment that has only the ``serve`` extra installed."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FORBIDDEN = ("tensorflow", "tf_keras", "keras", "training", "tf2onnx", "tensorflow_model_optimization")
+
+RUN_SERVICE = """
+import json, sys
+from starlette.testclient import TestClient
+import serving.service as service
+with TestClient(service.Shipyard.to_asgi()) as client:
+    body = client.post("/classify", files={"image": ("d.png", open(sys.argv[1], "rb").read(), "image/png")}).json()
+loaded = sorted({m.split(".")[0] for m in sys.modules})
+print("RESULT=" + json.dumps({"top": body["predictions"][0]["label"], "variant": body["variant"], "loaded": loaded}))
+"""
+
+
+def _imports(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return names
+
+
+def test_serving_sources_import_no_training_or_tensorflow():
+    files = [p for p in (ROOT / "serving").rglob("*.py") if "loadtest" not in p.parts]
+    assert any(p.name == "service.py" for p in files)
+    for path in files:
+        for name in _imports(path):
+            assert name.split(".")[0] not in FORBIDDEN, f"{path.relative_to(ROOT)} imports {name}"
+
+
+def test_the_serve_command_does_not_import_serving():
+    for name in _imports(ROOT / "training" / "commands" / "serve.py"):
+        assert name.split(".")[0] != "serving", name
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_USE_LEGACY_KERAS")}
+    env.update(PYTHONNOUSERSITE="1", BENTOML_DO_NOT_TRACK="True", **extra)
+    return env
+
+
+def test_a_process_running_the_service_never_loads_tensorflow(served, images, tmp_path):
+    from edge.config import ServeConfig
+
+    image = tmp_path / "d.png"
+    image.write_bytes(images.png[0])
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_SERVICE, str(image)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=_env(**ServeConfig(model=served.tag).to_env()),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(
+        next(x for x in proc.stdout.splitlines() if x.startswith("RESULT=")).removeprefix("RESULT=")
+    )
+    assert report["variant"] == "model_embedding.onnx" and report["top"] in served.labels
+    loaded = set(report["loaded"])
+    assert {"bentoml", "onnxruntime", "serving", "edge"} <= loaded
+    assert not loaded & set(FORBIDDEN), sorted(loaded & set(FORBIDDEN))
+
+
+def _copy_serving_project(dest: Path) -> Path:
+    """What the Dockerfile copies: pyproject.toml, constraints.txt, README.md, edge/ and serving/."""
+    dest.mkdir()
+    for name in ("pyproject.toml", "README.md", "constraints.txt"):
+        shutil.copy(ROOT / name, dest / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "loadtest")
+    for package in ("edge", "serving"):
+        shutil.copytree(ROOT / package, dest / package, ignore=ignore)
+    return dest
+
+
+@pytest.mark.timeout(1500)
+def test_fresh_venv_with_the_serve_extra_runs_the_service(served, images, tmp_path):
+    project = _copy_serving_project(tmp_path / "project")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    install = subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "-c",
+            str(project / "constraints.txt"),
+            f"{project}[serve]",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(),
+        timeout=1400,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    probe = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import importlib.util as u, json; print(json.dumps("
+            "{m: u.find_spec(m) is not None for m in ('tensorflow', 'tf_keras', 'training', 'bentoml', 'onnxruntime')}))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(),
+        timeout=120,
+    )
+    assert json.loads(probe.stdout) == {
+        "tensorflow": False,
+        "tf_keras": False,
+        "training": False,
+        "bentoml": True,
+        "onnxruntime": True,
+    }, probe.stdout + probe.stderr
+
+    from edge.config import ServeConfig
+
+    image = tmp_path / "d.png"
+    image.write_bytes(images.png[0])
+    run = subprocess.run(
+        [str(python), "-c", RUN_SERVICE, str(image)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # not the checkout: serving must come from the venv
+        env=_env(**ServeConfig(model=served.tag).to_env()),
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(
+        next(x for x in run.stdout.splitlines() if x.startswith("RESULT=")).removeprefix("RESULT=")
+    )
+    assert report["top"] in served.labels
+    assert not set(report["loaded"]) & set(FORBIDDEN)
+    where = subprocess.run(
+        [str(python), "-c", "import serving; print(serving.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(),
+    )
+    assert str(venv) in where.stdout
