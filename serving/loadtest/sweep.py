@@ -1,0 +1,347 @@
+"""A batching sweep: restart the service over a grid of settings, load each the same way, pick one.
+
+Each point of ``max_batch_size x max_latency_ms x workers`` starts ``shipyard serve`` afresh on 127.0.0.1,
+runs the same Locust load against it (:func:`serving.loadtest.runner.run_loadtest`) and becomes one row of
+a table. A point that fails to start or run is a row with its error, not a crash. The recommendation is the
+highest throughput among the points that meet the limits (ties: the lower p95).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from serving.loadtest.runner import (
+    LoadTestError,
+    LocustPlan,
+    ServeOptions,
+    format_value,
+    render_table,
+    run_loadtest,
+)
+
+COLUMNS = [
+    "point",
+    "max_batch_size",
+    "max_latency_ms",
+    "workers",
+    "requests",
+    "failures",
+    "fail_ratio",
+    "rps",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "meets_limits",
+    "error",
+]
+
+
+def sweep_grid(
+    base: ServeOptions, batch_sizes: list[int], latencies_ms: list[int], workers: list[int]
+) -> list[ServeOptions]:
+    """Every combination, in order, as serve options derived from ``base`` (batching on).
+
+    Raises:
+        ValueError: an empty axis or a value below 1.
+    """
+    for name, axis in (("batch sizes", batch_sizes), ("latencies", latencies_ms), ("workers", workers)):
+        if not axis:
+            raise ValueError(f"the sweep needs at least one of {name}")
+        if any(v < 1 for v in axis):
+            raise ValueError(f"sweep {name} must be >= 1, got {axis}")
+    return [
+        replace(base, max_batch_size=b, max_latency_ms=lat, workers=w, batching=True)
+        for w, b, lat in itertools.product(workers, batch_sizes, latencies_ms)
+    ]
+
+
+def point_name(options: ServeOptions) -> str:
+    """A short folder-safe name, e.g. ``b16-l20-w1``."""
+    return f"b{options.max_batch_size}-l{options.max_latency_ms}-w{options.workers or 1}"
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    """The rows of a sweep, the recommended row (or ``None``) and the files written."""
+
+    rows: list[dict[str, Any]]
+    recommended: dict[str, Any] | None
+    output: Path
+    plot: Path | None
+    notes: list[str]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when some point met the limits, 1 when none did."""
+        return 0 if self.recommended is not None else 1
+
+
+def recommend(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row with the highest throughput among those meeting the limits (ties: lower p95), or ``None``."""
+    ok = [r for r in rows if r["meets_limits"]]
+    if not ok:
+        return None
+    return max(ok, key=lambda r: (r["rps"], -(r["p95_ms"] or float("inf"))))
+
+
+def sweep_table(
+    rows: list[dict[str, Any]], recommended: dict[str, Any] | None, markdown: bool = False
+) -> str:
+    """The sweep as a table; the recommended row is marked with ``*``."""
+    headers = [
+        "point",
+        "batch",
+        "latency ms",
+        "workers",
+        "requests",
+        "fail %",
+        "req/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "meets limits",
+    ]
+    body = []
+    for r in rows:
+        mark = " *" if recommended is not None and r["point"] == recommended["point"] else ""
+        body.append(
+            [
+                r["point"] + mark,
+                str(r["max_batch_size"]),
+                str(r["max_latency_ms"]),
+                str(r["workers"]),
+                str(r["requests"]),
+                format_value(100 * r["fail_ratio"] if r["fail_ratio"] is not None else None, ".2f"),
+                format_value(r["rps"]),
+                format_value(r["p50_ms"], ".0f"),
+                format_value(r["p95_ms"], ".0f"),
+                format_value(r["p99_ms"], ".0f"),
+                ("yes" if r["meets_limits"] else "no") + (f" ({r['error'][:60]})" if r["error"] else ""),
+            ]
+        )
+    return render_table(headers, body, markdown)
+
+
+def plot_sweep(
+    rows: list[dict[str, Any]],
+    recommended: dict[str, Any] | None,
+    limits: dict[str, float | None],
+    path: Path,
+) -> Path:
+    """Throughput (x) against p95 latency (y), one labelled point per configuration; green meets the limits.
+
+    Raises:
+        ImportError: matplotlib is not installed (``pip install -e .[train]``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    plotted = [r for r in rows if r["p95_ms"] is not None]
+    for r in plotted:
+        color = "tab:green" if r["meets_limits"] else "tab:red"
+        ax.scatter(r["rps"], r["p95_ms"], color=color, s=40, zorder=3)
+    if recommended is not None and recommended["p95_ms"] is not None:
+        ax.scatter(
+            recommended["rps"],
+            recommended["p95_ms"],
+            marker="*",
+            s=260,
+            facecolor="none",
+            edgecolor="black",
+            zorder=4,
+            label=f"recommended: {recommended['point']}",
+        )
+    if limits.get("max_p95_ms") is not None:
+        ax.axhline(limits["max_p95_ms"], color="gray", linestyle="--", linewidth=1, label="max p95")
+    if limits.get("min_rps") is not None:
+        ax.axvline(limits["min_rps"], color="gray", linestyle=":", linewidth=1, label="min req/s")
+    ax.margins(x=0.18, y=0.12)  # room for the labels of the outermost points
+    _label_points(ax, [(r["rps"], r["p95_ms"], r["point"]) for r in plotted])
+    ax.set_xlabel("throughput (requests/s)")
+    ax.set_ylabel("p95 latency (ms)")
+    ax.set_title("Batching sweep: green meets the limits, red does not")
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def applied_settings(options: ServeOptions, metadata: dict[str, Any] | None) -> str | None:
+    """Why the service did not run with the point's settings (from ``/metadata``'s ``serving``), or ``None``.
+
+    A sweep whose settings silently did not reach the server would compare one configuration with itself.
+    """
+    serving = (metadata or {}).get("serving")
+    if not isinstance(serving, dict):
+        return None  # a server that does not report its settings cannot be checked
+    wanted = {
+        "max_batch_size": options.max_batch_size,
+        "max_latency_ms": options.max_latency_ms,
+        "workers": options.workers,
+    }
+    wrong = [
+        f"{k}={serving[k]!r} (asked {v!r})"
+        for k, v in wanted.items()
+        if v is not None and k in serving and serving[k] != v
+    ]
+    return f"the server reports {', '.join(wrong)}" if wrong else None
+
+
+def _label_points(ax: Any, points: list[tuple[float, float, str]]) -> None:
+    """Annotate each point, moving a label to another side of its point when it would cover a label already
+    placed (configurations often land on the same spot)."""
+    ax.figure.canvas.draw()  # fixes the axis limits, so that data map to pixels
+    scale = ax.figure.dpi / 72.0  # pixels per typographic point
+    offsets = [(5, 4), (5, -12), (-5, 4), (-5, -12), (5, 16), (5, -24), (-5, 16), (-5, -24)]
+    placed: list[tuple[float, float, float]] = []  # left, bottom, width of each label, in pixels
+    for x, y, text in points:
+        px, py = ax.transData.transform((x, y))
+        width = 8 * 0.62 * len(text) * scale  # 8 pt text
+        height = 10 * scale
+        for dx, dy in offsets:
+            left = px + dx * scale - (width if dx < 0 else 0)
+            bottom = py + dy * scale
+            if all(
+                abs(bottom - ob) >= height or left + width < ol or ol + ow < left for ol, ob, ow in placed
+            ):
+                break
+        placed.append((left, bottom, width))
+        ax.annotate(
+            text,
+            (x, y),
+            textcoords="offset points",
+            xytext=(dx, dy),
+            fontsize=8,
+            ha="left" if dx > 0 else "right",
+        )
+
+
+def _row(
+    name: str, options: ServeOptions, summary: dict[str, Any] | None, error: str | None
+) -> dict[str, Any]:
+    base = {
+        "point": name,
+        "max_batch_size": options.max_batch_size,
+        "max_latency_ms": options.max_latency_ms,
+        "workers": options.workers or 1,
+    }
+    if summary is None:
+        return {
+            **base,
+            "requests": 0,
+            "failures": 0,
+            "fail_ratio": None,
+            "rps": 0.0,
+            "p50_ms": None,
+            "p95_ms": None,
+            "p99_ms": None,
+            "meets_limits": False,
+            "error": error or "did not run",
+        }
+    lat = summary["latency_ms"]
+    mismatch = applied_settings(options, summary.get("metadata"))
+    return {
+        **base,
+        "requests": summary["requests"],
+        "failures": summary["failures"],
+        "fail_ratio": summary["fail_ratio"],
+        "rps": summary["throughput_rps"],
+        "p50_ms": lat["p50"],
+        "p95_ms": lat["p95"],
+        "p99_ms": lat["p99"],
+        "meets_limits": bool(summary["passed"]) and not mismatch,
+        "error": mismatch,
+    }
+
+
+def run_sweep(
+    points: list[ServeOptions],
+    plan: LocustPlan,
+    output: Path,
+    *,
+    limits: dict[str, float | None],
+    ready_timeout_s: float = 180.0,
+    progress: Callable[[str], None] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> SweepOutcome:
+    """Load every point the same way; write ``sweep.csv``, ``sweep.md``, ``sweep.json`` and ``sweep.png``.
+
+    Each point's own reports go into ``output/<point>/``; ``settings`` is recorded in each ``summary.json``.
+    """
+    say = progress or (lambda _line: None)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, options in enumerate(points, 1):
+        name = point_name(options)
+        say(f"[{i}/{len(points)}] {name}")
+        try:
+            outcome = run_loadtest(
+                plan,
+                output / name,
+                limits=limits,
+                serve_options=options,
+                ready_timeout_s=ready_timeout_s,
+                settings=settings,
+            )
+            rows.append(_row(name, options, outcome.summary, None))
+        except LoadTestError as exc:
+            rows.append(_row(name, options, None, str(exc).splitlines()[0]))
+        r = rows[-1]
+        say(
+            f"    {format_value(r['rps'])} req/s, p95 {format_value(r['p95_ms'], '.0f')} ms, "
+            f"{'meets' if r['meets_limits'] else 'misses'} the limits"
+            + (f": {r['error']}" if r["error"] else "")
+        )
+    best = recommend(rows)
+    notes = []
+    with open(output / "sweep.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: r[k] for k in COLUMNS})
+    plot: Path | None = None
+    try:
+        plot = plot_sweep(rows, best, limits, output / "sweep.png")
+    except ImportError:
+        notes.append("matplotlib is not installed, so no sweep.png; pip install -e .[train]")
+    limit_text = ", ".join(f"{k} {v:g}" for k, v in limits.items() if v is not None) or "none"
+    verdict = (
+        f"Recommended: **{best['point']}** (max_batch_size={best['max_batch_size']}, "
+        f"max_latency_ms={best['max_latency_ms']}, workers={best['workers']}): {best['rps']:.1f} req/s "
+        f"at p95 {format_value(best['p95_ms'], '.0f')} ms, the highest throughput among the points meeting the limits."
+        if best
+        else "No configuration met the limits."
+    )
+    (output / "sweep.md").write_text(
+        f"# Batching sweep\n\n{plan.users} users, {plan.run_time()} per point, scenario {plan.scenario}; "
+        f"limits: {limit_text}.\n\n{sweep_table(rows, best, markdown=True)}\n\n{verdict}\n"
+        + ("\n![throughput against p95](sweep.png)\n" if plot else "")
+    )
+    (output / "sweep.json").write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "recommended": best,
+                "limits": limits,
+                "users": plan.users,
+                "duration_s": plan.duration_s,
+                "scenario": plan.scenario,
+                "notes": notes,
+            },
+            indent=2,
+        )
+    )
+    return SweepOutcome(rows, best, output, plot, notes)
