@@ -58,7 +58,9 @@ class ServeConfig(StrictModel):
     top_k: int = Field(5, ge=1)
     max_batch_size: int = Field(16, ge=1, description="most images per inference call (1: no batching)")
     max_latency_ms: int = Field(
-        1000, ge=10, description="a request waiting longer than this for its batch is shed with 503"
+        5000,
+        ge=10,
+        description="a request whose batch would finish later than this is shed with 503 (BentoML's dispatcher)",
     )
     batching: bool = True
     max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="request body cap (413 above)")
