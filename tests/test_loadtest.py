@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from _support import run_cli
 
 LABELS = ["0", "1", "2"]
 SHORT = ["--duration", "4", "--users", "4", "--spawn-rate", "4", "--think", "0.05,0.1", "--quiet"]

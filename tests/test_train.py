@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BIN, TINY_TRAIN, run_cli
+from _support import BIN, TINY_TRAIN, run_cli
 
 from edge.errors import IntegrityError
 from edge.manifest import read_manifest, verify_package

@@ -17,7 +17,7 @@ from typing import get_args
 import numpy as np
 import pytest
 import yaml
-from conftest import BIN, TINY_TRAIN, run_cli
+from _support import BIN, TINY_TRAIN, run_cli
 
 from edge.config import ConfigError
 from edge.errors import ShipyardError

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import assert_error, decode_all, reference_probabilities, running_server
+from serving_support import assert_error, decode_all, reference_probabilities, running_server
 
 pytestmark = pytest.mark.network
 
@@ -217,7 +217,7 @@ def test_shipyard_serve_starts_and_stops_the_service(served, images, tmp_path):
     import sys
 
     import psutil
-    from conftest import RunningServer, free_port
+    from serving_support import RunningServer, free_port
 
     port = free_port()
     shipyard = Path(sys.executable).parent / "shipyard"

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import asgi_client, assert_error, decode_all, reference_probabilities
+from serving_support import asgi_client, assert_error, decode_all, reference_probabilities
 
 RESULT_FIELDS = {"request_id", "model", "variant", "predictions", "latency_ms", "image", "timing"}
 
