@@ -140,8 +140,11 @@ class Shipyard:
 
     @bentoml.api(input_spec=ClassifyInput, route="/classify")
     async def classify(
-        self, image: Upload, top_k: int | None = None, ctx: bentoml.Context = None
-    ) -> ClassifyResult:  # type: ignore[assignment]
+        self,
+        image: Upload,
+        top_k: int | None = None,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+    ) -> ClassifyResult:
         """Classify one uploaded image: top-k labels with probabilities, the model tag and variant."""
         started = _request_start(ctx)
         results = await self._classify([image], "image", top_k, started)
@@ -252,6 +255,9 @@ class Shipyard:
                 },
                 status_code=503,
             )
+        except Exception:
+            self.monitor.error("internal")
+            raise
         roundtrip = time.perf_counter() - sent
         k = top_k or CONFIG.top_k
         results = []
