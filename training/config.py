@@ -293,6 +293,30 @@ class TuneConfig(StrictModel):
     max_failed_trials: int = Field(3, ge=1, description="stop the search after this many failed trials in a row")
 
 
+class ReportConfig(StrictModel):
+    """Pictures of the data, the network and the training, and the report page (see training.visualize)."""
+
+    plots: bool = Field(True, description="make the pictures in plots/ at the end of training")
+    kinds: list[str] | None = Field(None, description="pictures made at the end of training (default: all)")
+    record: bool = Field(True, description="record histograms and validation predictions while training")
+    record_every: int = Field(2, ge=1, description="record weight/activation/gradient histograms every N epochs")
+    record_layers: list[str] | None = Field(
+        None, description="layers to record; default: the first and last base layer with a kernel, and the output"
+    )
+    record_batch: int = Field(16, ge=1, description="validation images in the fixed batch for activations/gradients")
+    tensorboard_histograms: bool = Field(True, description="also write the histograms to logs/tensorboard/histograms")
+    val_prediction_images: int = Field(512, ge=1, description="validation images predicted after each epoch")
+    embedding_points: int = Field(300, ge=5, description="test images on the embedding map at most")
+    embedding_method: Literal["auto", "tsne", "umap", "pca"] = Field("auto", description="auto: UMAP if installed")
+    samples_per_class: int = Field(6, ge=1, le=32)
+    max_classes: int = Field(20, ge=1, description="sample grids and class maximization show at most this many classes")
+    misclassified: int = Field(24, ge=0, description="misclassified test images shown at most")
+    maximize_layer: str | None = Field(None, description="layer whose channels to maximize; default: the class logits")
+    maximize_units: list[int] | None = Field(None, description="classes or channels to maximize; default: the classes")
+    maximize_steps: int = Field(40, ge=1)
+    seed: int = 0
+
+
 class PipelineConfig(StrictModel):
     """Everything, one section per stage; loads from YAML."""
 
@@ -303,6 +327,7 @@ class PipelineConfig(StrictModel):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     loadtest: LoadTestConfig = Field(default_factory=LoadTestConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
 
 def load_pipeline_config(

@@ -28,7 +28,8 @@ def run_train(
     """Train, evaluate and package. ``resume`` is a run directory (or ``"latest"``) to continue."""
     from training.evaluate import Evaluation
     from training.package import write_package
-    from training.train import _update_state, find_resumable, load_run_config, train
+    from training.train import _update_state, find_resumable, load_run_config, new_version, train
+    from training.visualize import check_kinds, recording_callbacks, write_plots
 
     run_dir = None
     if resume is not None:
@@ -37,8 +38,15 @@ def run_train(
         if config.data.path is not None and saved.data.path != config.data.path:
             saved = saved.model_copy(update={"data": saved.data.model_copy(update={"path": config.data.path})})
         config = saved
-    result = train(config, output, run_dir=run_dir, verbose=verbose)
+    elif config.train.version is None:
+        # The recording callbacks write into the run directory while training: fix its name now.
+        config = config.model_copy(update={"train": config.train.model_copy(update={"version": new_version()})})
+    check_kinds(config.report.kinds)
+    recorders = recording_callbacks(config, run_dir or Path(output) / config.model.name / str(config.train.version))
+    result = train(config, output, run_dir=run_dir, verbose=verbose, extra_callbacks=recorders)
     pkg, manifest = write_package(result, config)
+    if config.report.plots:
+        write_plots(pkg, manifest, config, model=result.model, scan=result.datasets.scan)
     _update_state(pkg, status="done")
     import json
 
