@@ -158,6 +158,28 @@ def test_scenarios_and_user_classes_agree_with_the_config():
             assert f"class {name}(" in source
 
 
+def test_sweep_grid_recommendation_and_settings_check():
+    from serving.loadtest import ServeOptions, recommend, sweep_grid
+    from serving.loadtest.sweep import applied_settings, point_name
+
+    grid = sweep_grid(ServeOptions("m:v"), [1, 8], [50, 1000], [1, 2])
+    assert [point_name(p) for p in grid][:3] == ["b1-l50-w1", "b1-l1000-w1", "b8-l50-w1"] and len(grid) == 8
+    assert "--set" in grid[2].command(3000) and "serve.max_batch_size=8" in grid[2].command(3000)
+    with pytest.raises(ValueError, match="batch sizes"):
+        sweep_grid(ServeOptions("m:v"), [0], [50], [1])
+    rows = [
+        {"point": "a", "rps": 90.0, "p95_ms": 40, "meets_limits": True},
+        {"point": "b", "rps": 150.0, "p95_ms": 300, "meets_limits": False},  # fastest, but misses
+        {"point": "c", "rps": 120.0, "p95_ms": 90, "meets_limits": True},
+        {"point": "d", "rps": 120.0, "p95_ms": 60, "meets_limits": True},  # tie on rps: lower p95 wins
+    ]
+    assert recommend(rows)["point"] == "d"
+    assert recommend([rows[1]]) is None
+    served = {"serving": {"max_batch_size": 16, "max_latency_ms": 50, "workers": 1}}
+    assert "max_batch_size=16 (asked 8)" in applied_settings(grid[2], served)
+    assert applied_settings(grid[0], {"serving": {"max_batch_size": 1, "max_latency_ms": 50}}) is None
+
+
 def test_prometheus_text_is_parsed_for_shipyard_samples_only():
     from serving.loadtest import parse_metrics
     from serving.loadtest.runner import metric_delta

@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
+import platform
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,6 +40,8 @@ COLUMNS = [
     "p95_ms",
     "p99_ms",
     "meets_limits",
+    "missed",
+    "load_1m",
     "error",
 ]
 
@@ -105,6 +109,7 @@ def sweep_table(
         "p50 ms",
         "p95 ms",
         "p99 ms",
+        "load 1m",
         "meets limits",
     ]
     body = []
@@ -122,7 +127,8 @@ def sweep_table(
                 format_value(r["p50_ms"], ".0f"),
                 format_value(r["p95_ms"], ".0f"),
                 format_value(r["p99_ms"], ".0f"),
-                ("yes" if r["meets_limits"] else "no") + (f" ({r['error'][:60]})" if r["error"] else ""),
+                format_value(r["load_1m"], ".1f"),
+                "yes" if r["meets_limits"] else f"no ({r['error'][:60] if r['error'] else r['missed']})",
             ]
         )
     return render_table(headers, body, markdown)
@@ -200,24 +206,27 @@ def applied_settings(options: ServeOptions, metadata: dict[str, Any] | None) -> 
 
 
 def _label_points(ax: Any, points: list[tuple[float, float, str]]) -> None:
-    """Annotate each point, moving a label to another side of its point when it would cover a label already
-    placed (configurations often land on the same spot)."""
+    """Annotate each point, moving a label to another side of its point when it would cover another point
+    or a label already placed (configurations often land on the same spot)."""
     ax.figure.canvas.draw()  # fixes the axis limits, so that data map to pixels
     scale = ax.figure.dpi / 72.0  # pixels per typographic point
+    height = 10 * scale
     offsets = [(5, 4), (5, -12), (-5, 4), (-5, -12), (5, 16), (5, -24), (-5, 16), (-5, -24)]
-    placed: list[tuple[float, float, float]] = []  # left, bottom, width of each label, in pixels
-    for x, y, text in points:
-        px, py = ax.transData.transform((x, y))
+    pixels = [ax.transData.transform((x, y)) for x, y, _ in points]
+    labels: list[tuple[float, float, float, float]] = []  # left, bottom, right, top in pixels
+
+    def free(box: tuple[float, float, float, float], own: int) -> bool:
+        markers = [(px - 9, py - 9, px + 9, py + 9) for k, (px, py) in enumerate(pixels) if k != own]
+        return all(box[2] < o[0] or o[2] < box[0] or box[3] < o[1] or o[3] < box[1] for o in markers + labels)
+
+    for k, ((x, y, text), (px, py)) in enumerate(zip(points, pixels, strict=True)):
         width = 8 * 0.62 * len(text) * scale  # 8 pt text
-        height = 10 * scale
         for dx, dy in offsets:
             left = px + dx * scale - (width if dx < 0 else 0)
-            bottom = py + dy * scale
-            if all(
-                abs(bottom - ob) >= height or left + width < ol or ol + ow < left for ol, ob, ow in placed
-            ):
+            box = (left, py + dy * scale, left + width, py + dy * scale + height)
+            if free(box, k):
                 break
-        placed.append((left, bottom, width))
+        labels.append(box)
         ax.annotate(
             text,
             (x, y),
@@ -248,6 +257,8 @@ def _row(
             "p95_ms": None,
             "p99_ms": None,
             "meets_limits": False,
+            "missed": "",
+            "load_1m": None,
             "error": error or "did not run",
         }
     lat = summary["latency_ms"]
@@ -262,6 +273,8 @@ def _row(
         "p95_ms": lat["p95"],
         "p99_ms": lat["p99"],
         "meets_limits": bool(summary["passed"]) and not mismatch,
+        "missed": ", ".join(c["name"] for c in summary["limits"] if not c["passed"]),
+        "load_1m": (summary.get("machine", {}).get("loadavg_1_5_15") or [None])[0],
         "error": mismatch,
     }
 
@@ -327,7 +340,9 @@ def run_sweep(
     )
     (output / "sweep.md").write_text(
         f"# Batching sweep\n\n{plan.users} users, {plan.run_time()} per point, scenario {plan.scenario}; "
-        f"limits: {limit_text}.\n\n{sweep_table(rows, best, markdown=True)}\n\n{verdict}\n"
+        f"limits: {limit_text}. Load generated and served on one machine with {os.cpu_count()} CPUs "
+        f"({platform.platform()}); 'load 1m' is its 1-minute load average after each point.\n\n"
+        f"{sweep_table(rows, best, markdown=True)}\n\n{verdict}\n"
         + ("\n![throughput against p95](sweep.png)\n" if plot else "")
     )
     (output / "sweep.json").write_text(
