@@ -56,7 +56,12 @@ class ServeConfig(StrictModel):
         None, ge=1, description="inference threads per model (default: all cores, split over the API workers)"
     )
     top_k: int = Field(5, ge=1)
-    max_batch_size: int = Field(16, ge=1, description="most images per inference call (1: no batching)")
+    max_batch_size: int = Field(
+        4,
+        ge=1,
+        description="most images per inference call (1: no batching); on CPU, MobileNetV2's CPU time per image "
+        "is lowest at batches of 2-4 and grows beyond (benchmarks/serving.py)",
+    )
     max_latency_ms: int = Field(
         5000,
         ge=10,
