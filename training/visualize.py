@@ -791,7 +791,8 @@ def plot_val_predictions(recording: dict[str, Any], labels: list[str], path: Pat
     ax.set_xlabel("epoch")
     ax.set_ylabel("share of predictions")
     ax.set_title(
-        f"Predicted classes on {total} validation images per epoch (last bar: true classes)", fontsize=9
+        f"Predicted classes on {total} {recording.get('split', 'validation')} images per epoch (last bar: true classes)",
+        fontsize=9,
     )
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left", ncol=1 if len(labels) <= 15 else 2)
     ax.tick_params(axis="x", labelsize=7)
@@ -1638,6 +1639,7 @@ class ValidationSample:
         self.config = config
         self.limit = limit
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+        self.split = "validation"
 
     def get(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         """``(uint8 images, int labels)`` at the given size, in a fixed order."""
@@ -1645,6 +1647,7 @@ class ValidationSample:
             from training.data import DataError, load_split_arrays, scan_dataset
 
             scan = scan_dataset(self.config.data.path, self.config.data)
+            self.split = "validation" if scan.splits.get("val") else "training"
             samples = scan.splits.get("val") or scan.splits["train"]
             if len(samples) > self.limit:
                 rng = np.random.default_rng(self.config.report.seed)
@@ -1884,6 +1887,7 @@ class PredictionRecorder(_Recorder):
         n = int(model.outputs[0].shape[-1])
         self.state["true_counts"] = np.bincount(labels, minlength=n).tolist()
         self.state["images"] = len(labels)
+        self.state["split"] = self.sample.split
 
     def epoch_end(self, model, epoch: int, logs: dict[str, Any]) -> None:
         """Predict the validation images and count the predicted classes."""
