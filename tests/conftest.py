@@ -65,7 +65,15 @@ def tiny_package(tmp_path_factory, small_demo_dir) -> Path:
 
 @pytest.fixture
 def package_copy(tiny_package, tmp_path) -> Path:
-    """A private copy of the tiny package that a test may modify."""
+    """A private copy of the tiny package that a test may modify, with a version of its own so that copies
+    registered by different tests never collide in the session's model store."""
+    import re
+
+    from edge.manifest import read_manifest, write_manifest
+
     dst = tmp_path / "pkg"
     shutil.copytree(tiny_package, dst)
+    manifest = read_manifest(dst)
+    manifest.version = re.sub(r"[^a-z0-9]+", "-", tmp_path.name.lower()).strip("-")[:40] or "copy"
+    write_manifest(dst, manifest)
     return dst
