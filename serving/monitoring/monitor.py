@@ -497,8 +497,9 @@ def batch_image_stats(images: list[np.ndarray]) -> np.ndarray:
             raise ValueError(f"pixels have shape {shape}; expected (height, width, 3)")
         arr = np.stack([images[i] for i in index]).astype(np.float32)
         luma = arr @ _LUMA
-        cmax = arr.max(axis=-1)
-        cmin = arr.min(axis=-1)
+        # max/min over a length-3 last axis is ~10x slower in numpy than two elementwise passes
+        cmax = np.maximum(np.maximum(arr[..., 0], arr[..., 1]), arr[..., 2])
+        cmin = np.minimum(np.minimum(arr[..., 0], arr[..., 1]), arr[..., 2])
         sat = np.where(cmax > 0, (cmax - cmin) / np.maximum(cmax, 1e-6), 0.0)
         out[index, 0] = luma.mean(axis=(1, 2))
         out[index, 1] = luma.std(axis=(1, 2))
