@@ -530,7 +530,7 @@ def test_cli_plot_and_report_verbs(package_copy, tmp_path):
 
 
 def test_train_without_recording_and_with_fine_tuning(small_demo_dir, tmp_path):
-    """Fine-tuning marks the phase boundary; report.record=false records nothing and says so."""
+    """Fine-tuning marks the phase boundary (under MirroredStrategy); report.record=false records nothing, says so."""
     common = [
         str(ROOT / "configs" / "demo.yaml"),
         "--data",
@@ -548,6 +548,8 @@ def test_train_without_recording_and_with_fine_tuning(small_demo_dir, tmp_path):
         "report.record_every=1",
         "report.record_layers=[conv2,probabilities]",
         "report.kinds=[learning_curves,weights,val_predictions]",
+        "train.distribution=mirrored",  # recording watches distributed variables in a replica context
+        "train.label_smoothing=0.1",
     ]
     res = run_cli("train", *common, *[a for s in sets for a in ("--set", s)])
     assert res.returncode == 0, res.stderr[-2000:]
@@ -560,6 +562,8 @@ def test_train_without_recording_and_with_fine_tuning(small_demo_dir, tmp_path):
     rec = json.loads((pkg / "logs" / "histograms.json").read_text())
     assert rec["layers"] == ["conv2", "probabilities"]
     assert [(r["epoch"], r["phase"]) for r in rec["records"]] == [(0, 1), (1, 1), (2, 1), (3, 2)]
+    assert rec["records"][-1]["loss"] < rec["records"][0]["loss"]
+    assert rec["records"][-1]["gradients"]["conv2"]["kernel"]["std"] > 0
     preds = json.loads((pkg / "logs" / "val_predictions.json").read_text())
     assert [(r["epoch"], r["phase"]) for r in preds["epochs"]] == [(1, 1), (2, 1), (3, 2)]
 

@@ -1804,17 +1804,30 @@ class HistogramRecorder(_Recorder):
             layer.name: [v for v in layer.weights if "moving_" not in v.name] for layer in self._chosen
         }
         flat = [v for vs in variables.values() for v in vs]
-        loss_fn = model.loss if callable(getattr(model, "loss", None)) else None
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            for v in flat:
-                tape.watch(v)
-            outputs = self._probe(x, training=False)
-            probs = tf.cast(outputs[0], tf.float32)
-            if loss_fn is not None:
-                loss = loss_fn(y, probs)
-            else:
-                loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, probs))
-        grads = tape.gradient(loss, flat)
+        loss_fn = getattr(model, "loss", None)
+
+        def step():
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                for v in flat:
+                    tape.watch(v)
+                outputs = self._probe(x, training=False)
+                probs = tf.cast(outputs[0], tf.float32)
+                # Per-image losses, averaged here: a Loss object's own reduction refuses replica contexts.
+                if isinstance(loss_fn, keras.losses.Loss):
+                    loss = tf.reduce_mean(loss_fn.call(y, probs))
+                else:
+                    loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, probs))
+            grads = tape.gradient(loss, flat)
+            return (
+                loss,
+                outputs,
+                [tf.zeros_like(v) if g is None else g for v, g in zip(flat, grads, strict=True)],
+            )
+
+        # In a replica context, so that distributed (mirrored) variables can be watched; the first replica's
+        # values are kept (the default strategy simply calls step()).
+        strategy = model.distribute_strategy
+        loss, outputs, grads = (strategy.experimental_local_results(part)[0] for part in strategy.run(step))
         grad_of = {id(v): g for v, g in zip(flat, grads, strict=True)}
         rec: dict[str, Any] = {
             "epoch": epoch,
@@ -1829,9 +1842,7 @@ class HistogramRecorder(_Recorder):
             rec["weights"][layer.name] = {_short(v): _hist(v.numpy()) for v in variables[layer.name]}
             rec["activations"][layer.name] = _hist(act.numpy())
             rec["gradients"][layer.name] = {
-                _short(v): _hist(grad_of[id(v)].numpy())
-                for v in variables[layer.name]
-                if grad_of[id(v)] is not None
+                _short(v): _hist(grad_of[id(v)].numpy()) for v in variables[layer.name]
             }
         if self._writer is not None:
             self._write_tensorboard(rec, epoch)
@@ -1878,10 +1889,22 @@ class PredictionRecorder(_Recorder):
     def __init__(self, run_dir: Path, sample: ValidationSample):
         super().__init__(Path(run_dir) / PREDICTIONS_FILE)
         self.sample = sample
+        self._count = None
 
     def begin(self, model) -> None:
-        """Load earlier records (a resumed run) and the true class counts."""
+        """Load earlier records (a resumed run) and the true class counts; compile the counting step."""
+        from training._tf import tf
+
         self.load({"epochs": []})
+        n_classes = int(model.outputs[0].shape[-1])
+
+        # One traced function per phase: ~3x faster than eager calls, ~10x faster than model.predict here.
+        @tf.function(input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.uint8)])
+        def count(images):
+            probs = model(tf.cast(images, tf.float32), training=False)
+            return tf.math.bincount(tf.cast(tf.argmax(probs, axis=1), tf.int32), minlength=n_classes)
+
+        self._count = count
         h, w = (int(d) for d in model.input_shape[1:3])
         _, labels = self.sample.get(h, w)
         n = int(model.outputs[0].shape[-1])
@@ -1894,19 +1917,8 @@ class PredictionRecorder(_Recorder):
         started = time.perf_counter()
         h, w = (int(d) for d in model.input_shape[1:3])
         images, _ = self.sample.get(h, w)
-        # Direct calls in inference mode: model.predict builds a data pipeline per call, 5-10x slower here.
-        probs = np.concatenate(
-            [
-                np.asarray(model(images[i : i + 128].astype(np.float32), training=False))
-                for i in range(0, len(images), 128)
-            ]
-        )
-        n = probs.shape[1]
-        row = {
-            "epoch": epoch + 1,
-            "phase": int(logs.get("phase", 1) or 1),
-            "counts": np.bincount(probs.argmax(axis=1), minlength=n).tolist(),
-        }
+        counts = sum(self._count(images[i : i + 128]).numpy() for i in range(0, len(images), 128))
+        row = {"epoch": epoch + 1, "phase": int(logs.get("phase", 1) or 1), "counts": counts.tolist()}
         rows = [r for r in self.state["epochs"] if r["epoch"] < epoch + 1]
         self.state["epochs"] = [*rows, row]
         self.seconds += time.perf_counter() - started
