@@ -63,7 +63,7 @@ def test_missing_data_folder_is_clear(tmp_path):
     cfg = load_pipeline_config(None, [f"data.path={tmp_path / 'nope'}"])
     with pytest.raises(ConfigError, match="is not a folder"):
         require_data_dir(cfg)
-    with pytest.raises(ConfigError, match="data.path is not set"):
+    with pytest.raises(ConfigError, match=r"data\.path is not set"):
         require_data_dir(PipelineConfig())
 
 
