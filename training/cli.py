@@ -39,7 +39,14 @@ def add_config_args(parser: argparse.ArgumentParser, *, config_required: bool = 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, run the verb's handler, map Shipyard errors to one line and exit code 2."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    # A verb that hands its arguments to another program (set_defaults(forward_args=True)) gets everything
+    # after its name, unparsed and in order, in ``args.forwarded``; every other verb is parsed as usual.
+    args, extra = parser.parse_known_args(raw)
+    if getattr(args, "forward_args", False):
+        args.forwarded = raw[raw.index(args.command) + 1 :]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         code = args.handler(args)
     except ShipyardError as exc:

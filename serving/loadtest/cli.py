@@ -1,0 +1,351 @@
+"""``shipyard loadtest`` and ``shipyard loadtest sweep``: Locust against a Shipyard service, with limits.
+
+``shipyard loadtest ...`` runs ``python -m serving.loadtest ...`` (training may not import serving). This
+module imports neither TensorFlow, ``training`` nor the BentoML service: Locust and ``shipyard serve`` run
+as subprocesses (see :mod:`serving.loadtest`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from edge.config import ConfigError, LoadTestConfig
+
+DEFAULT_IMAGES = "demo_data"
+
+
+def _scenarios() -> list[str]:
+    return list(typing.get_args(LoadTestConfig.model_fields["scenario"].annotation))
+
+
+def _load_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by a single run and a sweep; each overrides its ``loadtest.*`` config key."""
+    p.add_argument(
+        "--config", default=None, metavar="FILE", help="YAML config; its loadtest: section is used"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set loadtest.think_max_s=0 (repeatable)",
+    )
+    p.add_argument("--users", type=int, default=None, help="simulated users (loadtest.users, default 8)")
+    p.add_argument("--spawn-rate", type=float, default=None, help="users started per second (default 8)")
+    p.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="run time (default 20)")
+    p.add_argument(
+        "--images",
+        default=None,
+        metavar="DIR",
+        help=f"folder of images to upload (default: loadtest.images, else ./{DEFAULT_IMAGES})",
+    )
+    p.add_argument(
+        "--scenario",
+        choices=_scenarios(),
+        default=None,
+        help="traffic: good images; bad-inputs: bad requests mixed into good traffic",
+    )
+    p.add_argument(
+        "--batch-share", type=float, default=None, help="share of requests to /classify_batch (0.2)"
+    )
+    p.add_argument("--think", default=None, metavar="MIN,MAX", help="think time in seconds (default 0.1,0.5)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="Locust worker processes under one master on this machine (default 0: a single process)",
+    )
+    p.add_argument(
+        "--variant", default=None, help="variant the started service serves (default: the server's)"
+    )
+    p.add_argument("--max-p95-ms", type=float, default=None, help="fail when p95 latency exceeds this")
+    p.add_argument("--max-fail-ratio", type=float, default=None, help="fail above this failure ratio (0.01)")
+    p.add_argument("--min-rps", type=float, default=None, help="fail below this throughput")
+    p.add_argument(
+        "--output", default=None, metavar="DIR", help="report folder (default runs/loadtest/<time>)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "loadtest",
+        help="load-test a service with Locust; exit 1 when a limit is missed",
+        description=(
+            "Runs Locust headless against --host, or against a service it starts itself for a model tag "
+            "(--serve TAG, on 127.0.0.1), and writes Locust's CSV and HTML reports and summary.json into "
+            "--output. Exits 1 when a limit (--max-p95-ms, --max-fail-ratio, --min-rps) is missed, 2 when "
+            "the test could not run. 'shipyard loadtest sweep TAG' compares batching settings."
+        ),
+    )
+    _load_args(p)
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--host", default=None, help="URL of a running service (default loadtest.host)")
+    target.add_argument(
+        "--serve",
+        default=None,
+        metavar="TAG",
+        help="start 'shipyard serve TAG' on a free port of 127.0.0.1 and test it",
+    )
+    p.add_argument("--serve-workers", type=int, default=None, help="workers of the started service")
+    p.set_defaults(handler=_run)
+    lsub = p.add_subparsers(dest="loadtest_command", metavar="[sweep]")
+    sp = lsub.add_parser(
+        "sweep",
+        help="restart the service over max_batch_size x max_latency_ms (x workers) and pick the best",
+        description=(
+            "For each point of the grid, starts 'shipyard serve TAG' with those batching settings, runs the "
+            "same load, and writes sweep.csv, sweep.md, sweep.png (throughput against p95) and sweep.json. "
+            "Recommends the highest throughput among the points meeting the limits; exits 1 when none does."
+        ),
+    )
+    sp.add_argument("tag", help="model tag, name:version or name:latest")
+    _load_args(sp)
+    sp.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="max_batch_size values (1 8 32)")
+    sp.add_argument(
+        "--latencies-ms", type=int, nargs="+", default=None, help="max_latency_ms values (50 1000)"
+    )
+    sp.add_argument("--serve-workers", type=int, nargs="+", default=None, help="service worker counts (1)")
+    sp.set_defaults(handler=_sweep)
+
+
+def _config(args) -> LoadTestConfig:
+    """``loadtest:`` from the config file and ``--set``, then the flags; validated together."""
+    from pydantic import ValidationError
+
+    from edge.config import format_validation_error
+
+    base = _file_section(args.config, args.overrides)
+    flags: dict[str, Any] = {
+        "users": args.users,
+        "spawn_rate": args.spawn_rate,
+        "duration_s": args.duration,
+        "images": args.images,
+        "scenario": args.scenario,
+        "batch_share": args.batch_share,
+        "workers": args.workers,
+        "variant": args.variant,
+        "max_p95_ms": args.max_p95_ms,
+        "max_fail_ratio": args.max_fail_ratio,
+        "min_rps": args.min_rps,
+        "host": getattr(args, "host", None),
+    }
+    if args.think is not None:
+        try:
+            flags["think_min_s"], flags["think_max_s"] = (float(v) for v in args.think.split(","))
+        except ValueError:
+            raise ConfigError(
+                f"--think {args.think!r} is not MIN,MAX seconds, e.g. --think 0.1,0.5"
+            ) from None
+    if getattr(args, "serve_workers", None) is not None and not isinstance(args.serve_workers, list):
+        flags["serve_workers"] = args.serve_workers
+    for key, attr in (("sweep_batch_sizes", "batch_sizes"), ("sweep_latencies_ms", "latencies_ms")):
+        if getattr(args, attr, None) is not None:
+            flags[key] = getattr(args, attr)
+    if isinstance(getattr(args, "serve_workers", None), list):
+        flags["sweep_workers"] = args.serve_workers
+    raw = {**base, **{k: v for k, v in flags.items() if v is not None}}
+    try:
+        config = LoadTestConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, LoadTestConfig, "loadtest")) from None
+    if config.think_min_s > config.think_max_s:
+        raise ConfigError(
+            f"loadtest think time {config.think_min_s:g},{config.think_max_s:g}: MIN is above MAX; swap them"
+        )
+    for key in ("sweep_batch_sizes", "sweep_latencies_ms", "sweep_workers"):
+        if any(v < 1 for v in getattr(config, key)):
+            raise ConfigError(f"loadtest.{key} = {getattr(config, key)}: every value must be >= 1")
+    return config
+
+
+def _file_section(path: str | None, overrides: list[str]) -> dict[str, Any]:
+    """The ``loadtest:`` section of a config file (other sections are the other stages' business) with
+    ``--set loadtest.KEY=VALUE`` overrides merged in."""
+    import yaml
+
+    from edge.config import deep_merge, parse_overrides
+
+    section: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file {file} does not exist; pass a YAML file such as configs/demo.yaml")
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        if not isinstance(loaded, dict) or not isinstance(loaded.get("loadtest", {}), dict):
+            raise ConfigError(f"{file} must be a mapping of sections whose loadtest: section is a mapping")
+        section = loaded.get("loadtest") or {}
+    extra = parse_overrides(overrides)
+    others = sorted(set(extra) - {"loadtest"})
+    if others:
+        raise ConfigError(f"--set {others[0]}.… cannot be set here; 'shipyard loadtest' takes loadtest.KEY=VALUE only")
+    return deep_merge(section, extra.get("loadtest", {}))
+
+
+def _images(config: LoadTestConfig) -> Path:
+    folder = Path(config.images or DEFAULT_IMAGES)
+    if not folder.is_dir():
+        hint = (
+            f"write the demo data with 'shipyard demo-data {DEFAULT_IMAGES}'"
+            if not config.images
+            else "pass --images DIR with a folder of images"
+        )
+        raise ConfigError(f"image folder '{folder}' does not exist; {hint}")
+    return folder.resolve()
+
+
+def _plan(config: LoadTestConfig, host: str):
+    from serving.loadtest.runner import LocustPlan
+
+    env = {
+        "SHIPYARD_LOADTEST_IMAGES": str(_images(config)),
+        "SHIPYARD_LOADTEST_BATCH_SHARE": str(config.batch_share),
+        "SHIPYARD_LOADTEST_BATCH_IMAGES": str(config.batch_images),
+        "SHIPYARD_LOADTEST_THINK_S": f"{config.think_min_s},{config.think_max_s}",
+        "SHIPYARD_LOADTEST_BAD_SHARE": str(config.bad_share),
+        "SHIPYARD_LOADTEST_TIMEOUT_S": str(config.request_timeout_s),
+        "SHIPYARD_LOADTEST_MAX_IMAGES": str(config.max_images),
+    }
+    return LocustPlan(
+        host=host,
+        users=config.users,
+        spawn_rate=config.spawn_rate,
+        duration_s=config.duration_s,
+        scenario=config.scenario,
+        workers=config.workers,
+        env=env,
+    )
+
+
+def _limits(config: LoadTestConfig) -> dict[str, float | None]:
+    return {
+        "max_p95_ms": config.max_p95_ms,
+        "max_fail_ratio": config.max_fail_ratio,
+        "min_rps": config.min_rps,
+    }
+
+
+def _output(args, kind: str) -> Path:
+    if args.output:
+        return Path(args.output)
+    return Path("runs") / "loadtest" / f"{kind}{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _progress(args):
+    def say(line: str) -> None:
+        if not args.quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    return say
+
+
+def _run(args) -> int:
+    from serving.loadtest.runner import (
+        LoadTestError,
+        ServeOptions,
+        endpoint_table,
+        limits_table,
+        run_loadtest,
+    )
+
+    config = _config(args)
+    plan = _plan(config, config.host)
+    serve_options = (
+        ServeOptions(args.serve, variant=config.variant, workers=config.serve_workers) if args.serve else None
+    )
+    output = _output(args, "")
+    try:
+        outcome = run_loadtest(
+            plan,
+            output,
+            limits=_limits(config),
+            serve_options=serve_options,
+            ready_timeout_s=config.ready_timeout_s,
+            progress=_progress(args),
+            settings=config.model_dump(),
+        )
+    except LoadTestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = outcome.summary
+    print(endpoint_table(summary))
+    if summary["locust_workers"]:
+        print(
+            f"\nLocust workers: {summary['workers_reporting']} of {summary['locust_workers']} sent requests"
+        )
+    if summary["server_metrics"]["note"]:
+        print(f"note: {summary['server_metrics']['note']}")
+    print()
+    print(limits_table(summary))
+    print(f"\nreports: {outcome.output}/summary.json, report.html, {'locust_stats.csv'}")
+    if not outcome.passed:
+        missed = [
+            f"{c['name']} {'n/a' if c['measured'] is None else format(c['measured'], '.4g')} "
+            f"(required {c['bound']} {c['limit']:g})"
+            for c in summary["limits"]
+            if not c["passed"]
+        ]
+        print(f"limits missed: {'; '.join(missed)}", file=sys.stderr)
+    return outcome.exit_code
+
+
+def _sweep(args) -> int:
+    from serving.loadtest.runner import ServeOptions
+    from serving.loadtest.sweep import run_sweep, sweep_grid, sweep_table
+
+    config = _config(args)
+    plan = _plan(config, "http://127.0.0.1")
+    points = sweep_grid(
+        ServeOptions(args.tag, variant=config.variant),
+        config.sweep_batch_sizes,
+        config.sweep_latencies_ms,
+        config.sweep_workers,
+    )
+    outcome = run_sweep(
+        points,
+        plan,
+        _output(args, "sweep-"),
+        limits=_limits(config),
+        ready_timeout_s=config.ready_timeout_s,
+        progress=_progress(args),
+        settings=config.model_dump(),
+    )
+    print(sweep_table(outcome.rows, outcome.recommended))
+    for note in outcome.notes:
+        print(f"note: {note}")
+    best = outcome.recommended
+    if best is None:
+        print("no configuration met the limits", file=sys.stderr)
+    else:
+        print(
+            f"\nrecommended: max_batch_size={best['max_batch_size']} max_latency_ms={best['max_latency_ms']} "
+            f"workers={best['workers']} ({best['rps']:.1f} req/s, p95 {best['p95_ms']:.0f} ms)"
+        )
+    print(f"reports: {outcome.output}/sweep.md, sweep.csv, sweep.png")
+    return outcome.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m serving.loadtest ARGS`` = ``shipyard loadtest ARGS``; Shipyard errors are one line, exit 2."""
+    from edge.errors import ShipyardError
+
+    parser = argparse.ArgumentParser(prog="shipyard")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["loadtest", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.handler(args) or 0)
+    except ShipyardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
