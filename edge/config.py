@@ -73,6 +73,11 @@ class ServeConfig(StrictModel):
     max_pixels: int = Field(50_000_000, ge=1, description="pixel cap per image, checked from the header")
     max_concurrency: int = Field(64, ge=1, description="requests in progress in the service (429 above)")
     timeout_s: float = Field(30.0, gt=0, description="request timeout (504 above)")
+    tracing: bool = Field(
+        False,
+        description="record an OpenTelemetry span per request, as BentoML does by default (set its exporter and "
+        "sample rate in the BentoML config); off, requests are left out of tracing, which saves CPU per request",
+    )
     monitor: MonitorConfig = Field(default_factory=lambda: MonitorConfig())
 
     #: Prefix of the environment variables :meth:`from_env` reads and :meth:`to_env` writes.
@@ -195,7 +200,8 @@ class MonitorConfig(StrictModel):
     feedback_store: str | None = Field(
         "auto",
         description="where API workers share predictions awaiting /feedback: 'auto' (a SQLite file in BentoML's "
-        "PROMETHEUS_MULTIPROC_DIR under bentoml serve, else memory), 'memory' (each worker alone) or a file path",
+        "PROMETHEUS_MULTIPROC_DIR under bentoml serve with more than one worker, else memory), 'memory' (each "
+        "worker alone) or a file path",
     )
 
 

@@ -77,7 +77,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
     Handles grayscale (L, 1, I, I;16, F), palette (with or without transparency), RGBA/LA and CMYK.
     """
-    img = ImageOps.exif_transpose(img) or img
+    ImageOps.exif_transpose(img, in_place=True)  # only when it has an orientation; no copy otherwise
     mode = img.mode
     if mode == "RGB":
         return img
@@ -120,6 +120,15 @@ def decode(
         ImageError (or a subclass): the bytes are not a usable image; the message says why.
     """
     img = open_image(data, allowed_formats=allowed_formats, max_pixels=max_pixels, source=source)
+    return decode_image(img, contract, source=source)
+
+
+def decode_image(img: Image.Image, contract: InputContract, *, source: str = "image") -> np.ndarray:
+    """:func:`decode` of an image :func:`open_image` has opened (and checked) already.
+
+    Raises:
+        ImageError: the image data is corrupt or truncated.
+    """
     if img.format == "JPEG":
         # Let libjpeg decode at a reduced scale when the target is much smaller (big speed-up for photos).
         img.draft("RGB", (contract.width, contract.height))
@@ -151,19 +160,56 @@ def decode_rgb(data: bytes, **kwargs) -> Image.Image:
         raise ImageError(f"image is corrupt or truncated: {exc}") from exc
 
 
+#: Image statistics read a grid of at most this many pixels per side: every k-th row and column.
+STATS_GRID = 64
+_STATS_KEYS = ("brightness", "contrast", "saturation")
+
+
+def stats_grid(pixels: np.ndarray) -> np.ndarray:
+    """The pixels :func:`image_stats` reads: a strided view (no copy) of every k-th row and column,
+    at most :data:`STATS_GRID` per side (a 224 px input: 56x56, 1/16 of the pixels)."""
+    step = max(1, -(-max(pixels.shape[0], pixels.shape[1]) // STATS_GRID))
+    return pixels[::step, ::step]
+
+
+def image_stats_batch(images: list[np.ndarray]) -> np.ndarray:
+    """:func:`image_stats` of many ``uint8`` RGB images, as rows of (brightness, contrast, saturation).
+
+    Images whose grids have one shape are computed together (one set of numpy calls per shape). No
+    matrix product: BLAS would wake its thread pool for a few thousand pixels.
+
+    Raises:
+        ValueError: an image is not (height, width, 3).
+    """
+    out = np.empty((len(images), 3), dtype=np.float64)
+    groups: dict[tuple[int, ...], list[np.ndarray]] = {}
+    rows: dict[tuple[int, ...], list[int]] = {}
+    for i, img in enumerate(images):
+        if img.ndim != 3 or img.shape[-1] != 3:
+            raise ValueError(f"pixels have shape {img.shape}; expected (height, width, 3)")
+        grid = stats_grid(img)
+        groups.setdefault(grid.shape, []).append(grid)
+        rows.setdefault(grid.shape, []).append(i)
+    for shape, grids in groups.items():
+        arr = np.stack(grids).astype(np.float32)
+        r, g, b = arr[..., 0], arr[..., 1], arr[..., 2]
+        luma = 0.299 * r + 0.587 * g + 0.114 * b
+        cmax = np.maximum(np.maximum(r, g), b)  # ~10x faster in numpy than max over a length-3 axis
+        cmin = np.minimum(np.minimum(r, g), b)
+        sat = (cmax - cmin) / np.maximum(cmax, 1e-6)  # black pixels: 0 / 1e-6 = 0
+        index = rows[shape]
+        out[index, 0] = luma.mean(axis=(1, 2))
+        out[index, 1] = luma.std(axis=(1, 2))
+        out[index, 2] = sat.mean(axis=(1, 2))
+    return out
+
+
 def image_stats(pixels: np.ndarray) -> dict[str, float]:
     """Simple statistics of one ``uint8`` RGB image, used for input-drift monitoring.
 
     Returns brightness (mean luma, 0-255), contrast (luma standard deviation) and saturation
-    (mean of (max-min)/max over channels, 0-1).
+    (mean of (max-min)/max over channels, 0-1), over :func:`stats_grid`'s pixels: training's reference
+    and the server's live traffic are measured alike, and on photos the values differ from a
+    full-resolution pass by far less than they differ between images.
     """
-    arr = pixels.astype(np.float32)
-    luma = arr @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    cmax = np.maximum(np.maximum(arr[..., 0], arr[..., 1]), arr[..., 2])  # ~10x faster than max(axis=-1)
-    cmin = np.minimum(np.minimum(arr[..., 0], arr[..., 1]), arr[..., 2])
-    sat = np.where(cmax > 0, (cmax - cmin) / np.maximum(cmax, 1e-6), 0.0)
-    return {
-        "brightness": float(luma.mean()),
-        "contrast": float(luma.std()),
-        "saturation": float(sat.mean()),
-    }
+    return dict(zip(_STATS_KEYS, (float(v) for v in image_stats_batch([pixels])[0]), strict=True))

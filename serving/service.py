@@ -26,7 +26,7 @@ from edge.runners import default_threads
 from serving.batching import LocalModel, Overloaded, RemoteModel
 from serving.http import JSON, MULTIPART, ClientError, RequestGuard, Upload, info_app, quiet_client_errors
 from serving.inference import Predictor, unpack
-from serving.processing import GuardedMonitor, decode_all, rank
+from serving.processing import GuardedMonitor, decode_opened, limit_blas_threads, open_uploads, rank
 from serving.schemas import (
     BATCH_EXAMPLE,
     CLASSIFY_EXAMPLE,
@@ -45,6 +45,9 @@ CONFIG = SETTINGS.config
 BATCHING = CONFIG.batching and CONFIG.max_batch_size > 1
 #: Inference threads per model: as configured, else the cores split over the models of this server.
 THREADS = CONFIG.threads or (None if CONFIG.model_service else max(1, default_threads() // CONFIG.workers))
+#: Requests with at most this many pixels decode on the event loop (a 512x512 JPEG: ~1 ms); bigger
+#: ones in a worker thread, where the hand-over costs less than the decoding.
+INLINE_DECODE_PIXELS = 512 * 512
 ClassifyInput.max_files = 4
 ClassifyBatchInput.max_files = CONFIG.max_batch_images
 quiet_client_errors()
@@ -99,6 +102,9 @@ ShipyardModel.apis["predict"].output_spec.media_type = ShipyardModel.apis["predi
     name="shipyard",
     workers=CONFIG.workers,
     traffic={"timeout": CONFIG.timeout_s, "max_concurrency": CONFIG.max_concurrency},
+    # BentoML records a span for each request and for each message of its body, even when it samples
+    # none of them for export: serve.tracing turns that on, and leaving it off excludes every URL.
+    **({} if CONFIG.tracing else {"tracing": {"excluded_urls": [".*"]}}),
 )
 class Shipyard:
     """Image classification over HTTP: ``/classify``, ``/classify_batch``, ``/metadata``, ``/feedback``, ``/drift``."""
@@ -113,6 +119,7 @@ class Shipyard:
         from edge.manifest import read_manifest
         from serving.inference import served_variant
 
+        limit_blas_threads()  # the cores are for inference; the monitor's matrix products get one
         self.tag = SETTINGS.require_tag()
         self.package_dir = package_dir(self.tag)
         self.manifest = read_manifest(self.package_dir)
@@ -124,7 +131,7 @@ class Shipyard:
             self.model: LocalModel | RemoteModel = RemoteModel(self.model_service)
         else:
             self.model = LocalModel(ShipyardModel(), ShipyardModel.apis["predict"])
-        self.monitor = GuardedMonitor(self.manifest, self.package_dir, CONFIG.monitor)
+        self.monitor = GuardedMonitor(self.manifest, self.package_dir, CONFIG.monitor, workers=CONFIG.workers)
         self._decode_limiter = anyio.CapacityLimiter(4)
         self.ready = True
 
@@ -223,6 +230,7 @@ class Shipyard:
                 "model_service": CONFIG.model_service,
                 "warmup_ms": None if self.model.warmup_s is None else self.model.warmup_s * 1000,
                 "monitoring": self.monitor.monitor is not None,
+                "tracing": CONFIG.tracing,
             },
         ).model_dump(mode="json")
 
@@ -235,10 +243,13 @@ class Shipyard:
     ) -> list[ClassifyResult] | JSONResponse:
         contract = self.manifest.input
         try:
-            decoded = await anyio.to_thread.run_sync(
-                lambda: decode_all(uploads, contract, max_pixels=CONFIG.max_pixels, field=field),
-                limiter=self._decode_limiter,
-            )
+            opened = open_uploads(uploads, max_pixels=CONFIG.max_pixels, field=field)
+            if sum(o.pixels for o in opened) <= INLINE_DECODE_PIXELS:
+                decoded = decode_opened(opened, contract)
+            else:
+                decoded = await anyio.to_thread.run_sync(
+                    decode_opened, opened, contract, limiter=self._decode_limiter
+                )
         except ClientError as exc:
             self.monitor.error({413: "too_large", 415: "unsupported_format"}.get(exc.status, "bad_image"))
             raise

@@ -386,6 +386,23 @@ def test_modes_are_converted_to_rgb(mixed_dir: Path) -> None:
     assert images[2][..., 2].mean() > images[2][..., 0].mean() + 60  # CMYK blue stays blue
 
 
+def test_exif_orientation_is_applied_and_plain_images_are_not_copied() -> None:
+    from edge.preprocess import decode, to_rgb
+
+    # a 4x2 image whose left half is red; EXIF orientation 6 = "rotate 90 degrees clockwise to view"
+    arr = np.zeros((2, 4, 3), np.uint8)
+    arr[:, :2] = (255, 0, 0)
+    exif = Image.Image().getexif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", exif=exif.tobytes())
+    out = decode(buf.getvalue(), InputContract(height=4, width=2))
+    assert out.shape == (4, 2, 3)
+    assert out[0, :, 0].min() > 200 and out[-1, :, 0].max() < 50  # red is on top after the rotation
+    plain = Image.fromarray(arr)
+    assert to_rgb(plain) is plain  # an RGB image without orientation comes back as is
+
+
 def test_augmentation_changes_train_batches_only(mixed_dir: Path) -> None:
     augment = AugmentConfig(horizontal_flip=True, rotation=0.1, zoom=0.2, contrast=0.3, brightness=0.3)
     config = DataConfig(path=mixed_dir, batch_size=4, seed=11, augment=augment)

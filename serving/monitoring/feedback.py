@@ -51,11 +51,14 @@ class FeedbackConflictError(InputError):
     status = 409
 
 
-def shared_path(setting: str | None, environ: dict[str, str] | None = None) -> Path | None:
+def shared_path(
+    setting: str | None, environ: dict[str, str] | None = None, *, workers: int | None = None
+) -> Path | None:
     """Where to share feedback state: ``"auto"`` -> a file in ``PROMETHEUS_MULTIPROC_DIR`` when that is
-    set (under ``bentoml serve``), ``None``/``"memory"`` -> nowhere, anything else -> that path."""
+    set (under ``bentoml serve``) unless ``workers`` says this is the only API worker, ``None``/``"memory"``
+    -> nowhere, anything else -> that path."""
     env = os.environ if environ is None else environ
-    if setting is None or setting == "memory":
+    if setting is None or setting == "memory" or (setting == "auto" and workers == 1):
         return None
     if setting == "auto":
         directory = env.get("PROMETHEUS_MULTIPROC_DIR")

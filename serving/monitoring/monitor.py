@@ -23,6 +23,7 @@ import numpy as np
 from edge.config import MonitorConfig
 from edge.errors import InputError
 from edge.manifest import Manifest
+from edge.preprocess import image_stats_batch
 from serving.monitoring.drift import FEATURES, DriftWindow, load_reference
 from serving.monitoring.feedback import (
     FeedbackNotFoundError,
@@ -51,6 +52,8 @@ class Monitor:
         config: window size, thresholds, sink and limits.
         registry: the ``prometheus_client`` registry for the ``shipyard_*`` metrics (default: the
             global one, which BentoML's ``/metrics`` endpoint exposes).
+        workers: how many API worker processes serve this model, when known: with one, the
+            ``"auto"`` feedback store stays in memory (no SQLite write per prediction).
 
     Construct it where the service loads its model (in each worker process). It starts a daemon
     thread on first use; :meth:`close` stops it.
@@ -63,6 +66,7 @@ class Monitor:
         config: MonitorConfig,
         *,
         registry: Any | None = None,
+        workers: int | None = None,
     ) -> None:
         self.manifest = manifest
         self.package_dir = Path(package_dir)
@@ -98,7 +102,7 @@ class Monitor:
             ttl_s=config.feedback_ttl_s,
             capacity=config.feedback_capacity,
             recent=config.window,
-            path=shared_path(config.feedback_store),
+            path=shared_path(config.feedback_store, workers=workers),
         )
         try:
             self._metrics = metrics_for(registry)
@@ -336,7 +340,7 @@ class Monitor:
         """Image statistics, the sink record, the window and (when due) a drift evaluation, for a batch."""
         features = np.full((len(items), len(FEATURES)), np.nan)
         try:
-            features[:, :3] = batch_image_stats([item[1] for item in items])
+            features[:, :3] = image_stats_batch([item[1] for item in items])
         except Exception as exc:
             self._fail("image_stats", exc)
         for row, item in zip(features, items, strict=True):
@@ -480,28 +484,3 @@ class Monitor:
                 )
         except Exception:  # logging or metrics broken: nothing left to report to
             pass
-
-
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-def batch_image_stats(images: list[np.ndarray]) -> np.ndarray:
-    """:func:`edge.preprocess.image_stats` of many ``uint8`` RGB images: rows of (brightness, contrast,
-    saturation). Images of one shape are computed together (one set of numpy calls per shape)."""
-    out = np.empty((len(images), 3), dtype=np.float64)
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, img in enumerate(images):
-        groups.setdefault(img.shape, []).append(i)
-    for shape, index in groups.items():
-        if len(shape) != 3 or shape[-1] != 3:
-            raise ValueError(f"pixels have shape {shape}; expected (height, width, 3)")
-        arr = np.stack([images[i] for i in index]).astype(np.float32)
-        luma = arr @ _LUMA
-        # max/min over a length-3 last axis is ~10x slower in numpy than two elementwise passes
-        cmax = np.maximum(np.maximum(arr[..., 0], arr[..., 1]), arr[..., 2])
-        cmin = np.minimum(np.minimum(arr[..., 0], arr[..., 1]), arr[..., 2])
-        sat = np.where(cmax > 0, (cmax - cmin) / np.maximum(cmax, 1e-6), 0.0)
-        out[index, 0] = luma.mean(axis=(1, 2))
-        out[index, 1] = luma.std(axis=(1, 2))
-        out[index, 2] = sat.mean(axis=(1, 2))
-    return out

@@ -75,3 +75,31 @@ def test_bentoml_build_packs_the_service_without_tensorflow(served, tmp_path):
     # the model came along, with its manifest, so the Bento serves without a mounted store
     models = list((home / "models" / served.tag.split(":")[0]).iterdir())
     assert any((m / "manifest.json").is_file() for m in models if m.is_dir())
+
+
+def _name(requirement: str) -> str:
+    """The normalized project name of a requirement string (``Pillow>=12`` -> ``pillow``)."""
+    import re
+
+    return re.split(r"[<>=!~;\[ ]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_bentofile_pins_every_serve_package_as_constraints_txt_does():
+    """bentofile.yaml repeats the serve extra's pins by hand (a Bento builds offline, without a resolver):
+    every package of the extra is there, at the version constraints.txt pins."""
+    import tomllib
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==", 1)
+            pins[_name(name)] = version.strip()
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    wanted = {_name(r) for r in extras["serve"] + extras["edge"] if not r.startswith("shipyard")}
+    packed = {}
+    for requirement in yaml.safe_load((ROOT / "bentofile.yaml").read_text())["python"]["packages"]:
+        name, _, version = requirement.partition("==")
+        packed[_name(name)] = version
+    assert wanted - set(packed) == set(), f"add to bentofile.yaml: {sorted(wanted - set(packed))}"
+    wrong = {name: (version, pins.get(name)) for name, version in packed.items() if pins.get(name) != version}
+    assert wrong == {}, f"bentofile.yaml pins differ from constraints.txt (bentofile, constraints): {wrong}"

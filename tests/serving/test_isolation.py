@@ -24,7 +24,10 @@ import serving.service as service
 with TestClient(service.Shipyard.to_asgi()) as client:
     body = client.post("/classify", files={"image": ("d.png", open(sys.argv[1], "rb").read(), "image/png")}).json()
 loaded = sorted({m.split(".")[0] for m in sys.modules})
-print("RESULT=" + json.dumps({"top": body["predictions"][0]["label"], "variant": body["variant"], "loaded": loaded}))
+from threadpoolctl import threadpool_info
+blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+print("RESULT=" + json.dumps({"top": body["predictions"][0]["label"], "variant": body["variant"], "loaded": loaded,
+                              "blas_threads": blas}))
 """
 
 
@@ -78,6 +81,7 @@ def test_a_process_running_the_service_never_loads_tensorflow(served, images, tm
     loaded = set(report["loaded"])
     assert {"bentoml", "onnxruntime", "serving", "edge"} <= loaded
     assert not loaded & set(FORBIDDEN), sorted(loaded & set(FORBIDDEN))
+    assert report["blas_threads"] and set(report["blas_threads"]) == {1}  # the monitor's matrix products: one core
 
 
 def _copy_serving_project(dest: Path) -> Path:
@@ -120,7 +124,8 @@ def test_fresh_venv_with_the_serve_extra_runs_the_service(served, images, tmp_pa
             str(python),
             "-c",
             "import importlib.util as u, json; print(json.dumps("
-            "{m: u.find_spec(m) is not None for m in ('tensorflow', 'tf_keras', 'training', 'bentoml', 'onnxruntime')}))",
+            "{m: u.find_spec(m) is not None for m in ('tensorflow', 'tf_keras', 'training', 'bentoml', 'onnxruntime',"
+            "'threadpoolctl', 'uvloop', 'httptools')}))",
         ],
         capture_output=True,
         text=True,
@@ -134,6 +139,9 @@ def test_fresh_venv_with_the_serve_extra_runs_the_service(served, images, tmp_pa
         "training": False,
         "bentoml": True,
         "onnxruntime": True,
+        "threadpoolctl": True,
+        "uvloop": True,
+        "httptools": True,
     }, probe.stdout + probe.stderr
 
     from edge.config import ServeConfig

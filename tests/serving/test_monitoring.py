@@ -25,10 +25,9 @@ import pytest
 from edge.config import MonitorConfig
 from edge.errors import InputError
 from edge.manifest import QuantParams, VariantInfo, read_manifest
-from edge.preprocess import decode_file, image_stats
+from edge.preprocess import decode_file, image_stats, image_stats_batch, stats_grid
 from serving.monitoring import Monitor
 from serving.monitoring.drift import quantize_like
-from serving.monitoring.monitor import batch_image_stats
 from serving.monitoring.stats import (
     chi2_homogeneity,
     gamma_isf,
@@ -206,12 +205,54 @@ def test_psi_threshold_is_calibrated_for_small_samples():
     assert psi(ref, [0, 0, 100]) > 1.0
 
 
-def test_batch_image_stats_equal_image_stats():
+def test_image_stats_batch_equals_image_stats():
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(4)]
     images += [rng.integers(0, 256, (40, 24, 3), dtype=np.uint8), np.zeros((32, 32, 3), np.uint8)]
+    images += [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8), rng.integers(0, 256, (221, 200, 3), np.uint8)]
     expected = [[image_stats(i)[k] for k in ("brightness", "contrast", "saturation")] for i in images]
-    np.testing.assert_allclose(batch_image_stats(images), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(image_stats_batch(images), expected, rtol=1e-5, atol=1e-5)
+    assert image_stats(np.zeros((32, 32, 3), np.uint8)) == {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0}
+    with pytest.raises(ValueError, match=r"expected \(height, width, 3\)"):
+        image_stats_batch([np.zeros((32, 32), np.uint8)])
+
+
+def _full_resolution_stats(img: np.ndarray) -> list[float]:
+    """The textbook definition over every pixel (max/min over the channel axis)."""
+    arr = img.astype(np.float64)
+    luma = arr @ [0.299, 0.587, 0.114]
+    cmax, cmin = arr.max(axis=-1), arr.min(axis=-1)
+    sat = np.divide(cmax - cmin, cmax, out=np.zeros_like(cmax), where=cmax > 0)
+    return [luma.mean(), luma.std(), sat.mean()]
+
+
+def _photo(seed: int, size: int = 224) -> np.ndarray:
+    """A photo-like image: smooth random colours with pixel noise, at a random exposure."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
+    smooth = np.asarray(coarse.resize((size, size), Image.Resampling.BICUBIC), np.float64)
+    noisy = smooth * rng.uniform(0.3, 1.0) + rng.normal(0, 12, (size, size, 3))
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def test_image_stats_read_a_grid_that_matches_full_resolution():
+    """At 224 px the statistics read every 4th row and column; on photo-like images they stay within
+    a small fraction of the spread between images of their full-resolution values."""
+    img = np.zeros((224, 224, 3), np.uint8)
+    assert stats_grid(img).shape == (56, 56, 3) and np.shares_memory(stats_grid(img), img)
+    assert stats_grid(np.zeros((32, 32, 3), np.uint8)).shape == (32, 32, 3)
+    assert stats_grid(np.zeros((1000, 300, 3), np.uint8)).shape == (63, 19, 3)
+    images = [_photo(seed) for seed in range(24)]
+    grid = image_stats_batch(images)
+    full = np.array([_full_resolution_stats(i) for i in images])
+    spread = full.std(axis=0)
+    worst = np.abs(grid - full).max(axis=0)
+    bias = np.abs((grid - full).mean(axis=0))
+    # measured: worst 3 %, 6 % and 8 % of the spread (brightness, contrast, saturation); bias under 2 %
+    assert np.all(worst < 0.1 * spread), (worst, spread)
+    assert np.all(bias < 0.03 * spread), (bias, spread)
 
 
 def test_quantize_like_rounds_onto_the_int8_output_grid():
@@ -445,6 +486,8 @@ def test_feedback_store_location(tmp_path, tiny_package):
 
     assert shared_path("auto", {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}) == tmp_path / SHARED_FILE
     assert shared_path("auto", {}) is None
+    assert shared_path("auto", {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}, workers=1) is None  # one worker
+    assert shared_path("auto", {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}, workers=2) == tmp_path / SHARED_FILE
     assert shared_path("memory", {}) is None and shared_path(None) is None
     assert not SHARED_FILE.endswith(".db")  # prometheus_client's multiprocess collector reads *.db
     (tmp_path / "adir").mkdir()

@@ -261,6 +261,43 @@ def test_bad_images_get_a_4xx_saying_what_was_wrong(client, images, kind, status
         assert elapsed < 2.0  # rejected from the header, never decoded
 
 
+def test_small_images_decode_on_the_event_loop_and_large_ones_in_a_thread(client, served, images):
+    """Up to INLINE_DECODE_PIXELS a request decodes inline (no thread hand-over); above, in a worker
+    thread. Both give the runner's own result, and a corrupt large image is still a 400."""
+    import io
+
+    from PIL import Image
+
+    module = client.module
+    seen: list[str] = []
+    original = module.decode_opened
+
+    def spy(*args, **kwargs):
+        seen.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    small = images.jpeg
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(images.png[0])).convert("RGB").resize((600, 600)).save(buf, "JPEG", quality=95)
+    large = buf.getvalue()
+    assert 32 * 32 <= module.INLINE_DECODE_PIXELS < 600 * 600
+    module.decode_opened = spy
+    try:
+        bodies = [client.post("/classify", files=_upload(b, name="x.jpg", ctype="image/jpeg")) for b in (small, large)]
+        corrupt = client.post("/classify", files=_upload(large[: len(large) // 2], name="cut.jpg"))
+    finally:
+        module.decode_opened = original
+    assert "AnyIO worker thread" not in seen[0] and "AnyIO worker thread" in seen[1], seen
+    assert_error(corrupt, 400, "cut.jpg", "truncated")
+    expected = reference_probabilities(served.package, "model_embedding.onnx", decode_all(served.package, [small, large]))
+    for resp, want, size in zip(bodies, expected, (32, 600), strict=True):
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["image"]["width"] == size
+        got = np.array([p["probability"] for p in sorted(body["predictions"], key=lambda p: p["index"])])
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
 def test_a_bad_image_in_a_batch_names_its_position(client, images):
     files = [
         ("images", ("a.png", images.png[0], "image/png")),
@@ -358,23 +395,31 @@ def test_pixel_cap_is_configurable(served, images):
 
 def test_requests_beyond_the_concurrency_limit_get_429(served, images):
     with asgi_client(served.tag, max_concurrency=1) as c:
-        start = threading.Barrier(2)
+        module = c.module
+        original = module.decode_opened
+        decoding, release = threading.Event(), threading.Event()
 
-        def slow() -> int:
-            start.wait()
-            return c.post("/classify", files=_upload(images.large_png, name="big.png")).status_code
+        def held(*args, **kwargs):  # the first request holds the only slot until the second is answered
+            decoding.set()
+            release.wait(60)
+            return original(*args, **kwargs)
 
-        def fast() -> object:
-            start.wait()
-            time.sleep(0.1)  # the slow one holds the only slot (parsing and decoding it take longer)
-            return c.post("/classify", files=_upload(images.png[0]))
-
-        with ThreadPoolExecutor(2) as pool:
-            slow_status = pool.submit(slow)
-            fast_resp = pool.submit(fast).result()
-        assert slow_status.result() == 200
+        module.decode_opened = held
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                slow = pool.submit(
+                    lambda: c.post("/classify", files=_upload(images.large_png, name="big.png")).status_code
+                )
+                assert decoding.wait(60)
+                fast_resp = c.post("/classify", files=_upload(images.png[0]))
+                livez = c.get("/livez")
+                release.set()
+                assert slow.result() == 200
+        finally:
+            release.set()
+            module.decode_opened = original
         assert_error(fast_resp, 429, "Too many requests")
-        assert c.get("/livez").status_code == 200  # health checks are never counted
+        assert livez.status_code == 200  # health checks are never counted
 
 
 def test_a_request_over_the_timeout_gets_504(served, images):
@@ -383,3 +428,14 @@ def test_a_request_over_the_timeout_gets_504(served, images):
             c.post("/classify", files=_upload(images.large_png, name="big.png")), 504, "0.05 seconds"
         )
         assert c.get("/livez").status_code == 200
+
+
+def test_tracing_is_off_unless_asked_for(served, images):
+    """BentoML records spans even when it exports none; Shipyard leaves requests out unless serve.tracing."""
+    for tracing in (False, True):
+        with asgi_client(served.tag, tracing=tracing) as c:
+            assert ("tracing" not in c.module.Shipyard.config) is tracing
+            if not tracing:
+                assert c.module.Shipyard.config["tracing"] == {"excluded_urls": [".*"]}
+            assert c.get("/metadata").json()["serving"]["tracing"] is tracing
+            assert c.post("/classify", files=_upload(images.png[0])).status_code == 200
