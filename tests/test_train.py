@@ -127,6 +127,29 @@ def test_same_seed_same_weights(small_demo_dir, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_early_stopping_and_checkpoints_can_watch_validation_macro_f1(small_demo_dir, tmp_path):
+    """train.monitor=val_macro_f1: a log Keras does not compute; Shipyard adds it before the callbacks
+    that watch it, and it equals the macro F1 of the trained model on the validation split."""
+    from edge.evaluate import classification_metrics
+    from training.evaluate import predict_dataset
+    from training.train import train
+
+    cfg = load_pipeline_config(
+        None,
+        [*TINY_TRAIN, "train.epochs=1", "train.monitor=val_macro_f1", "train.early_stopping_patience=1",
+         "train.reduce_lr_patience=1"],
+        data=small_demo_dir,
+    )
+    result = train(cfg, tmp_path, verbose=0)
+    f1 = result.history["val_macro_f1"]
+    assert len(f1) == 1 and 0.0 <= f1[0] <= 1.0
+    probs, y = predict_dataset(result.model, result.datasets.val)
+    expected = classification_metrics(y, probs.argmax(axis=1), ["0", "1", "2"])["macro"]["f1"]
+    assert f1[0] == pytest.approx(expected, abs=1e-6)
+    assert "val_macro_f1" in (result.run_dir / "logs" / "history.csv").read_text().splitlines()[0]
+    assert (result.run_dir / "checkpoints" / "best.weights.h5").is_file()  # saved on the watched log
+
+
 def test_resume_after_sigkill(small_demo_dir, tmp_path):
     from training.pipeline import run_train
 

@@ -413,3 +413,14 @@ def test_worker_refuses_fresh_and_partial_environment(small_demo_dir, tmp_path, 
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "worker0")
     with pytest.raises(ShipyardError, match="--fresh"):
         run_tune(_config(small_demo_dir), tmp_path / "x", fresh=True)
+
+
+@pytest.mark.parametrize("objective", ["val_accuracy", "val_macro_f1", "val_loss"])
+def test_per_trial_early_stopping_watches_the_objective(small_demo_dir, objective):
+    from training.train import monitor_mode
+    from training.tune import OBJECTIVES, parse_space, trial_config
+
+    cfg = _config(small_demo_dir, f"tune.objective={objective}", "tune.early_stopping_patience=2")
+    trial = trial_config(cfg, parse_space(cfg), {})
+    assert trial.train.monitor == objective and trial.train.early_stopping_patience == 2
+    assert monitor_mode(objective) == OBJECTIVES[objective].direction

@@ -143,7 +143,11 @@ class TrainConfig(StrictModel):
     top_k: int = Field(3, ge=2)
     fine_tune: FineTuneConfig = Field(default_factory=FineTuneConfig)
     early_stopping_patience: int = Field(5, ge=0, description="0 disables early stopping")
-    monitor: str = "val_loss"
+    monitor: str = Field(
+        "val_loss",
+        description="the log that the best checkpoint, early stopping and learning-rate reduction watch: val_loss, "
+        "val_accuracy, val_macro_f1 (costs one more validation pass per epoch) or any other Keras log",
+    )
     reduce_lr_patience: int = Field(3, ge=0, description="0 disables learning-rate reduction")
     reduce_lr_factor: float = Field(0.2, gt=0, lt=1)
     min_learning_rate: float = Field(1e-7, ge=0)

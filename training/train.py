@@ -117,20 +117,65 @@ def read_state(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def callbacks_for(run_dir: Path, config: PipelineConfig, phase: int, extra: list | None = None) -> list:
+#: A log that Keras does not compute: :class:`_ValMacroF1` adds it when ``train.monitor`` names it.
+VAL_MACRO_F1 = "val_macro_f1"
+
+
+class _ValMacroF1(keras.callbacks.Callback):
+    """Adds ``val_macro_f1`` (macro-averaged F1 on the validation split) to each epoch's logs.
+
+    Runs first among the callbacks, so that checkpoints, early stopping, learning-rate reduction and the
+    CSV log see the value. Costs one more pass over the validation split per epoch.
+    """
+
+    def __init__(self, val, num_classes: int):
+        super().__init__()
+        self.val, self.num_classes = val, num_classes
+
+    def on_epoch_end(self, epoch, logs=None):
+        from edge.evaluate import classification_metrics
+        from training.evaluate import predict_dataset
+
+        probs, y = predict_dataset(self.model, self.val)
+        labels = [str(i) for i in range(self.num_classes)]
+        f1 = classification_metrics(y, probs.argmax(axis=1), labels)["macro"]["f1"] if len(y) else 0.0
+        if logs is not None:
+            logs[VAL_MACRO_F1] = float(f1)
+
+
+def monitor_mode(monitor: str) -> str:
+    """``"min"`` for a loss, ``"max"`` for everything else (accuracy, F1, AUC...)."""
+    return "min" if "loss" in monitor else "max"
+
+
+def callbacks_for(
+    run_dir: Path,
+    config: PipelineConfig,
+    phase: int,
+    extra: list | None = None,
+    *,
+    val: Any = None,
+    num_classes: int | None = None,
+) -> list:
     """The callbacks of one phase: run info, checkpoints, CSV and TensorBoard logs, early stopping,
-    learning-rate reduction, BackupAndRestore and the state file."""
+    learning-rate reduction, BackupAndRestore and the state file (plus ``val_macro_f1`` when
+    ``train.monitor`` watches it: then ``val`` and ``num_classes`` are needed)."""
     t = config.train
     ckpt = run_dir / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    monitor_mode = "max" if "acc" in t.monitor else "min"
-    cbs: list = [
+    mode = monitor_mode(t.monitor)
+    cbs: list = []
+    if t.monitor == VAL_MACRO_F1:
+        if val is None or num_classes is None:
+            raise ConfigError("train.monitor=val_macro_f1 needs the validation split to compute it")
+        cbs.append(_ValMacroF1(val, num_classes))
+    cbs += [
         _RunInfo(phase),
         _PeriodicCheckpoint(ckpt, t.checkpoint_every),
         keras.callbacks.ModelCheckpoint(
-            str(ckpt / "best.weights.h5"), monitor=t.monitor, mode=monitor_mode, save_best_only=True, save_weights_only=True
+            str(ckpt / "best.weights.h5"), monitor=t.monitor, mode=mode, save_best_only=True, save_weights_only=True
         ),
         keras.callbacks.CSVLogger(str(logs / "history.csv"), append=True),
         keras.callbacks.TensorBoard(log_dir=str(logs / "tensorboard"), histogram_freq=0, write_graph=False),
@@ -140,14 +185,14 @@ def callbacks_for(run_dir: Path, config: PipelineConfig, phase: int, extra: list
     if t.early_stopping_patience:
         cbs.append(
             keras.callbacks.EarlyStopping(
-                monitor=t.monitor, mode=monitor_mode, patience=t.early_stopping_patience, restore_best_weights=True
+                monitor=t.monitor, mode=mode, patience=t.early_stopping_patience, restore_best_weights=True
             )
         )
     if t.reduce_lr_patience:
         cbs.append(
             keras.callbacks.ReduceLROnPlateau(
                 monitor=t.monitor,
-                mode=monitor_mode,
+                mode=mode,
                 patience=t.reduce_lr_patience,
                 factor=t.reduce_lr_factor,
                 min_lr=t.min_learning_rate,
@@ -249,7 +294,7 @@ def train(
             h1 = model.fit(
                 datasets.train,
                 epochs=config.train.epochs,
-                callbacks=callbacks_for(run_dir, config, 1, extra_callbacks),
+                callbacks=callbacks_for(run_dir, config, 1, extra_callbacks, val=datasets.val, num_classes=num_classes),
                 **fit_kwargs,
             )
             phases["head"] = _epochs_done(h1)
@@ -268,7 +313,7 @@ def train(
                 datasets.train,
                 initial_epoch=start,
                 epochs=start + ft.epochs,
-                callbacks=callbacks_for(run_dir, config, 2, extra_callbacks),
+                callbacks=callbacks_for(run_dir, config, 2, extra_callbacks, val=datasets.val, num_classes=num_classes),
                 **fit_kwargs,
             )
             phases["fine_tune"] = _epochs_done(h2, start)
