@@ -31,3 +31,44 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None, cwd: Path
     return subprocess.run(
         [str(exe), *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd
     )
+
+
+def env_outside_checkout(**extra: str) -> dict[str, str]:
+    """This environment without the checkout on ``sys.path`` (no PYTHONPATH, no user site), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_USE_LEGACY_KERAS")}
+    env.update(PYTHONNOUSERSITE="1", BENTOML_DO_NOT_TRACK="True", **extra)
+    return env
+
+
+def copy_project(dest: Path, packages: tuple[str, ...], *, skip: tuple[str, ...] = ()) -> Path:
+    """The files ``pip install`` needs (pyproject, README, constraints and ``packages``), without this
+    checkout's venv, build outputs or caches; ``skip`` names more folders or files to leave out."""
+    import shutil
+
+    dest.mkdir()
+    for name in ("pyproject.toml", "README.md", "constraints.txt"):
+        shutil.copy(ROOT / name, dest / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", *skip)
+    for package in packages:
+        shutil.copytree(ROOT / package, dest / package, ignore=ignore)
+    return dest
+
+
+def fresh_venv(folder: Path, project: Path, extra: str, *, timeout: float) -> Path:
+    """A new virtual environment in ``folder`` with ``project[extra]`` installed under the project's
+    constraints.txt, as a user on a fresh machine would; returns its python.
+
+    Fails the test with pip's error when the install fails.
+    """
+    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, timeout=300)
+    python = folder / "bin" / "python"
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "-c", str(project / "constraints.txt"), f"{project}[{extra}]"],
+        capture_output=True,
+        text=True,
+        cwd=folder.parent,
+        env=env_outside_checkout(),
+        timeout=timeout,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    return python

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _support import copy_project, env_outside_checkout, fresh_venv
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = ("tensorflow", "tf_keras", "keras", "training", "serving", "tf2onnx")
@@ -28,12 +28,6 @@ codes = [main(["predict", sys.argv[1], sys.argv[2], "--json"]),
 loaded = sorted({m.split(".")[0] for m in sys.modules})
 print("MODULES=" + json.dumps({"codes": codes, "loaded": loaded}))
 """
-
-
-def _env_without_repo() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_USE_LEGACY_KERAS")}
-    env["PYTHONNOUSERSITE"] = "1"
-    return env
 
 
 def test_edge_sources_import_no_forbidden_package():
@@ -56,7 +50,7 @@ def test_predict_and_bench_leave_tensorflow_unloaded(edge_assets):
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env=_env_without_repo(),
+        env=env_outside_checkout(),
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
@@ -68,45 +62,13 @@ def test_predict_and_bench_leave_tensorflow_unloaded(edge_assets):
     assert not loaded & {*FORBIDDEN, "onnxruntime"}, sorted(loaded & {*FORBIDDEN, "onnxruntime"})
 
 
-def _copy_project(dest: Path) -> Path:
-    """The files ``pip install`` needs, without the venv, build outputs or caches of this checkout."""
-    dest.mkdir()
-    for name in ("pyproject.toml", "README.md", "constraints.txt"):
-        if (ROOT / name).is_file():
-            shutil.copy(ROOT / name, dest / name)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for package in ("edge", "training", "serving"):
-        if (ROOT / package).is_dir():
-            shutil.copytree(ROOT / package, dest / package, ignore=ignore)
-    return dest
-
-
 @pytest.mark.timeout(900)
 def test_fresh_venv_with_the_edge_extra_runs_predict_and_bench(edge_assets, tmp_path):
-    project = _copy_project(tmp_path / "project")
+    project = copy_project(tmp_path / "project", ("edge", "training", "serving"))
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    python = venv / "bin" / "python"
-    install = subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "-c",
-            str(project / "constraints.txt"),
-            f"{project}[edge]",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=_env_without_repo(),
-        timeout=900,
-    )
-    assert install.returncode == 0, install.stderr[-3000:]
+    python = fresh_venv(venv, project, "edge", timeout=900)
 
-    env = _env_without_repo()
+    env = env_outside_checkout()
     no_tf = subprocess.run(
         [
             str(python),

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import ast
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _support import copy_project, env_outside_checkout, fresh_venv
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = ("tensorflow", "tf_keras", "keras", "training", "tf2onnx", "tensorflow_model_optimization")
@@ -54,12 +53,6 @@ def test_the_serve_command_does_not_import_serving():
         assert name.split(".")[0] != "serving", name
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TF_USE_LEGACY_KERAS")}
-    env.update(PYTHONNOUSERSITE="1", BENTOML_DO_NOT_TRACK="True", **extra)
-    return env
-
-
 def test_a_process_running_the_service_never_loads_tensorflow(served, images, tmp_path):
     from edge.config import ServeConfig
 
@@ -70,7 +63,7 @@ def test_a_process_running_the_service_never_loads_tensorflow(served, images, tm
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env=_env(**ServeConfig(model=served.tag).to_env()),
+        env=env_outside_checkout(**ServeConfig(model=served.tag).to_env()),
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -84,41 +77,12 @@ def test_a_process_running_the_service_never_loads_tensorflow(served, images, tm
     assert report["blas_threads"] and set(report["blas_threads"]) == {1}  # the monitor's matrix products: one core
 
 
-def _copy_serving_project(dest: Path) -> Path:
-    """What the Dockerfile copies: pyproject.toml, constraints.txt, README.md, edge/ and serving/."""
-    dest.mkdir()
-    for name in ("pyproject.toml", "README.md", "constraints.txt"):
-        shutil.copy(ROOT / name, dest / name)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "loadtest")
-    for package in ("edge", "serving"):
-        shutil.copytree(ROOT / package, dest / package, ignore=ignore)
-    return dest
-
-
 @pytest.mark.timeout(1500)
 def test_fresh_venv_with_the_serve_extra_runs_the_service(served, images, tmp_path):
-    project = _copy_serving_project(tmp_path / "project")
+    # what the Dockerfile copies: pyproject.toml, constraints.txt, README.md, edge/ and serving/
+    project = copy_project(tmp_path / "project", ("edge", "serving"), skip=("loadtest",))
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    python = venv / "bin" / "python"
-    install = subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "-c",
-            str(project / "constraints.txt"),
-            f"{project}[serve]",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=_env(),
-        timeout=1400,
-    )
-    assert install.returncode == 0, install.stderr[-3000:]
+    python = fresh_venv(venv, project, "serve", timeout=1400)
     probe = subprocess.run(
         [
             str(python),
@@ -130,7 +94,7 @@ def test_fresh_venv_with_the_serve_extra_runs_the_service(served, images, tmp_pa
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env=_env(),
+        env=env_outside_checkout(),
         timeout=120,
     )
     assert json.loads(probe.stdout) == {
@@ -153,7 +117,7 @@ def test_fresh_venv_with_the_serve_extra_runs_the_service(served, images, tmp_pa
         capture_output=True,
         text=True,
         cwd=tmp_path,  # not the checkout: serving must come from the venv
-        env=_env(**ServeConfig(model=served.tag).to_env()),
+        env=env_outside_checkout(**ServeConfig(model=served.tag).to_env()),
         timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -167,6 +131,6 @@ def test_fresh_venv_with_the_serve_extra_runs_the_service(served, images, tmp_pa
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env=_env(),
+        env=env_outside_checkout(),
     )
     assert str(venv) in where.stdout
