@@ -47,6 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import cpu_name  # noqa: E402 - after the path set-up
+
 RESULTS = ROOT / "benchmarks" / "results"
 SIZE = 224
 OVERHEAD_TARGET = 0.05
@@ -218,7 +220,7 @@ def measure(models: dict[str, str], rounds: int, runs: int, warmup: int) -> dict
         "environment": {
             "python": platform.python_version(),
             "machine": platform.machine(),
-            "processor": _cpu_name(),
+            "processor": cpu_name(),
             "cores_usable": all_cores,
             "ai_edge_litert": getattr(ai_edge_litert, "__version__", "unknown"),
             "numpy": np.__version__,
@@ -226,16 +228,6 @@ def measure(models: dict[str, str], rounds: int, runs: int, warmup: int) -> dict
             "load_average_1_5_15_min_after": [round(x, 2) for x in os.getloadavg()],
         },
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def print_table(report: dict) -> None:

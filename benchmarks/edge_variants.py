@@ -54,6 +54,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import cpu_name  # noqa: E402 - after the path set-up
+
 RESULTS = ROOT / "benchmarks" / "results"
 INT_VARIANTS = {
     "int8.tflite",
@@ -464,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": {
             "platform": platform.platform(),
-            "processor": _cpu_name(),
+            "processor": cpu_name(),
             "cores": all_threads(),
             "load_average_start": os.getloadavg(),
         },
@@ -485,16 +487,6 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(payload, indent=2, default=str))
     print(f"\nwrote {out}")
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

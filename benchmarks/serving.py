@@ -61,6 +61,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import cpu_name  # noqa: E402 - after the path set-up
+
 RESULTS = ROOT / "benchmarks" / "results"
 SIZE = 224
 CLASSES = 10
@@ -593,16 +595,6 @@ def print_table(report: dict[str, Any]) -> None:
     )
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=12.0, help="measured seconds per setting")
@@ -704,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
         "service_on_no_monitoring": quiet,
         "naive": naive,
         "machine": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "load_average_1_5_15_min_after": [round(x, 2) for x in os.getloadavg()],

@@ -1,0 +1,18 @@
+"""What every benchmark script shares (imported as ``benchmarks._common``: the scripts put the repository
+root on ``sys.path`` first)."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+
+def cpu_name() -> str:
+    """The processor's model name (from ``/proc/cpuinfo`` on Linux), for the JSON a benchmark writes."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
