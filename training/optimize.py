@@ -351,15 +351,6 @@ def prune_model(
     """
     import tensorflow_model_optimization as tfmot
 
-    from training._tf import keras
-
-    _require_flat(model, "pruning")
-    names = set(_prunable(model, min_weights))
-    if not names:
-        raise NotApplicableError(
-            f"pruning cannot be applied: no Conv2D/Dense layer (other than the output layer) has at least "
-            f"optimize.prune_min_weights={min_weights} weights; lower prune_min_weights to prune smaller layers"
-        )
     sparsity = tfmot.sparsity.keras
     schedule = sparsity.PolynomialDecay(
         initial_sparsity=0.0,
@@ -368,14 +359,33 @@ def prune_model(
         end_step=end_step,
         frequency=frequency,
     )
-    base = fresh_copy(model, trainable=True)
+    return _wrap_big_layers(
+        model,
+        "pruning",
+        min_weights,
+        "lower prune_min_weights to prune smaller layers",
+        lambda layer: sparsity.prune_low_magnitude(layer, pruning_schedule=schedule),
+    )
 
-    def wrap(layer):
-        return (
-            sparsity.prune_low_magnitude(layer, pruning_schedule=schedule) if layer.name in names else layer
+
+def _wrap_big_layers(model: Any, technique: str, min_weights: int, hint: str, wrap: Any) -> tuple[Any, list[str]]:
+    """A trainable copy of a flat ``model`` with ``wrap`` applied to its big Conv2D/Dense layers.
+
+    Raises:
+        NotApplicableError: a nested model, or no layer big enough (the message ends with ``hint``).
+    """
+    from training._tf import keras
+
+    _require_flat(model, technique)
+    names = set(_prunable(model, min_weights))
+    if not names:
+        raise NotApplicableError(
+            f"{technique} cannot be applied: no Conv2D/Dense layer (other than the output layer) has at least "
+            f"optimize.prune_min_weights={min_weights} weights; {hint}"
         )
-
-    return keras.models.clone_model(base, clone_function=wrap), sorted(names)
+    base = fresh_copy(model, trainable=True)
+    clone = keras.models.clone_model(base, clone_function=lambda layer: wrap(layer) if layer.name in names else layer)
+    return clone, sorted(names)
 
 
 def cluster_model(model: Any, *, clusters: int, min_weights: int = 1024) -> tuple[Any, list[str]]:
@@ -391,28 +401,18 @@ def cluster_model(model: Any, *, clusters: int, min_weights: int = 1024) -> tupl
     """
     import tensorflow_model_optimization as tfmot
 
-    from training._tf import keras
-
-    _require_flat(model, "weight clustering")
-    names = set(_prunable(model, min_weights))
-    if not names:
-        raise NotApplicableError(
-            f"weight clustering cannot be applied: no Conv2D/Dense layer (other than the output layer) has at "
-            f"least optimize.prune_min_weights={min_weights} weights; lower it to cluster smaller layers"
-        )
     clustering = tfmot.clustering.keras
-    base = fresh_copy(model, trainable=True)
-
-    def wrap(layer):
-        if layer.name not in names:
-            return layer
-        return clustering.cluster_weights(
+    return _wrap_big_layers(
+        model,
+        "weight clustering",
+        min_weights,
+        "lower it to cluster smaller layers",
+        lambda layer: clustering.cluster_weights(
             layer,
             number_of_clusters=clusters,
             cluster_centroids_init=clustering.CentroidInitialization.KMEANS_PLUS_PLUS,
-        )
-
-    return keras.models.clone_model(base, clone_function=wrap), sorted(names)
+        ),
+    )
 
 
 def fine_tune(
