@@ -44,9 +44,7 @@ class Opened:
         return self.info.width * self.info.height
 
 
-def open_uploads(
-    uploads: list[Upload], *, max_pixels: int, field: str
-) -> list[Opened]:
+def open_uploads(uploads: list[Upload], *, max_pixels: int, field: str) -> list[Opened]:
     """Open each file of a request and check its format and pixel count from the header (no decoding:
     tens of microseconds an image), naming each file by field and position in errors.
 
