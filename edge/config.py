@@ -109,11 +109,10 @@ class ServeConfig(StrictModel):
         raw: dict[str, Any] = {}
         source = "environment"
         if path := env.get(cls.ENV_FILE):
-            loaded = _read_yaml_mapping(Path(path), what=cls.ENV_FILE)
-            section = loaded.get("serve", loaded)
-            if not isinstance(section, dict):
-                raise ConfigError(f"{path}: the serve section must be a mapping, not {type(section).__name__}")
-            raw = dict(section)
+            loaded = read_yaml_mapping(
+                path, what=cls.ENV_FILE, hint="point it at a YAML file with a serve: section (or a bare serve mapping)"
+            )
+            raw = section_mapping(loaded, "serve", path) if "serve" in loaded else dict(loaded)
             source = f"{path} and the environment"
         for name, var in cls.env_names().items():
             if var not in env:
@@ -238,18 +237,56 @@ class LoadTestConfig(StrictModel):
 ServeConfig.model_rebuild()
 
 
-def _read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+def read_yaml_mapping(path: str | Path, *, hint: str, what: str = "config file") -> dict[str, Any]:
+    """The mapping a YAML config file holds (an empty file is an empty mapping).
+
+    Raises:
+        ConfigError: the file is missing (the message ends with ``hint``), not YAML, or not a mapping.
+    """
     import yaml
 
+    path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{what}={str(path)!r}: no such file; point it at a YAML file with a serve: section")
+        raise ConfigError(f"{what} {path} does not exist; {hint}")
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     if not isinstance(loaded, dict):
-        raise ConfigError(f"{path} must hold a mapping, not {type(loaded).__name__}")
+        raise ConfigError(f"{path} must hold a mapping of sections, not {type(loaded).__name__}")
     return loaded
+
+
+def section_mapping(loaded: dict[str, Any], section: str, path: str | Path) -> dict[str, Any]:
+    """A copy of the ``section:`` mapping of a loaded config file (empty when absent).
+
+    Raises:
+        ConfigError: the section is there but not a mapping.
+    """
+    value = loaded.get(section) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: the {section}: section must be a mapping, not {type(value).__name__}")
+    return dict(value)
+
+
+def load_section(path: str | Path | None, section: str, overrides: list[str] | None, *, command: str) -> dict[str, Any]:
+    """The ``section:`` of a config file (the file's other sections are other stages' business) with
+    ``--set section.KEY=VALUE`` overrides merged in, for a command that reads only that section.
+
+    Raises:
+        ConfigError: a bad file, or an override outside ``section``.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        loaded = read_yaml_mapping(path, hint=f"pass a YAML file with a {section}: section (a pipeline config works)")
+        raw = section_mapping(loaded, section, path)
+    extra = parse_overrides(overrides)
+    others = sorted(set(extra) - {section})
+    if others:
+        raise ConfigError(
+            f"--set {others[0]}.…: '{command}' takes {section}.KEY=VALUE only, e.g. --set {section}.<setting>=<value>"
+        )
+    return deep_merge(raw, extra.get(section, {}))
 
 
 def _monitor_from_env(value: str, var: str, base: Any) -> Any:
@@ -364,22 +401,11 @@ def load_config(model: type[M], path: str | Path | None = None, overrides: list[
     Raises:
         ConfigError: file missing or not YAML, an unknown key, a wrong type or a value out of range.
     """
-    import yaml
-
     raw: dict[str, Any] = {}
     source = "overrides"
     if path is not None:
-        path = Path(path)
+        raw = read_yaml_mapping(path, hint="pass a YAML file such as configs/demo.yaml")
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; pass a YAML file such as configs/demo.yaml")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping of sections (data:, model:, train:, ...), not {type(loaded).__name__}")
-        raw = loaded
     raw = deep_merge(raw, parse_overrides(overrides))
     try:
         return model.model_validate(raw)

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from edge.config import ConfigError, LoadTestConfig
+from edge.config import ConfigError, LoadTestConfig, load_section
 
 DEFAULT_IMAGES = "demo_data"
 
@@ -121,7 +121,7 @@ def _config(args) -> LoadTestConfig:
 
     from edge.config import format_validation_error
 
-    base = _file_section(args.config, args.overrides)
+    base = load_section(args.config, "loadtest", args.overrides, command="shipyard loadtest")
     flags: dict[str, Any] = {
         "users": args.users,
         "spawn_rate": args.spawn_rate,
@@ -163,32 +163,6 @@ def _config(args) -> LoadTestConfig:
         if any(v < 1 for v in getattr(config, key)):
             raise ConfigError(f"loadtest.{key} = {getattr(config, key)}: every value must be >= 1")
     return config
-
-
-def _file_section(path: str | None, overrides: list[str]) -> dict[str, Any]:
-    """The ``loadtest:`` section of a config file (other sections are the other stages' business) with
-    ``--set loadtest.KEY=VALUE`` overrides merged in."""
-    import yaml
-
-    from edge.config import deep_merge, parse_overrides
-
-    section: dict[str, Any] = {}
-    if path is not None:
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"config file {file} does not exist; pass a YAML file such as configs/demo.yaml")
-        try:
-            loaded = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{file} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-        if not isinstance(loaded, dict) or not isinstance(loaded.get("loadtest", {}), dict):
-            raise ConfigError(f"{file} must be a mapping of sections whose loadtest: section is a mapping")
-        section = loaded.get("loadtest") or {}
-    extra = parse_overrides(overrides)
-    others = sorted(set(extra) - {"loadtest"})
-    if others:
-        raise ConfigError(f"--set {others[0]}.… cannot be set here; 'shipyard loadtest' takes loadtest.KEY=VALUE only")
-    return deep_merge(section, extra.get("loadtest", {}))
 
 
 def _images(config: LoadTestConfig) -> Path:

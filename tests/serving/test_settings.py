@@ -45,7 +45,7 @@ def test_env_round_trip_and_precedence(tmp_path):
         ({"SHIPYARD_MAX_BATCH_SIZE": "lots"}, ("max_batch_size", "SHIPYARD_MAX_BATCH_SIZE")),
         ({"SHIPYARD_PORT": "0"}, ("port", "SHIPYARD_PORT")),
         ({"SHIPYARD_MONITOR": "maybe"}, ("SHIPYARD_MONITOR", "0, 1")),
-        ({"SHIPYARD_SERVE_CONFIG": "/nonexistent/serve.yaml"}, ("no such file",)),
+        ({"SHIPYARD_SERVE_CONFIG": "/nonexistent/serve.yaml"}, ("does not exist", "SHIPYARD_SERVE_CONFIG")),
     ],
 )
 def test_bad_settings_name_the_variable(env, words):
@@ -125,6 +125,6 @@ def test_serve_command_errors_are_one_line():
     proc = _shipyard("serve", "no-such-model:v1")
     assert proc.returncode == 2 and "not in the model store" in proc.stderr
     proc = _shipyard("serve", "x:y", "--set", "train.epochs=1")
-    assert proc.returncode == 2 and "serve.*" in proc.stderr
+    assert proc.returncode == 2 and "serve.KEY=VALUE" in proc.stderr
     proc = _shipyard("serve", env={"SHIPYARD_MODEL": ""})
     assert proc.returncode == 2 and "no model to serve" in proc.stderr

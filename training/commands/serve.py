@@ -61,31 +61,10 @@ def serve_config(args: Any) -> Any:
     Raises:
         ConfigError: a bad file, key or value.
     """
-    import yaml
+    from edge.config import ConfigError, ServeConfig, format_validation_error, load_section
 
-    from edge.config import ConfigError, ServeConfig, deep_merge, format_validation_error, parse_overrides
-
-    raw: dict[str, Any] = {}
-    source = "serve settings"
-    if args.config is not None:
-        path = Path(args.config)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; pass a YAML file with a serve: section")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-        if not isinstance(loaded, dict) or not isinstance(loaded.get("serve", {}), dict):
-            raise ConfigError(f"{path} must hold a mapping with an optional serve: mapping")
-        raw = dict(loaded.get("serve") or {})
-        source = str(path)
-    overrides = parse_overrides(args.overrides)
-    unknown = [k for k in overrides if k != "serve"]
-    if unknown:
-        raise ConfigError(
-            f"--set {unknown[0]}...: shipyard serve takes serve.* settings only, e.g. --set serve.port=8080"
-        )
-    raw = deep_merge(raw, overrides.get("serve", {}))
+    raw = load_section(args.config, "serve", args.overrides, command="shipyard serve")
+    source = str(args.config) if args.config is not None else "serve settings"
     flags = {
         "model": args.tag,
         "host": args.host,
