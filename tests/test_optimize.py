@@ -463,3 +463,20 @@ def test_count_macs_matches_the_arithmetic():
     conv = 32 * 32 * 3 * 3 * 3 * 16 + 16 * 16 * 3 * 3 * 16 * 32 + 8 * 8 * 3 * 3 * 32 * 64
     assert macs["conv"] == conv and macs["dense"] == 64 * 3 and macs["depthwise"] == 0
     assert macs["total"] == conv + 64 * 3
+
+
+def test_eval_samples_takes_a_random_subset_not_the_first_classes():
+    """Splits are ordered by class: the first N test images would all be of the first classes."""
+    from edge.manifest import InputContract
+    from training.config import OptimizeConfig
+    from training.optimize import OptimizeData, _accuracy_f1, _evaluation_data
+
+    y = np.repeat(np.arange(5), 40)
+    x = np.arange(len(y), dtype=np.uint8).reshape(-1, 1, 1, 1) * np.ones((1, 2, 2, 3), np.uint8)
+    data = OptimizeData(test_x=x, test_y=y)
+    out = _evaluation_data(data, InputContract(height=2, width=2), OptimizeConfig(eval_samples=50))
+    assert len(out.test_y) == 50 and set(out.test_y.tolist()) == set(range(5))
+    np.testing.assert_array_equal(out.test_y, y[out.test_x[:, 0, 0, 0]])  # images keep their labels
+    # macro F1 as training's evaluation defines it: classes without test images do not count
+    probs = np.eye(3)[[0, 0, 1, 1]]
+    assert _accuracy_f1(np.array([0, 0, 1, 1]), probs, 3) == (1.0, 1.0)

@@ -298,3 +298,22 @@ def test_multi_worker_cluster_and_mixed_precision(small_demo_dir, tmp_path):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_evaluating_on_a_subset_of_classes_keeps_the_model_label_space(tiny_package, small_demo_dir, tmp_path):
+    """Data with only classes '1' and '2' of a '0'/'1'/'2' model: every label, the train split's (for
+    the majority baseline) included, is the model's index, not the folder's."""
+    import shutil
+
+    from training.pipeline import _samples_for
+
+    pngs = {c: sorted((small_demo_dir / c).glob("*.png")) for c in ("1", "2")}
+    for split, counts in (("train", {"1": 1, "2": 3}), ("test", {"1": 2, "2": 2})):
+        for c, n in counts.items():
+            (tmp_path / split / c).mkdir(parents=True)
+            offset = 0 if split == "train" else 5
+            for p in pngs[c][offset : offset + n]:
+                shutil.copy(p, tmp_path / split / c / p.name)
+    _, samples, train_labels = _samples_for(read_manifest(tiny_package), tmp_path)
+    assert sorted(s.label for s in samples) == [1, 1, 2, 2]
+    assert sorted(train_labels) == [1, 2, 2, 2]

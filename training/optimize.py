@@ -1184,12 +1184,11 @@ def _accuracy_f1(
 ) -> tuple[float | None, float | None]:
     if y is None:
         return None, None
-    from sklearn.metrics import f1_score
+    from edge.evaluate import classification_metrics
 
     preds = probs.argmax(axis=1)
-    return float(np.mean(preds == y)), float(
-        f1_score(y, preds, labels=list(range(num_classes)), average="macro", zero_division=0)
-    )
+    metrics = classification_metrics(y, preds, [str(i) for i in range(num_classes)])  # as training's evaluation
+    return float(metrics["accuracy"]), float(metrics["macro"]["f1"])
 
 
 def _io_info(spec: VariantSpec, path: Path) -> dict[str, Any]:
@@ -1506,8 +1505,9 @@ def _evaluation_data(data: OptimizeData, contract: InputContract, config: Any) -
         note = "no test images: parity was checked on 32 random images and accuracy was not measured"
         return replace(data, test_x=images, test_y=None, synthetic_test=True, notes=[*data.notes, note])
     if config.eval_samples is not None and len(data.test_x) > config.eval_samples:
-        n = config.eval_samples
-        return replace(data, test_x=data.test_x[:n], test_y=None if data.test_y is None else data.test_y[:n])
+        # a random subset: splits are ordered by class, so the first N would hold the first classes only
+        keep = np.sort(np.random.default_rng(config.seed).choice(len(data.test_x), config.eval_samples, replace=False))
+        return replace(data, test_x=data.test_x[keep], test_y=None if data.test_y is None else data.test_y[keep])
     return data
 
 
@@ -1652,6 +1652,9 @@ def load_optimize_data(manifest: Manifest, config: Any) -> OptimizeData:
         train = [train[i] for i in keep]
     split = "test" if scan.splits.get("test") else "val"
     test = list(scan.splits.get(split, []))
+    if opt.eval_samples is not None and len(test) > opt.eval_samples:  # decode only what is evaluated
+        keep = np.sort(np.random.default_rng(opt.seed).choice(len(test), opt.eval_samples, replace=False))
+        test = [test[i] for i in keep]
     if not test:
         notes.append("the dataset has no test or validation split: accuracy was not measured")
     try:

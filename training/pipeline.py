@@ -56,7 +56,8 @@ def run_train(
 
 
 def _samples_for(manifest: Manifest, data: Path | None):
-    """The images to evaluate on: the package's own test split, or every image of ``data``."""
+    """The images to evaluate on (the package's own test split, or every image of ``data``), their labels as
+    the model's indices, and the labels of the data's train split (for the majority baseline), also as the model's."""
     from training.data import scan_dataset
 
     if data is None:
@@ -73,7 +74,7 @@ def _samples_for(manifest: Manifest, data: Path | None):
                 f"the dataset at {cfg.path} changed since training (fingerprint differs); pass DATA explicitly"
             )
         split = "test" if scan.splits.get("test") else "val"
-        return scan, scan.splits[split]
+        return scan, scan.splits[split], [s.label for s in scan.splits.get("train", [])]
     cfg = DataConfig(path=Path(data), val_fraction=0.0, test_fraction=0.0)
     scan = scan_dataset(data, cfg)
     if scan.layout == "split_folders" and scan.splits.get("test"):
@@ -89,7 +90,8 @@ def _samples_for(manifest: Manifest, data: Path | None):
     mapping = {i: manifest.labels.index(name) for i, name in enumerate(scan.labels)}
     from training.data import Sample
 
-    return scan, [Sample(s.path, mapping[s.label]) for s in samples]
+    train_labels = [mapping[s.label] for s in scan.splits.get("train", [])]  # in the model's label space too
+    return scan, [Sample(s.path, mapping[s.label]) for s in samples], train_labels
 
 
 def run_evaluate(package: Path | str, data: Path | str | None = None, compare: Path | str | None = None) -> dict[str, Any]:
@@ -103,12 +105,12 @@ def run_evaluate(package: Path | str, data: Path | str | None = None, compare: P
 
     package = Path(package)
     model, manifest = load_package_model(package)
-    scan, samples = _samples_for(manifest, Path(data) if data else None)
+    scan, samples, train_labels = _samples_for(manifest, Path(data) if data else None)
     if not samples:
         raise ConfigError("there are no images to evaluate on")
     x, y = load_split_arrays(samples, manifest.input)
     probs = model.predict(x.astype(np.float32), verbose=0, batch_size=64)
-    train_labels = np.array([s.label for s in scan.splits.get("train", [])] or list(y), dtype=np.int64)
+    train_labels = np.array(train_labels or list(y), dtype=np.int64)
     paths = [Path(s.path).relative_to(scan.root).as_posix() for s in samples]
     top_k = int(manifest.training_config.get("train", {}).get("top_k", 3))
     ev = evaluate_predictions(y, probs, manifest.labels, train_labels, paths=paths, top_k=top_k)
