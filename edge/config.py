@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge.errors import ShipyardError
 
@@ -229,9 +229,18 @@ class LoadTestConfig(StrictModel):
     ready_timeout_s: float = Field(180.0, gt=0, le=3600, description="seconds a started service may take")
     variant: str | None = Field(None, description="variant served with --serve (default: the server's)")
     serve_workers: int | None = Field(None, ge=1, description="API workers with --serve (default: serve's)")
-    sweep_batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32], min_length=1)
-    sweep_latencies_ms: list[int] = Field(default_factory=lambda: [50, 1000], min_length=1)
-    sweep_workers: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    sweep_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 8, 32], min_length=1)
+    # the bounds of ServeConfig.max_latency_ms: a point below them would only fail when its server starts
+    sweep_latencies_ms: list[Annotated[int, Field(ge=10)]] = Field(default_factory=lambda: [50, 1000], min_length=1)
+    sweep_workers: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1], min_length=1)
+
+    @model_validator(mode="after")
+    def _think_range(self) -> LoadTestConfig:
+        if self.think_min_s > self.think_max_s:
+            raise ValueError(
+                f"think time {self.think_min_s:g},{self.think_max_s:g}: the minimum is above the maximum; swap them"
+            )
+        return self
 
 
 ServeConfig.model_rebuild()
@@ -393,8 +402,15 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(model: type[M], path: str | Path | None = None, overrides: list[str] | None = None) -> M:
-    """Build ``model`` from a YAML file (optional) plus ``--set`` overrides.
+def load_config(
+    model: type[M],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    values: dict[str, Any] | None = None,
+) -> M:
+    """Build ``model`` from a YAML file (optional), ``--set`` overrides, then ``values`` (nested plain
+    values taken as they are, not parsed as YAML: a folder named ``2024`` or ``data #1`` stays a string).
 
     Relative paths in the file are kept as written (resolved against the working directory).
 
@@ -406,7 +422,7 @@ def load_config(model: type[M], path: str | Path | None = None, overrides: list[
     if path is not None:
         raw = read_yaml_mapping(path, hint="pass a YAML file such as configs/demo.yaml")
         source = str(path)
-    raw = deep_merge(raw, parse_overrides(overrides))
+    raw = deep_merge(deep_merge(raw, parse_overrides(overrides)), values or {})
     try:
         return model.model_validate(raw)
     except ValidationError as exc:

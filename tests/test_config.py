@@ -92,3 +92,10 @@ def test_config_is_not_mutated_by_loading_twice():
     a = load_pipeline_config(None, ["train.epochs=3"])
     b = load_pipeline_config(None)
     assert a.train.epochs == 3 and b.train.epochs == 10
+
+
+@pytest.mark.parametrize("name", ["2024", "data #1", "on", "null"])
+def test_data_folder_is_taken_as_written_not_parsed_as_yaml(tmp_path, name):
+    folder = tmp_path / name
+    cfg = load_pipeline_config(None, ["data.path=elsewhere"], data=folder)
+    assert cfg.data.path == folder  # --data wins over --set, and "2024" stays a path, not an int

@@ -270,6 +270,40 @@ def test_bad_flags_and_missing_images_are_clear_errors(tmp_path):
     assert done.returncode == 2 and "userz" in done.stderr and "users" in done.stderr
 
 
+def _parsed_config(*argv: str):
+    import argparse
+
+    from serving.loadtest.cli import _config, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command", required=True))
+    return _config(parser.parse_args(["loadtest", *argv]))
+
+
+def test_options_before_and_after_sweep_both_count():
+    config = _parsed_config("--users", "3", "--max-p95-ms", "200", "--set", "loadtest.batch_share=0.5",
+                            "sweep", "x:1", "--duration", "7", "--latencies-ms", "20", "--serve-workers", "1", "2")
+    assert (config.users, config.max_p95_ms, config.batch_share, config.duration_s) == (3, 200, 0.5, 7)
+    assert (config.sweep_latencies_ms, config.sweep_workers, config.serve_workers) == ([20], [1, 2], None)
+    assert _parsed_config("--serve-workers", "2", "--host", "http://h").serve_workers == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["sweep", "x:1", "--latencies-ms", "5"], ("sweep_latencies_ms", "10")),
+        (["sweep", "x:1", "--batch-sizes", "0"], ("sweep_batch_sizes", "1")),
+        (["--think", "1,0.5"], ("swap",)),
+    ],
+)
+def test_sweep_and_think_values_are_checked_by_the_config(argv, words):
+    from edge.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        _parsed_config(*argv)
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
 # --- against the stand-in ---------------------------------------------------------------------------------------
 
 

@@ -342,10 +342,8 @@ def load_pipeline_config(
     Raises:
         ConfigError: a bad file, key or value (one line each).
     """
-    extra = list(overrides or [])
-    if data is not None:
-        extra.append(f"data.path={data}")
-    return load_config(PipelineConfig, path, extra)
+    values = {"data": {"path": str(data)}} if data is not None else None
+    return load_config(PipelineConfig, path, overrides, values=values)
 
 
 def require_data_dir(config: PipelineConfig) -> Path:

@@ -24,51 +24,51 @@ def _scenarios() -> list[str]:
 
 
 def _load_args(p: argparse.ArgumentParser) -> None:
-    """Options shared by a single run and a sweep; each overrides its ``loadtest.*`` config key."""
+    """Options shared by a single run and a sweep; each overrides its ``loadtest.*`` config key.
+
+    They may come before ``sweep`` or after it: the sweep's parser is made with ``argument_default=SUPPRESS``
+    so that an option it was not given leaves the value given before ``sweep`` in place.
+    """
     p.add_argument(
-        "--config", default=None, metavar="FILE", help="YAML config; its loadtest: section is used"
+        "--config", metavar="FILE", help="YAML config; its loadtest: section is used"
     )
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
-        default=[],
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set loadtest.think_max_s=0 (repeatable)",
     )
-    p.add_argument("--users", type=int, default=None, help="simulated users (loadtest.users, default 8)")
-    p.add_argument("--spawn-rate", type=float, default=None, help="users started per second (default 8)")
-    p.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="run time (default 20)")
+    p.add_argument("--users", type=int, help="simulated users (loadtest.users, default 8)")
+    p.add_argument("--spawn-rate", type=float, help="users started per second (default 8)")
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="run time (default 20)")
     p.add_argument(
         "--images",
-        default=None,
         metavar="DIR",
         help=f"folder of images to upload (default: loadtest.images, else ./{DEFAULT_IMAGES})",
     )
     p.add_argument(
         "--scenario",
         choices=_scenarios(),
-        default=None,
         help="traffic: good images; bad-inputs: bad requests mixed into good traffic",
     )
     p.add_argument(
-        "--batch-share", type=float, default=None, help="share of requests to /classify_batch (0.2)"
+        "--batch-share", type=float, help="share of requests to /classify_batch (0.2)"
     )
-    p.add_argument("--think", default=None, metavar="MIN,MAX", help="think time in seconds (default 0.1,0.5)")
+    p.add_argument("--think", metavar="MIN,MAX", help="think time in seconds (default 0.1,0.5)")
     p.add_argument(
         "--workers",
         type=int,
-        default=None,
         help="Locust worker processes under one master on this machine (default 0: a single process)",
     )
     p.add_argument(
-        "--variant", default=None, help="variant the started service serves (default: the server's)"
+        "--variant", help="variant the started service serves (default: the server's)"
     )
-    p.add_argument("--max-p95-ms", type=float, default=None, help="fail when p95 latency exceeds this")
-    p.add_argument("--max-fail-ratio", type=float, default=None, help="fail above this failure ratio (0.01)")
-    p.add_argument("--min-rps", type=float, default=None, help="fail below this throughput")
+    p.add_argument("--max-p95-ms", type=float, help="fail when p95 latency exceeds this")
+    p.add_argument("--max-fail-ratio", type=float, help="fail above this failure ratio (0.01)")
+    p.add_argument("--min-rps", type=float, help="fail below this throughput")
     p.add_argument(
-        "--output", default=None, metavar="DIR", help="report folder (default runs/loadtest/<time>)"
+        "--output", metavar="DIR", help="report folder (default runs/loadtest/<time>)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -98,6 +98,7 @@ def register(sub) -> None:
     lsub = p.add_subparsers(dest="loadtest_command", metavar="[sweep]")
     sp = lsub.add_parser(
         "sweep",
+        argument_default=argparse.SUPPRESS,
         help="restart the service over max_batch_size x max_latency_ms (x workers) and pick the best",
         description=(
             "For each point of the grid, starts 'shipyard serve TAG' with those batching settings, runs the "
@@ -107,11 +108,13 @@ def register(sub) -> None:
     )
     sp.add_argument("tag", help="model tag, name:version or name:latest")
     _load_args(sp)
-    sp.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="max_batch_size values (1 8 32)")
     sp.add_argument(
-        "--latencies-ms", type=int, nargs="+", default=None, help="max_latency_ms values (50 1000)"
+        "--batch-sizes", dest="sweep_batch_sizes", type=int, nargs="+", help="max_batch_size values (1 8 32)"
     )
-    sp.add_argument("--serve-workers", type=int, nargs="+", default=None, help="service worker counts (1)")
+    sp.add_argument(
+        "--latencies-ms", dest="sweep_latencies_ms", type=int, nargs="+", help="max_latency_ms values (50 1000)"
+    )
+    sp.add_argument("--serve-workers", dest="sweep_workers", type=int, nargs="+", help="service worker counts (1)")
     sp.set_defaults(handler=_sweep)
 
 
@@ -143,25 +146,13 @@ def _config(args) -> LoadTestConfig:
             raise ConfigError(
                 f"--think {args.think!r} is not MIN,MAX seconds, e.g. --think 0.1,0.5"
             ) from None
-    if getattr(args, "serve_workers", None) is not None and not isinstance(args.serve_workers, list):
-        flags["serve_workers"] = args.serve_workers
-    for key, attr in (("sweep_batch_sizes", "batch_sizes"), ("sweep_latencies_ms", "latencies_ms")):
-        if getattr(args, attr, None) is not None:
-            flags[key] = getattr(args, attr)
-    if isinstance(getattr(args, "serve_workers", None), list):
-        flags["sweep_workers"] = args.serve_workers
+    for key in ("serve_workers", "sweep_batch_sizes", "sweep_latencies_ms", "sweep_workers"):
+        flags[key] = getattr(args, key, None)
     raw = {**base, **{k: v for k, v in flags.items() if v is not None}}
     try:
         config = LoadTestConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, LoadTestConfig, "loadtest")) from None
-    if config.think_min_s > config.think_max_s:
-        raise ConfigError(
-            f"loadtest think time {config.think_min_s:g},{config.think_max_s:g}: MIN is above MAX; swap them"
-        )
-    for key in ("sweep_batch_sizes", "sweep_latencies_ms", "sweep_workers"):
-        if any(v < 1 for v in getattr(config, key)):
-            raise ConfigError(f"loadtest.{key} = {getattr(config, key)}: every value must be >= 1")
     return config
 
 
