@@ -192,7 +192,7 @@ class MonitorConfig(StrictModel):
         1_000,
         ge=1,
         description="observations waiting for the monitoring thread before new ones are dropped "
-        "(each holds its model input: 1,000 at 224x224 px is 150 MB)",
+        "(each holds the at most 64x64 pixels its image statistics read: 1,000 are at most 12 MB)",
     )
     feedback_ttl_s: float = Field(86_400.0, gt=0, description="how long a prediction accepts /feedback")
     feedback_capacity: int = Field(50_000, ge=1, description="predictions kept for /feedback (oldest are forgotten)")

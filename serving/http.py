@@ -107,8 +107,9 @@ async def read_form(request: Any, *, max_files: int) -> Any:
         return await request.form(max_files=max_files, max_fields=64, max_part_size=MAX_JSON_BYTES)
     except HTTPException as exc:
         detail = str(exc.detail)
-        status = 413 if "Too many files" in detail else 400
-        raise ClientError(f"the multipart body could not be parsed: {detail}", status) from None
+        if "Too many files" in detail:
+            raise ClientError(f"more than {max_files} files in one request, over the limit; split them", 413) from None
+        raise ClientError(f"the multipart body could not be parsed: {detail}", 400) from None
     except Exception as exc:  # python-multipart raises several types on garbage
         raise ClientError(f"the multipart body could not be parsed: {exc}", 400) from None
 

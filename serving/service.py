@@ -168,11 +168,6 @@ class Shipyard:
     ) -> BatchResult:
         """Classify several uploaded images; one result per image, in upload order."""
         started = _request_start(ctx)
-        if len(images) > CONFIG.max_batch_images:
-            raise ClientError(
-                f"{len(images)} images in one request, over the limit of {CONFIG.max_batch_images}; split them",
-                413,
-            )
         results = await self._classify(images, "images", top_k, started)
         if isinstance(results, JSONResponse):
             return results  # type: ignore[return-value]

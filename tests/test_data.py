@@ -553,3 +553,21 @@ def test_demo_data_subset_is_idempotent_and_guarded(
     assert (foreign / "keep.txt").read_text() == "mine"
     with pytest.raises(ShipyardError, match=r"pick digits from 0 to 9"):
         write_demo_data(tmp_path / "x", classes=[3, 12])
+
+
+def test_the_pixel_cap_is_the_callers_from_the_header() -> None:
+    """max_pixels decides, not a process-wide Pillow setting; Pillow's own guard stays for absurd headers."""
+    import warnings
+
+    from edge.errors import ImageTooLargeError
+    from edge.preprocess import open_image
+    from serving.loadtest.checks import huge_png_header
+
+    header = huge_png_header(12_000, 12_000)  # 144 megapixels, no pixel data to speak of
+    with pytest.raises(ImageTooLargeError, match="144,000,000 pixels"):
+        open_image(header)  # default cap: 50 megapixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        assert open_image(header, max_pixels=150_000_000).size == (12_000, 12_000)
+    with pytest.raises(ImageTooLargeError, match="too large"):
+        open_image(huge_png_header(), max_pixels=10**11)  # 10 gigapixels: Pillow refuses it first

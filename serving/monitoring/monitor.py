@@ -23,7 +23,7 @@ import numpy as np
 from edge.config import MonitorConfig
 from edge.errors import InputError
 from edge.manifest import Manifest
-from edge.preprocess import image_stats_batch
+from edge.preprocess import image_stats_batch, stats_grid
 from serving.monitoring.drift import FEATURES, DriftWindow, load_reference
 from serving.monitoring.feedback import (
     FeedbackNotFoundError,
@@ -145,9 +145,8 @@ class Monitor:
 
         Args:
             request_id: the id the client can later send to ``/feedback``.
-            pixels: the ``uint8`` (H, W, 3) model input. It is read later, on the monitor's thread:
-                do not modify it in place after this call (the service's decode makes a new array
-                per request, so nothing is copied here).
+            pixels: the ``uint8`` (H, W, 3) model input; the pixels its statistics read
+                (:func:`edge.preprocess.stats_grid`) are copied onto the queue.
             original_size: (width, height) of the uploaded image.
             probabilities: the model's output for this image, shape (classes,).
             embedding: the penultimate-layer embedding, or ``None`` when the variant has none.
@@ -178,7 +177,7 @@ class Monitor:
             self._ensure_worker()
             item = (
                 rid,
-                pixels,
+                np.ascontiguousarray(stats_grid(pixels)),  # all the statistics read: ~9 KB, not the image
                 original_size,
                 pred,
                 confidence,
