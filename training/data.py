@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edge.config import ConfigError
-from edge.errors import ShipyardError
+from edge.errors import DataError, ShipyardError
 from edge.manifest import DatasetInfo, InputContract
 from edge.preprocess import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, decode_file, open_image
 from training._tf import keras, tf
@@ -76,10 +76,6 @@ IGNORED_ROOT_FILES: frozenset[str] = frozenset({DEMO_MARKER})
 BATCH_BUDGET_SHARE = 16
 DEFAULT_BATCH_CAP = 32
 _MB = 1024 * 1024
-
-
-class DataError(ShipyardError):
-    """The data folder cannot be used as configured; the message names the folder or file and the fix."""
 
 
 # --------------------------------------------------------------------------------------------- scan

@@ -43,7 +43,6 @@ from edge.errors import ShipyardError
 from edge.manifest import InputContract, Manifest, QuantParams, VariantInfo
 
 VARIANTS_DIR = "variants"
-REPORT_FILES = ("report.md", "report.html", "report.json")
 OUTPUT_LAYER = "probabilities"
 EVAL_BATCH = 64
 
@@ -516,7 +515,7 @@ def onnx_weights(content: bytes) -> list[np.ndarray]:
 
 
 def keras_weights(model: Any) -> list[np.ndarray]:
-    """The kernels (weights with 2 or more dimensions) of a Keras model."""
+    """The kernels (weights with 2 or more dimensions) of a Keras model or layer."""
     return [w.numpy() for w in model.weights if len(w.shape) >= 2 and "kernel" in w.name]
 
 
@@ -743,7 +742,7 @@ def _build_pruned(ctx: BuildContext) -> Built:
     )
     stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
     pruned_sparsity = weight_sparsity(
-        [w for layer in stripped.layers if layer.name in names for w in keras_weights_of(layer)]
+        [w for layer in stripped.layers if layer.name in names for w in keras_weights(layer)]
     )
     content = convert_to_tflite(stripped, _int8(ctx), rep)
     return Built(
@@ -758,11 +757,6 @@ def _build_pruned(ctx: BuildContext) -> Built:
             "history": history,
         },
     )
-
-
-def keras_weights_of(layer: Any) -> list[np.ndarray]:
-    """The kernels of one Keras layer."""
-    return [w.numpy() for w in layer.weights if len(w.shape) >= 2 and "kernel" in w.name]
 
 
 def _build_clustered(ctx: BuildContext) -> Built:
@@ -783,7 +777,7 @@ def _build_clustered(ctx: BuildContext) -> Built:
     )
     stripped = tfmot.clustering.keras.strip_clustering(wrapped)
     unique = {
-        layer.name: len(np.unique(keras_weights_of(layer)[0]))
+        layer.name: len(np.unique(keras_weights(layer)[0]))
         for layer in stripped.layers
         if layer.name in names
     }
@@ -810,7 +804,8 @@ def _build_onnx_embedding(ctx: BuildContext) -> Built:
 
     two = embedding_model(ctx.model)
     meta = {**ctx.metadata, "outputs": json.dumps([OUTPUT_LAYER, "embedding"])}
-    return Built(content=convert_to_onnx(two, opset=ctx.config.onnx_opset, metadata=meta), parent=two)
+    # no parent: the Keras reference the gates compare with already has the embedding output
+    return Built(content=convert_to_onnx(two, opset=ctx.config.onnx_opset, metadata=meta))
 
 
 def _build_saved_model(ctx: BuildContext) -> Built:
@@ -1233,25 +1228,16 @@ def _latency(spec: VariantSpec, path: Path, threads: int, config: Any, image: np
     runner = open_variant(spec, path, num_threads=threads)
     try:
         if spec.format != "saved_model":
-            try:
-                from edge.bench import benchmark
-            except ImportError:  # pragma: no cover - edge.bench ships with edge
-                benchmark = None
-            if benchmark is not None:
-                res = benchmark(
-                    runner,
-                    runs=config.latency_runs,
-                    min_time=config.latency_min_time_s,
-                    warmup_runs=config.latency_warmup_runs,
-                    mode="predict",
-                )
-                return {
-                    "p50": res.p50_ms,
-                    "p90": res.p90_ms,
-                    "p99": res.p99_ms,
-                    "runs": res.runs,
-                    "threads": threads,
-                }
+            from edge.bench import benchmark
+
+            res = benchmark(
+                runner,
+                runs=config.latency_runs,
+                min_time=config.latency_min_time_s,
+                warmup_runs=config.latency_warmup_runs,
+                mode="predict",
+            )
+            return {"p50": res.p50_ms, "p90": res.p90_ms, "p99": res.p99_ms, "runs": res.runs, "threads": threads}
         return _time_loop(lambda: runner.predict(image), config, threads)
     finally:
         runner.close()

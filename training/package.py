@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +14,11 @@ from edge.manifest import (
     Manifest,
     VariantInfo,
     read_manifest,
-    record_file,
     record_tree,
     verify_file,
     write_manifest,
 )
-from edge.preprocess import image_stats
+from edge.preprocess import image_stats_batch
 from training.config import PipelineConfig
 
 KERAS_FILE = "keras/model.keras"
@@ -51,7 +49,7 @@ def reference_statistics(
     preds = probs.argmax(axis=1)
     conf = probs.max(axis=1)
     n = len(class_names)
-    istats = [image_stats(img) for img in images]
+    istats = image_stats_batch(list(images))  # rows of brightness, contrast, saturation
     mean = emb.mean(axis=0)
     centered = emb - mean
     k = int(min(PCA_COMPONENTS, centered.shape[1], max(1, centered.shape[0] - 1)))
@@ -69,9 +67,9 @@ def reference_statistics(
             "mean": float(conf.mean()) if len(conf) else 0.0,
         },
         "image_stats": {
-            "brightness": [s["brightness"] for s in istats],
-            "contrast": [s["contrast"] for s in istats],
-            "saturation": [s["saturation"] for s in istats],
+            "brightness": istats[:, 0].tolist(),
+            "contrast": istats[:, 1].tolist(),
+            "saturation": istats[:, 2].tolist(),
             "width": [int(w) for w, _ in original_sizes],
             "height": [int(h) for _, h in original_sizes],
         },
@@ -211,15 +209,4 @@ def refresh_files(package: Path | str, manifest: Manifest, subdirs: tuple[str, .
     return manifest
 
 
-def record_and_save(package: Path | str, manifest: Manifest, relpaths: list[str]) -> Manifest:
-    """Record the given files in the manifest and save it."""
-    for rel in relpaths:
-        record_file(package, manifest, rel)
-    write_manifest(package, manifest)
-    return manifest
 
-
-def copy_package(src: Path | str, dst: Path | str) -> Path:
-    """Copy a package directory (e.g. into the model store)."""
-    shutil.copytree(src, dst, dirs_exist_ok=True)
-    return Path(dst)

@@ -284,7 +284,6 @@ def train(
             "class_weight": datasets.class_weights,
             "verbose": verbose,
         }
-        history: dict[str, list[float]] = {}
         phase1_file = run_dir / "checkpoints" / "phase1_final.weights.h5"
         phases: dict[str, int] = {}
         if state.get("phase1_epochs") and phase1_file.is_file():
@@ -298,7 +297,6 @@ def train(
                 **fit_kwargs,
             )
             phases["head"] = _epochs_done(h1)
-            _merge(history, h1.history)
             model.save_weights(str(phase1_file))
             _update_state(run_dir, phase1_epochs=phases["head"])
         ft = config.train.fine_tune
@@ -337,11 +335,6 @@ def train(
 def _epochs_done(h, start: int = 0) -> int:
     epochs = getattr(h, "epoch", None) or []
     return (max(epochs) + 1 - start) if epochs else 0
-
-
-def _merge(into: dict[str, list[float]], more: dict[str, list[float]]) -> None:
-    for key, values in more.items():
-        into.setdefault(key, []).extend(float(v) for v in values)
 
 
 def read_history(run_dir: Path) -> dict[str, list[float]]:

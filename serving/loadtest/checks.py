@@ -28,7 +28,6 @@ IMAGE_SUFFIXES = {
     ".jpg": "image/jpeg",
     ".jpeg": "image/jpeg",
     ".bmp": "image/bmp",
-    ".gif": "image/gif",
     ".webp": "image/webp",
 }
 PROBABILITY_TOLERANCE = 1e-3
