@@ -112,7 +112,7 @@ def choose_variant(manifest: Manifest, name: str | None = None) -> str:
 
 
 def open_variant_runner(
-    package: str | Path, variant: str | None = None, num_threads: int | None = None
+    package: str | Path, variant: str | None = None, num_threads: int | None = None, *, spin: bool = True
 ) -> tuple[Runner, Manifest, str]:
     """Open one variant of a package with its runner, after checking the file's sha256.
 
@@ -120,6 +120,7 @@ def open_variant_runner(
         package: the package directory.
         variant: a variant key or file name (see :func:`choose_variant`); ``None`` for the default.
         num_threads: inference threads (default: all cores).
+        spin: let ONNX Runtime's threads busy-wait between runs (see :class:`edge.runners.OnnxRunner`).
 
     Returns:
         ``(runner, manifest, variant_key)``.
@@ -139,7 +140,7 @@ def open_variant_runner(
             f"variant {key!r} records sha256 {info.sha256[:12]}... but files[{info.file!r}] records "
             f"{manifest.files[info.file].sha256[:12]}...; the manifest is inconsistent, re-create the package"
         )
-    runner = open_runner(path, num_threads=num_threads)
+    runner = open_runner(path, num_threads=num_threads, spin=spin)
     try:
         _check_against_manifest(runner, manifest, path)
     except Exception:

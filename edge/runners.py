@@ -404,7 +404,10 @@ class OnnxRunner(Runner):
 
     format = "onnx"
 
-    def __init__(self, model: str | Path | bytes, num_threads: int | None = None):
+    def __init__(self, model: str | Path | bytes, num_threads: int | None = None, *, spin: bool = True):
+        """``spin=False`` stops ONNX Runtime's intra-op threads from busy-waiting for more work after each
+        run: free in a tight loop, but a server that is idle between batches would burn a core on it
+        (measured on MobileNetV2: ~70% more CPU per request)."""
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -414,6 +417,8 @@ class OnnxRunner(Runner):
         opts.intra_op_num_threads = self.num_threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if isinstance(model, bytes):
             self.path, content = None, model
         else:
@@ -504,8 +509,8 @@ def _onnx_spec(arg: Any) -> TensorSpec:
     return TensorSpec(name=arg.name, shape=shape, dtype=np.dtype(_ORT_TYPES.get(arg.type, np.float32)))
 
 
-def open_runner(path: str | Path, num_threads: int | None = None) -> Runner:
-    """Open a ``.tflite`` or ``.onnx`` file with the right runner.
+def open_runner(path: str | Path, num_threads: int | None = None, *, spin: bool = True) -> Runner:
+    """Open a ``.tflite`` or ``.onnx`` file with the right runner (``spin``: see :class:`OnnxRunner`).
 
     Raises:
         ModelFileError: not a model file, truncated, or the runtime refuses it.
@@ -513,4 +518,4 @@ def open_runner(path: str | Path, num_threads: int | None = None) -> Runner:
     fmt = sniff_format(path)
     if fmt == "tflite":
         return TFLiteRunner(path, num_threads=num_threads)
-    return OnnxRunner(path, num_threads=num_threads)
+    return OnnxRunner(path, num_threads=num_threads, spin=spin)

@@ -84,33 +84,6 @@ def served_variant(manifest: Manifest, requested: str, embeddings: bool) -> str:
     return key
 
 
-def _stop_spinning(runner: Runner, path: Path, sha256: str) -> None:
-    """Rebuild an :class:`~edge.runners.OnnxRunner`'s session with its thread pool not spinning.
-
-    ONNX Runtime's intra-op threads busy-wait for more work after each run by default: in a tight loop
-    that is free, but a server between batches burns a core on it (measured: ~70% more CPU per
-    request). The file is read once more and checked against the manifest's sha256 again.
-
-    Raises:
-        IntegrityError: the file changed since it was verified.
-    """
-    import hashlib
-
-    import onnxruntime as ort
-
-    from edge.errors import IntegrityError
-
-    content = path.read_bytes()
-    if hashlib.sha256(content).hexdigest() != sha256:
-        raise IntegrityError(f"{path} changed while it was being loaded; refusing to serve it")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = runner.num_threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    runner._sess = ort.InferenceSession(content, sess_options=opts, providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
-
-
 class Predictor:
     """A warmed-up runner of one variant of a package; thread-safe :meth:`predict` of ``uint8`` batches."""
 
@@ -132,15 +105,10 @@ class Predictor:
         manifest = open_package(self.package_dir)
         key = served_variant(manifest, variant, embeddings)
         self.runner: Runner
-        self.runner, self.manifest, self.variant = open_variant_runner(self.package_dir, key, threads)
+        # a server waits between batches: ONNX Runtime's threads must not spin there (a core each)
+        self.runner, self.manifest, self.variant = open_variant_runner(self.package_dir, key, threads, spin=False)
         self.variant_file = PurePosixPath(self.manifest.variants[self.variant].file).name
         self.has_embedding = "embedding" in self.runner.output_names
-        if self.runner.format == "onnx":
-            _stop_spinning(
-                self.runner,
-                self.package_dir / self.manifest.variants[self.variant].file,
-                self.manifest.files[self.manifest.variants[self.variant].file].sha256,
-            )
         self._lock = threading.Lock()
         self.warmup_s = 0.0
         self.ready = False

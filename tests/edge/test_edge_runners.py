@@ -24,6 +24,16 @@ def test_float_variants_match_keras(edge_assets, test_pixels, variant):
     np.testing.assert_allclose(probs, edge_assets.keras_test_probs, atol=1e-5)
 
 
+def test_onnx_threads_can_be_told_not_to_spin(edge_assets, test_pixels):
+    """What the server asks for: ONNX Runtime's threads sleep between runs instead of busy-waiting."""
+    key = "session.intra_op.allow_spinning"
+    spinning, quiet = open_runner(edge_assets.onnx), open_runner(edge_assets.onnx, spin=False)
+    assert quiet._sess.get_session_options().get_session_config_entry(key) == "0"
+    with pytest.raises(RuntimeError, match="does not have"):  # unset: ONNX Runtime's default, spinning
+        spinning._sess.get_session_options().get_session_config_entry(key)
+    np.testing.assert_array_equal(quiet.predict(test_pixels), spinning.predict(test_pixels))
+
+
 @pytest.mark.parametrize("asset", ["int8", "int8_io"])
 def test_int8_variants_agree_on_top1(edge_assets, special_models, test_pixels, asset):
     path = edge_assets.int8 if asset == "int8" else special_models["int8_io"]
