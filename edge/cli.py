@@ -18,7 +18,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,39 +27,33 @@ import numpy as np
 from edge.errors import ModelFileError, PackageError, ShipyardError
 from edge.manifest import InputContract
 from edge.runners import Runner
+from edge.stdio import quiet_native_stderr
 
 EXIT_ERROR = 2
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
-    return value
+def _number(cast: type, low: float, *, strict: bool) -> Any:
+    """An argparse type: ``cast`` the text, finite, and above ``low`` (``strict``) or at least ``low``."""
+    kind = "an integer" if cast is int else "a number"
+    bound = f"> {low:g}" if strict else f">= {low:g}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"{value} must be {bound}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be a finite number >= 0")
-    return value
+_positive_int = _number(int, 1, strict=False)
+_non_negative_int = _number(int, 0, strict=False)
+_non_negative_float = _number(float, 0, strict=False)
+_positive_float = _number(float, 0, strict=True)
 
 
 def _print_json(data: Any) -> None:
@@ -454,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-time", type=_non_negative_float, default=1.0, help="and at least this many seconds (1.0)"
     )
     p.add_argument(
-        "--max-time", type=_non_negative_float, default=150.0, help="stop after this many seconds (150)"
+        "--max-time", type=_positive_float, default=150.0, help="stop after this many seconds (150)"
     )
     p.add_argument(
         "--warmup",
@@ -485,41 +479,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@contextlib.contextmanager
-def _quiet_native_stderr(enabled: bool) -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null while the runtimes run (LiteRT prints INFO lines there).
-
-    Their errors still reach us as exceptions, whose text goes into our one-line message.
-    """
-    if not enabled:
-        yield
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-    except (OSError, ValueError):  # no real fd 2 (embedded, captured): nothing to silence
-        yield
-        return
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        with contextlib.suppress(ValueError, OSError):
-            sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``shipyard-edge``; returns the exit status (2 for every handled error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "max_time", 1.0) == 0:
-        parser.error("--max-time must be > 0")
     try:
-        with _quiet_native_stderr(not args.verbose):
+        with quiet_native_stderr(not args.verbose):  # LiteRT prints INFO lines to fd 2
             return int(args.func(args))
     except BrokenPipeError:  # the reader went away (| head): stop quietly, as Unix tools do
         with contextlib.suppress(OSError, ValueError):

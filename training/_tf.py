@@ -9,36 +9,15 @@ Python exceptions are unaffected.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
+
+from edge.stdio import quiet_native_stderr
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-@contextlib.contextmanager
-def _quiet_native_stderr():
-    if os.environ.get("SHIPYARD_TF_LOGS") == "1":
-        yield
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (embedded interpreters)
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-with _quiet_native_stderr():
+with quiet_native_stderr(os.environ.get("SHIPYARD_TF_LOGS") != "1"):
     import tensorflow as tf
     import tf_keras as keras
 

@@ -131,8 +131,17 @@ def test_cli_bench_custom_op_names_the_operator(special_models, capsys):
     assert "custom operator 'Erfinv'" in err
 
 
-def test_cli_bench_refuses_a_bad_argument(edge_assets, capsys):
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--runs", "0"], "argument --runs: 0 must be >= 1"),
+        (["--runs", "x"], "'x' is not an integer"),
+        (["--max-time", "0"], "0.0 must be > 0"),
+        (["--min-time", "nan"], "nan must be >= 0"),
+    ],
+)
+def test_cli_bench_refuses_a_bad_argument(edge_assets, capsys, args, words):
     with pytest.raises(SystemExit) as info:
-        main(["bench", str(edge_assets.fp32), "--runs", "0"])
+        main(["bench", str(edge_assets.fp32), *args])
     assert info.value.code == 2
-    assert "must be 1 or more" in capsys.readouterr().err
+    assert words in capsys.readouterr().err
