@@ -3,8 +3,11 @@ root on ``sys.path`` first)."""
 
 from __future__ import annotations
 
+import io
 import platform
 from pathlib import Path
+
+import numpy as np
 
 
 def cpu_name() -> str:
@@ -16,3 +19,16 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def make_jpeg(seed: int = 0, size: int = 224) -> bytes:
+    """A smooth random ``size`` px photo-like JPEG (quality 90), as bytes."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    img = Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC)
+    noisy = np.clip(np.asarray(img, np.int16) + rng.integers(-12, 13, size=(size, size, 3)), 0, 255)
+    buf = io.BytesIO()
+    Image.fromarray(noisy.astype(np.uint8)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()

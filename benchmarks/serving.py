@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import platform
@@ -61,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import cpu_name  # noqa: E402 - after the path set-up
+from benchmarks._common import cpu_name, make_jpeg  # noqa: E402 - after the path set-up
 
 RESULTS = ROOT / "benchmarks" / "results"
 SIZE = 224
@@ -72,19 +71,6 @@ NAIVE_TARGET = 5.0
 
 
 # ------------------------------------------------------------------------------------------ the package
-
-
-def make_jpeg(seed: int, size: int = SIZE) -> bytes:
-    """A smooth random ``size`` px photo-like JPEG (quality 90), as bytes."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
-    img = Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC)
-    noisy = np.clip(np.asarray(img, np.int16) + rng.integers(-12, 13, size=(size, size, 3)), 0, 255)
-    buf = io.BytesIO()
-    Image.fromarray(noisy.astype(np.uint8)).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
 
 
 def build_package(folder: Path, images: list[bytes]) -> Path:

@@ -129,7 +129,6 @@ class ServeOptions:
     max_batch_size: int | None = None
     max_latency_ms: int | None = None
     batching: bool | None = None
-    env: dict[str, str] = field(default_factory=dict)
 
     def command(self, port: int) -> list[str]:
         """The ``shipyard serve`` command line on 127.0.0.1:``port``; the batching settings go in as
@@ -155,10 +154,6 @@ class ServeOptions:
             if value is not None:
                 cmd += ["--set", f"serve.{key}={str(value).lower()}"]
         return cmd
-
-    def environment(self) -> dict[str, str]:
-        """Extra environment for the server process."""
-        return dict(self.env)
 
     def describe(self) -> dict[str, Any]:
         """The settings that vary in a sweep, for tables."""
@@ -187,7 +182,7 @@ def serve(options: ServeOptions, log: Path, ready_timeout_s: float = 180.0) -> I
             options.command(port),
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **options.environment()},
+            env=os.environ,
             start_new_session=True,
         )
     try:
