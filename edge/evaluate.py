@@ -259,19 +259,18 @@ def match_reference(local: list[str], reference: list[str]) -> list[int | None]:
 
 
 def load_reference(package: str | Path, manifest: Manifest) -> dict[str, np.ndarray] | None:
-    """Read ``reference/predictions.npz`` (verified against the manifest when listed), or ``None`` if absent.
+    """Read ``reference/predictions.npz`` after verifying it against the manifest, or ``None`` when it is
+    absent (a device copy may leave it out) or the manifest does not list it (then it is not read).
 
     Raises:
-        IntegrityError: the file is listed but its sha256 differs.
+        IntegrityError: its sha256 differs from the manifest's.
         PackageError: the file lacks ``paths`` or ``probabilities``.
     """
     from edge.errors import PackageError
 
-    path = Path(package) / REFERENCE_FILE
-    if not path.is_file():
+    if REFERENCE_FILE not in manifest.files or not (Path(package) / REFERENCE_FILE).is_file():
         return None
-    if REFERENCE_FILE in manifest.files:
-        verify_file(package, manifest, REFERENCE_FILE)
+    path = verify_file(package, manifest, REFERENCE_FILE)
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}

@@ -87,6 +87,25 @@ def test_eval_float_variant_agrees_exactly_from_the_test_folder(edge_assets):
     assert result.reference.max_abs_diff < 1e-5
 
 
+def test_eval_reads_the_reference_only_when_the_manifest_vouches_for_it(edge_assets, edge_package_copy):
+    from edge.errors import IntegrityError
+    from edge.evaluate import REFERENCE_FILE
+    from edge.manifest import read_manifest, write_manifest
+
+    reference = edge_package_copy / REFERENCE_FILE
+    reference.write_bytes(reference.read_bytes() + b"\0")
+    with pytest.raises(IntegrityError, match="sha256"):
+        evaluate_package(edge_package_copy, edge_assets.data_dir, threads=1)
+    manifest = read_manifest(edge_package_copy)
+    del manifest.files[REFERENCE_FILE]
+    write_manifest(edge_package_copy, manifest)
+    assert not evaluate_package(edge_package_copy, edge_assets.data_dir, threads=1).reference.available  # unlisted: unread
+    reference.unlink()
+    manifest.files[REFERENCE_FILE] = read_manifest(edge_assets.package).files[REFERENCE_FILE]
+    write_manifest(edge_package_copy, manifest)
+    assert not evaluate_package(edge_package_copy, edge_assets.data_dir, threads=1).reference.available  # left off
+
+
 def test_eval_measures_mistakes(edge_assets, dataset_factory, tmp_path):
     data = dataset_factory(tmp_path / "data", {"test": 3}, seed=5)
     # two green images filed as red: the model (rightly) calls them green
