@@ -324,7 +324,6 @@ def _first_key(line: str) -> str:
     return line[start + 1 : end].split(".")[0] if 0 <= start < end else ""
 
 M = TypeVar("M", bound=BaseModel)
-_ANY = Literal["any"]
 
 
 def format_validation_error(exc: ValidationError, model: type[BaseModel], source: str = "config") -> str:

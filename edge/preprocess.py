@@ -148,16 +148,6 @@ def decode_file(path: str | Path, contract: InputContract, **kwargs) -> np.ndarr
     return decode(data, contract, source=str(path), **kwargs)
 
 
-def decode_rgb(data: bytes, **kwargs) -> Image.Image:
-    """Decode bytes to a full-size RGB ``PIL.Image`` (for image statistics); same checks as :func:`decode`."""
-    img = open_image(data, **kwargs)
-    try:
-        img.load()
-        return to_rgb(img)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"image is corrupt or truncated: {exc}") from exc
-
-
 #: Image statistics read a grid of at most this many pixels per side: every k-th row and column.
 STATS_GRID = 64
 _STATS_KEYS = ("brightness", "contrast", "saturation")

@@ -249,11 +249,6 @@ class DriftWindow:
         self._emb_count += 1
         self._emb_problem = None
 
-    @property
-    def count(self) -> int:
-        """Observations added since start."""
-        return self._count
-
     def due(self) -> bool:
         """True when the window is full and ``evaluate_every`` observations arrived since the last evaluation."""
         return self._count >= self.size and self._since >= self.every
