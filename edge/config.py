@@ -421,7 +421,12 @@ def load_config(
     if path is not None:
         raw = read_yaml_mapping(path, hint="pass a YAML file such as configs/demo.yaml")
         source = str(path)
-    raw = deep_merge(deep_merge(raw, parse_overrides(overrides)), values or {})
+    return validate_config(model, deep_merge(deep_merge(raw, parse_overrides(overrides)), values or {}), source)
+
+
+def validate_config(model: type[M], raw: dict[str, Any], source: str) -> M:
+    """``model`` from ``raw``; a validation error becomes one :class:`ConfigError` line per problem,
+    each naming ``source`` (a file, "overrides", ...), the key and what it accepts."""
     try:
         return model.model_validate(raw)
     except ValidationError as exc:

@@ -1567,36 +1567,17 @@ def optimize_config_for(
     Raises:
         ConfigError: a bad file, key or value.
     """
-    import yaml
-    from pydantic import ValidationError
-
-    from edge.config import deep_merge, format_validation_error, parse_overrides
+    from edge.config import deep_merge, parse_overrides, read_yaml_mapping, section_mapping, validate_config
     from training.config import PipelineConfig
 
     raw = json.loads(json.dumps(manifest.training_config)) or {}
     source = "package config"
     if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise ConfigError(
-                f"config file {path} does not exist; pass a YAML file such as configs/demo.yaml"
-            )
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(
-                f"{path} must hold a mapping of sections (optimize:, ...), not {type(loaded).__name__}"
-            )
+        loaded = read_yaml_mapping(config_file, hint="pass a YAML file such as configs/demo.yaml")
         if "optimize" in loaded:
-            raw["optimize"] = loaded["optimize"]
-        source = str(path)
-    raw = deep_merge(raw, parse_overrides(overrides))
-    try:
-        return PipelineConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, PipelineConfig, source)) from None
+            raw["optimize"] = section_mapping(loaded, "optimize", config_file)
+        source = str(config_file)
+    return validate_config(PipelineConfig, deep_merge(raw, parse_overrides(overrides)), source)
 
 
 def load_optimize_data(manifest: Manifest, config: Any) -> OptimizeData:

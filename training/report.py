@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge.config import ConfigError
 from edge.errors import IntegrityError
 from edge.manifest import Manifest, read_manifest
 
@@ -425,16 +424,11 @@ def config_for(manifest: Manifest, overrides: list[str] | None = None):
     Raises:
         ConfigError: a bad key or value.
     """
-    from pydantic import ValidationError
-
-    from edge.config import deep_merge, format_validation_error, parse_overrides
+    from edge.config import deep_merge, parse_overrides, validate_config
     from training.config import PipelineConfig
 
     raw = deep_merge(json.loads(json.dumps(manifest.training_config or {})), parse_overrides(overrides))
-    try:
-        return PipelineConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, PipelineConfig, "package config")) from None
+    return validate_config(PipelineConfig, raw, "package config")
 
 
 def write_report(

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from edge.config import ConfigError, LoadTestConfig, load_section
+from edge.config import ConfigError, LoadTestConfig, load_section, validate_config
 
 DEFAULT_IMAGES = "demo_data"
 
@@ -120,9 +120,7 @@ def register(sub) -> None:
 
 def _config(args) -> LoadTestConfig:
     """``loadtest:`` from the config file and ``--set``, then the flags; validated together."""
-    from pydantic import ValidationError
 
-    from edge.config import format_validation_error
 
     base = load_section(args.config, "loadtest", args.overrides, command="shipyard loadtest")
     flags: dict[str, Any] = {
@@ -148,12 +146,7 @@ def _config(args) -> LoadTestConfig:
             ) from None
     for key in ("serve_workers", "sweep_batch_sizes", "sweep_latencies_ms", "sweep_workers"):
         flags[key] = getattr(args, key, None)
-    raw = {**base, **{k: v for k, v in flags.items() if v is not None}}
-    try:
-        config = LoadTestConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, LoadTestConfig, "loadtest")) from None
-    return config
+    return validate_config(LoadTestConfig, {**base, **{k: v for k, v in flags.items() if v is not None}}, "loadtest")
 
 
 def _images(config: LoadTestConfig) -> Path:

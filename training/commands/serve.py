@@ -61,7 +61,7 @@ def serve_config(args: Any) -> Any:
     Raises:
         ConfigError: a bad file, key or value.
     """
-    from edge.config import ConfigError, ServeConfig, format_validation_error, load_section
+    from edge.config import ServeConfig, load_section, validate_config
 
     raw = load_section(args.config, "serve", args.overrides, command="shipyard serve")
     source = str(args.config) if args.config is not None else "serve settings"
@@ -74,12 +74,7 @@ def serve_config(args: Any) -> Any:
         "model_service": args.model_service,
     }
     raw.update({k: v for k, v in flags.items() if v is not None})
-    from pydantic import ValidationError
-
-    try:
-        return ServeConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, ServeConfig, source)) from None
+    return validate_config(ServeConfig, raw, source)
 
 
 def service_root() -> Path:
