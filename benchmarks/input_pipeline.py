@@ -189,17 +189,9 @@ def bench_pil(files: list[Path], size: int) -> dict:
 
 
 def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for n, row in enumerate(rows):
-        lines.append(
-            "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    from edge.tables import format_table
+
+    return format_table(rows[0], rows[1:], "l" + "r" * (len(rows[0]) - 1))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -28,6 +28,7 @@ from edge.errors import ModelFileError, PackageError, ShipyardError
 from edge.manifest import InputContract
 from edge.runners import Runner
 from edge.stdio import quiet_native_stderr
+from edge.tables import format_table
 
 EXIT_ERROR = 2
 
@@ -69,17 +70,8 @@ def _json_default(value: Any) -> Any:
 
 
 def _table(rows: list[list[str]], header: list[str], right: set[int] | None = None) -> str:
-    right = right or set()
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        out = [
-            str(c).rjust(w) if i in right else str(c).ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  ".join(out).rstrip()
-
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+    align = "".join("r" if i in (right or set()) else "l" for i in range(len(header)))
+    return format_table(header, rows, align)
 
 
 # ---------------------------------------------------------------------------------------------- labels

@@ -24,6 +24,9 @@ FAST = [
     "optimize.latency_runs=5",
     "optimize.latency_min_time_s=0",
     "optimize.latency_warmup_runs=1",
+    # the tiny model's test split has 81 images: one image is 1.2 points, over the default 1-point int8 gate,
+    # so a retrained int8 variant (QAT, pruned, clustered) that flips a single image would fail it
+    "optimize.gates.int8_max_accuracy_drop=0.05",
 ]
 
 

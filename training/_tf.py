@@ -17,7 +17,12 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-with quiet_native_stderr(os.environ.get("SHIPYARD_TF_LOGS") != "1"):
+def quiet_tf_stderr():
+    """Mute TensorFlow's native start-up lines unless ``SHIPYARD_TF_LOGS=1``."""
+    return quiet_native_stderr(os.environ.get("SHIPYARD_TF_LOGS") != "1")
+
+
+with quiet_tf_stderr():
     import tensorflow as tf
     import tf_keras as keras
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.manifest import Manifest
-from training.tables import format_table
+from training.tables import format_table, markdown_table
 
 STATUS_TEXT = {
     "passed": "passed",
@@ -107,11 +107,8 @@ def render_markdown(
         f"{_pct(reference.accuracy)}, macro F1 {_num(reference.macro_f1, '.4f')}, "
         f"{len(reference.probabilities)} images.",
         "",
-        "| " + " | ".join(h.replace("|", "\\|") for h in headers) + " |",
-        "|" + "|".join("---" for _ in headers) + "|",
+        markdown_table(headers, [[row[h] for h in headers] for row in rows]),
     ]
-    for row in rows:
-        lines.append("| " + " | ".join(row[h].replace("|", "\\|") for h in headers) + " |")
     lines += ["", "## Gates and reasons", ""]
     for r in results:
         gate = _gate_text(r)

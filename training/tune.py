@@ -61,12 +61,12 @@ from pydantic import ValidationError
 
 from edge.config import ConfigError, deep_merge, format_validation_error
 from edge.errors import ShipyardError
-from training._tf import _quiet_native_stderr  # first: pins tf_keras before KerasTuner imports TensorFlow
+from training._tf import quiet_tf_stderr  # first: pins tf_keras before KerasTuner imports TensorFlow
 from training.config import PipelineConfig, SearchParamConfig, TuneConfig, require_data_dir
-from training.tables import format_table
+from training.tables import format_table, markdown_table
 
 try:
-    with _quiet_native_stderr():  # KerasTuner imports Keras 3, whose start-up lines are TensorFlow's
+    with quiet_tf_stderr():  # KerasTuner imports Keras 3, whose start-up lines are TensorFlow's
         import keras_tuner as kt
         from keras_tuner.engine.base_tuner import BaseTuner
 except ImportError as _exc:  # pragma: no cover - the train extra installs it
@@ -1109,15 +1109,6 @@ def trials_table(
     return text
 
 
-def _markdown(headers: list[str], table: list[list[Any]]) -> str:
-    def cell(v: Any) -> str:
-        return str(v).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table]
-    return "\n".join(lines)
-
-
 def write_report(
     output: Path,
     config: PipelineConfig,
@@ -1159,7 +1150,7 @@ def write_report(
         f"- best: trial {best.trial_id}, {tune.objective} = {best.score:.4f}",
         f"- best config: `best.yaml` (`shipyard train best.yaml`), i.e. `{overrides}`",
         "",
-        _markdown(headers, table),
+        markdown_table(headers, table),
         "",
         "![objective against each hyperparameter](objective.png)",
         "",

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import ShipyardError
+from edge.tables import format_table, markdown_table
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 
@@ -529,16 +530,8 @@ def format_value(value: Any, spec: str = ".1f") -> str:
 def render_table(headers: list[str], rows: list[list[str]], markdown: bool = False) -> str:
     """A Markdown table, or an aligned plain-text one for the terminal."""
     if markdown:
-        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    out = [
-        "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)),
-        "  ".join("-" * w for w in widths),
-    ]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(out)
+        return markdown_table(headers, rows)
+    return format_table(headers, rows, "l" * len(headers))
 
 
 def endpoint_table(summary: dict[str, Any], markdown: bool = False) -> str:
