@@ -146,7 +146,7 @@ LIMIT_SCRIPT = textwrap.dedent(
     import numpy as np
     from edge.preprocess import decode
     from serving.inference import Predictor
-    from edge.config import ServeConfig
+    from serving.config import ServeConfig
 
     args = json.loads(sys.argv[1])
     cfg = ServeConfig()
@@ -442,7 +442,7 @@ def start_service(
     home: Path, tag: str, workdir: Path, name: str, **settings: Any
 ) -> tuple[Server, dict[str, Any]]:
     """``bentoml serve`` with the default ServeConfig but ``settings`` (``monitoring=False`` turns it off)."""
-    from edge.config import ServeConfig
+    from serving.config import ServeConfig
 
     monitoring = settings.pop("monitoring", True)
     config = ServeConfig(model=tag, **settings)
@@ -614,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         pkg = build_package(workdir, images)
     tag = register_package(pkg)
 
-    from edge.config import ServeConfig
+    from serving.config import ServeConfig
 
     max_batch = ServeConfig().max_batch_size
     sweep = sorted({1, 2, 4, 8, max_batch, 32})

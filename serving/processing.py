@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from edge.config import MonitorConfig
 from edge.errors import InputError
 from edge.manifest import InputContract, Manifest
 from edge.preprocess import ALLOWED_FORMATS, decode_image, open_image
+from serving.config import MonitorConfig
 from serving.http import ClientError, Upload
 from serving.schemas import ImageInfo, Prediction
 

@@ -14,9 +14,9 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.config import ServeConfig
 from edge.errors import PackageError
 from edge.manifest import MANIFEST_NAME
+from serving.config import ServeConfig
 
 MODEL_ENV = "SHIPYARD_MODEL"
 

@@ -51,11 +51,11 @@ def small_demo_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_package(tmp_path_factory, small_demo_dir) -> Path:
     """A real trained package (small CNN, 3 classes, 3 epochs): reuse it, never modify it in place."""
-    from training.config import load_pipeline_config
+    from training.config import load_training_config
     from training.pipeline import run_train
 
     out = tmp_path_factory.mktemp("runs")
-    cfg = load_pipeline_config(
+    cfg = load_training_config(
         None,
         [*TINY_TRAIN, "model.name=tiny", "train.epochs=3", "train.version=v1"],
         data=small_demo_dir,

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from edge.config import ConfigError, parse_overrides
-from training.config import PipelineConfig, load_pipeline_config, require_data_dir
+from shipyard.config import load_pipeline_config
+from training.config import TrainingConfig, require_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +65,7 @@ def test_missing_data_folder_is_clear(tmp_path):
     with pytest.raises(ConfigError, match="is not a folder"):
         require_data_dir(cfg)
     with pytest.raises(ConfigError, match=r"data\.path is not set"):
-        require_data_dir(PipelineConfig())
+        require_data_dir(TrainingConfig())
 
 
 def test_missing_and_malformed_files(tmp_path):

@@ -148,8 +148,8 @@ def test_limits_pass_fail_and_empty_runs():
 def test_scenarios_and_user_classes_agree_with_the_config():
     import typing
 
-    from edge.config import LoadTestConfig
     from serving.loadtest import LOCUSTFILE, SCENARIOS
+    from serving.loadtest.config import LoadTestConfig
 
     assert list(SCENARIOS) == list(typing.get_args(LoadTestConfig.model_fields["scenario"].annotation))
     source = LOCUSTFILE.read_text()

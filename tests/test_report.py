@@ -21,7 +21,7 @@ import pytest
 from _support import ROOT, TINY_TRAIN, run_cli
 
 from edge.manifest import read_manifest, verify_file, verify_package
-from training.config import load_pipeline_config
+from training.config import load_training_config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = [
@@ -133,7 +133,7 @@ def test_recorder_resumes_and_a_failing_recorder_does_not_stop_training(small_de
     from training.models import build_model, compile_model
     from training.visualize import HistogramRecorder, ValidationSample, _callback_class
 
-    config = load_pipeline_config(None, [*TINY_TRAIN, "report.record_batch=4"], data=small_demo_dir)
+    config = load_training_config(None, [*TINY_TRAIN, "report.record_batch=4"], data=small_demo_dir)
     model = build_model(ModelConfig(base="small_cnn", weights="none", freeze="none"), 3, (32, 32))
     compile_model(model, config.train, 3)
     sample = ValidationSample(config, 8)
@@ -208,7 +208,7 @@ def test_augmented_grid_says_when_it_shows_a_default(remade, tiny_package, tmp_p
     assert aug.data["changed_fraction"] > 0.5
     assert aug.data["images"].shape == remade["samples"].data["images"].shape
 
-    config = load_pipeline_config(
+    config = load_training_config(
         None, [*TINY_TRAIN, "data.augment.rotation=0.1"], data=read_manifest(tiny_package).dataset.path
     )
     configured = make_plot(PlotContext(tiny_package, config=config), "augmented", tmp_path / "a.png")
@@ -237,7 +237,7 @@ def test_embedding_maps_have_one_point_per_test_image(remade, tiny_package):
 def test_embedding_map_is_capped_at_embedding_points(tiny_package, tmp_path):
     from training.visualize import PlotContext, make_plot
 
-    config = load_pipeline_config(
+    config = load_training_config(
         None,
         [*TINY_TRAIN, "report.embedding_points=20", "report.embedding_method=pca"],
         data=read_manifest(tiny_package).dataset.path,

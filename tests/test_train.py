@@ -16,7 +16,7 @@ from _support import BIN, TINY_TRAIN, run_cli
 
 from edge.errors import IntegrityError
 from edge.manifest import read_manifest, verify_package
-from training.config import load_pipeline_config
+from training.config import load_training_config
 
 
 def test_package_holds_everything_the_contract_lists(tiny_package):
@@ -119,7 +119,7 @@ def test_same_seed_same_weights(small_demo_dir, tmp_path):
 
     packages = []
     for i in range(2):
-        cfg = load_pipeline_config(
+        cfg = load_training_config(
             None, [*TINY_TRAIN, "train.epochs=1", "train.deterministic=true", f"train.version=det{i}",
                    "data.augment.rotation=0.05"], data=small_demo_dir)
         packages.append(run_train(cfg, tmp_path, verbose=0).package)
@@ -134,7 +134,7 @@ def test_early_stopping_and_checkpoints_can_watch_validation_macro_f1(small_demo
     from training.evaluate import predict_dataset
     from training.train import train
 
-    cfg = load_pipeline_config(
+    cfg = load_training_config(
         None,
         [*TINY_TRAIN, "train.epochs=1", "train.monitor=val_macro_f1", "train.early_stopping_patience=1",
          "train.reduce_lr_patience=1"],
@@ -182,7 +182,7 @@ def test_resume_after_sigkill(small_demo_dir, tmp_path):
     hist = json.loads((resumed / "logs" / "history.json").read_text())
     assert len(hist["loss"]) == epochs, "each epoch appears once in the history"
 
-    cfg = load_pipeline_config(None, [*common, "train.version=r2"], data=small_demo_dir)
+    cfg = load_training_config(None, [*common, "train.version=r2"], data=small_demo_dir)
     straight = run_train(cfg, tmp_path / "straight", verbose=0).package
     assert read_manifest(straight).metrics["epochs"] == epochs
     a, b = _weights(resumed), _weights(straight)
@@ -205,7 +205,7 @@ def test_transfer_learning_beats_scratch(tmp_path):
 
     pre_dir = tmp_path / "d04"
     write_demo_data(pre_dir, size=32, classes=[0, 1, 2, 3, 4])
-    cfg = load_pipeline_config(
+    cfg = load_training_config(
         None, [*TINY_TRAIN, "model.name=pre", "train.epochs=8", "train.version=v1", "model.head.dense=[64]"], data=pre_dir
     )
     base = run_train(cfg, tmp_path / "runs", verbose=0).package
@@ -227,7 +227,7 @@ def test_transfer_learning_beats_scratch(tmp_path):
     acc: dict[str, list[float]] = {"transfer": [], "scratch": []}
     for seed in (1, 2, 3):
         for name, extra in (("transfer", transfer), ("scratch", [])):
-            cfg = load_pipeline_config(
+            cfg = load_training_config(
                 None, [*common, *extra, f"model.name={name}", f"train.version=s{seed}", f"train.seed={seed}"], data=few
             )
             manifest = read_manifest(run_train(cfg, tmp_path / "runs", verbose=0).package)
@@ -240,7 +240,7 @@ def test_transfer_learning_beats_scratch(tmp_path):
 def test_streaming_training_matches_contract(small_demo_dir, tmp_path):
     from training.pipeline import run_train
 
-    cfg = load_pipeline_config(
+    cfg = load_training_config(
         None, [*TINY_TRAIN, "train.epochs=1", "data.loading=stream", "model.name=stream", "train.version=v1"],
         data=small_demo_dir,
     )
@@ -253,7 +253,7 @@ def test_streaming_training_matches_contract(small_demo_dir, tmp_path):
 def test_mirrored_strategy_trains(small_demo_dir, tmp_path):
     from training.pipeline import run_train
 
-    cfg = load_pipeline_config(
+    cfg = load_training_config(
         None, [*TINY_TRAIN, "train.epochs=1", "train.distribution=mirrored", "model.name=mirror", "train.version=v1"],
         data=small_demo_dir,
     )
@@ -265,7 +265,7 @@ def test_multi_worker_needs_tf_config(small_demo_dir, tmp_path, monkeypatch):
     from training.pipeline import run_train
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    cfg = load_pipeline_config(None, [*TINY_TRAIN, "train.distribution=multi_worker"], data=small_demo_dir)
+    cfg = load_training_config(None, [*TINY_TRAIN, "train.distribution=multi_worker"], data=small_demo_dir)
     with pytest.raises(ConfigError, match="TF_CONFIG"):
         run_train(cfg, tmp_path, verbose=0)
 

@@ -21,7 +21,7 @@ from _support import BIN, TINY_TRAIN, run_cli
 
 from edge.config import ConfigError
 from edge.errors import ShipyardError
-from training.config import PipelineConfig, TuneConfig, load_pipeline_config
+from training.config import TrainingConfig, TuneConfig, load_training_config
 
 # A tiny space over four kinds of entries: a log-scaled float, a stepped float, a choice of lists, a choice of
 # strings. 1-epoch trials of the small CNN, scored on the validation split.
@@ -34,8 +34,8 @@ SPACE = {
 TINY_TUNE = [*TINY_TRAIN, "train.epochs=1", "train.deterministic=true", "model.name=tuned"]
 
 
-def _config(data: Path, *extra: str, space: dict | None = None) -> PipelineConfig:
-    return load_pipeline_config(None, [*TINY_TUNE, f"tune.space={json.dumps(space or SPACE)}", *extra], data=data)
+def _config(data: Path, *extra: str, space: dict | None = None) -> TrainingConfig:
+    return load_training_config(None, [*TINY_TUNE, f"tune.space={json.dumps(space or SPACE)}", *extra], data=data)
 
 
 def _config_file(path: Path, data: Path, *extra: str, space: dict | None = None) -> Path:
@@ -64,7 +64,7 @@ def _val_accuracy(package: Path) -> float:
     from training.package import load_package_model
 
     model, manifest = load_package_model(package)
-    cfg = PipelineConfig.model_validate(manifest.training_config)
+    cfg = TrainingConfig.model_validate(manifest.training_config)
     scan = scan_dataset(cfg.data.path, cfg.data)
     x, y = load_split_arrays(scan.splits["val"], manifest.input)
     return float(np.mean(model.predict(x.astype(np.float32), verbose=0).argmax(axis=1) == y))
@@ -105,7 +105,7 @@ def test_bad_search_space_entries_are_one_line_errors_before_any_trial(small_dem
     from training.tune import run_tune
 
     with pytest.raises(ConfigError) as err:
-        cfg = load_pipeline_config(None, [*TINY_TUNE, f"tune.space={json.dumps(space)}", *extra], data=small_demo_dir)
+        cfg = load_training_config(None, [*TINY_TUNE, f"tune.space={json.dumps(space)}", *extra], data=small_demo_dir)
         run_tune(cfg, tmp_path / "out")
     message = str(err.value)
     assert "\n" not in message
@@ -194,7 +194,7 @@ def test_random_search_report_hparams_and_best_config_reproduces(small_demo_dir,
 
     # best.yaml is a config 'shipyard train' accepts unchanged, and it reproduces the best trial's score
     best = outcome.best
-    saved = load_pipeline_config(out / "best.yaml")
+    saved = load_training_config(out / "best.yaml")
     assert saved.train.learning_rate == pytest.approx(records[best.trial_id]["config_values"]["train.learning_rate"])
     assert saved.model.head.dense == records[best.trial_id]["config_values"]["model.head.dense"]
     assert saved.train.loss == records[best.trial_id]["config_values"]["train.loss"]
@@ -240,7 +240,7 @@ def test_resume_after_sigkill_does_not_repeat_finished_trials(small_demo_dir, tm
     records = _trial_records(out)
 
     lines: list[str] = []
-    outcome = run_tune(load_pipeline_config(cfg), out, progress=lines.append)
+    outcome = run_tune(load_training_config(cfg), out, progress=lines.append)
     assert any("resuming with" in line for line in lines)
     assert outcome.trials_run == 4 - len(finished)
     assert sorted(r.trial_id for r in outcome.rows) == ["0", "1", "2", "3"]
@@ -266,7 +266,7 @@ def test_budget_failed_trials_and_changed_settings(small_demo_dir, tmp_path):
     assert by_size[5000].status == "FAILED" and "batch_size 5000 is larger than the training split" in by_size[5000].message
     assert outcome.rows[-1] is by_size[5000], "failed trials come last"
     assert "FAILED" in (out / "trials.md").read_text()
-    assert load_pipeline_config(out / "best.yaml").data.batch_size == 16
+    assert load_training_config(out / "best.yaml").data.batch_size == 16
 
     with pytest.raises(ConfigError, match=r"other settings \(tune.objective: 'val_accuracy' -> 'val_loss'\).*--fresh"):
         run_tune(_config(small_demo_dir, "tune.max_trials=3", "tune.objective=val_loss", space=space), out)
@@ -297,7 +297,7 @@ def test_hyperband_cli_early_stopping_and_train_best(small_demo_dir, tmp_path):
     assert budgets == {1, 2}, "Hyperband trains some trials 1 epoch and promotes the best to 2"
     promoted = [t for t in _kt_trials(out).values() if "tuner/trial_id" in t["hyperparameters"]["values"]]
     assert promoted, "a second-round trial continues a first-round configuration"
-    best = load_pipeline_config(out / "best.yaml")
+    best = load_training_config(out / "best.yaml")
     assert best.train.epochs == int(table[0]["budget_epochs"])
     assert best.train.early_stopping_patience == 1 and best.train.monitor == "val_loss"
     manifest = json.loads((package / "manifest.json").read_text())
@@ -336,7 +336,7 @@ def test_bayesian_with_folds_scores_the_mean_and_reports_the_spread(small_demo_d
     trains = {p.name.split("__")[-1] for p in (out / "folds" / "fold-1" / "train").rglob("*.png")}
     assert trains == vals[1]
     # best.yaml points at the real data, not at a fold
-    assert Path(load_pipeline_config(out / "best.yaml").data.path) == small_demo_dir.resolve()
+    assert Path(load_training_config(out / "best.yaml").data.path) == small_demo_dir.resolve()
 
 
 # ---------------------------------------------------------------------------------- distributed
@@ -399,7 +399,7 @@ def test_distributed_chief_and_two_workers_share_the_trials(small_demo_dir, tmp_
         table = list(csv.DictReader(fh))
     assert len(table) == 4 and {row["tuner"] for row in table} == {"worker0", "worker1"}
     assert results["chief"][0].strip().splitlines()[-1] == str(out / "best.yaml")
-    assert load_pipeline_config(out / "best.yaml").data.path is not None
+    assert load_training_config(out / "best.yaml").data.path is not None
 
 
 def test_worker_refuses_fresh_and_partial_environment(small_demo_dir, tmp_path, monkeypatch):

@@ -1,7 +1,9 @@
-"""Options objects for the training side, nested in one :class:`PipelineConfig` loaded from YAML.
+"""Options objects for the training side, nested in one :class:`TrainingConfig` (the build sections of a
+pipeline config: data, model, train, optimize, tune, report).
 
-Every verb builds the config with :func:`load_pipeline_config` (file + ``--set`` overrides) and calls
-one ``run(config)`` function. Stages never mutate the config they are given.
+The front door (``shipyard.config.PipelineConfig``) adds the serving sections and loads a whole pipeline
+file; :func:`load_training_config` loads the files that training itself writes (a run's ``config.yaml``,
+a search's ``best.yaml``). Stages never mutate the config they are given.
 """
 
 from __future__ import annotations
@@ -11,13 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from edge.config import (
-    ConfigError,
-    LoadTestConfig,
-    ServeConfig,
-    StrictModel,
-    load_config,
-)
+from edge.config import ConfigError, StrictModel, load_config, validate_config
 
 
 class AugmentConfig(StrictModel):
@@ -321,32 +317,55 @@ class ReportConfig(StrictModel):
     seed: int = 0
 
 
-class PipelineConfig(StrictModel):
-    """Everything, one section per stage; loads from YAML."""
+class TrainingConfig(StrictModel):
+    """The build side of a pipeline, one section per stage; loads from YAML."""
 
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     optimize: OptimizeConfig = Field(default_factory=OptimizeConfig)
-    serve: ServeConfig = Field(default_factory=ServeConfig)
-    loadtest: LoadTestConfig = Field(default_factory=LoadTestConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
 
+    def training_dump(self) -> dict:
+        """The training sections as plain JSON values: what a package or run directory records (a
+        subclass's extra sections, such as the front door's ``serve:``, are left out)."""
+        return self.model_dump(mode="json", include=set(TrainingConfig.model_fields))
 
-def load_pipeline_config(
+
+#: Sections that packages written before the front door existed recorded with their training config.
+_LEGACY_SECTIONS = ("serve", "loadtest")
+
+
+def saved_training_config(raw: dict | None) -> TrainingConfig:
+    """The :class:`TrainingConfig` a package's manifest (``training_config``) records.
+
+    Raises:
+        ConfigError: the record is not a valid training config.
+    """
+    return validate_config(TrainingConfig, saved_sections(raw), "package config")
+
+
+def saved_sections(raw: dict | None) -> dict:
+    """A deep copy of a manifest's ``training_config`` without sections that are not training's."""
+    import json
+
+    return {k: v for k, v in json.loads(json.dumps(raw or {})).items() if k not in _LEGACY_SECTIONS}
+
+
+def load_training_config(
     path: str | Path | None = None, overrides: list[str] | None = None, *, data: str | Path | None = None
-) -> PipelineConfig:
-    """Load a :class:`PipelineConfig` from YAML plus ``--set`` overrides; ``data`` overrides ``data.path``.
+) -> TrainingConfig:
+    """Load a :class:`TrainingConfig` from YAML plus ``--set`` overrides; ``data`` overrides ``data.path``.
 
     Raises:
         ConfigError: a bad file, key or value (one line each).
     """
     values = {"data": {"path": str(data)}} if data is not None else None
-    return load_config(PipelineConfig, path, overrides, values=values)
+    return load_config(TrainingConfig, path, overrides, values=values)
 
 
-def require_data_dir(config: PipelineConfig) -> Path:
+def require_data_dir(config: TrainingConfig) -> Path:
     """Return the configured data folder, or raise a one-line error saying how to give one."""
     path = config.data.path
     if path is None:

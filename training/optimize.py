@@ -1559,7 +1559,7 @@ class OptimizeOutcome:
 def optimize_config_for(
     manifest: Manifest, config_file: str | Path | None = None, overrides: list[str] | None = None
 ) -> Any:
-    """The :class:`training.config.PipelineConfig` for optimizing a package.
+    """The :class:`training.config.TrainingConfig` for optimizing a package.
 
     The package's own training config is the base (its data section says where the training split is);
     a config file given here replaces its ``optimize`` section; ``--set`` overrides come last.
@@ -1568,16 +1568,16 @@ def optimize_config_for(
         ConfigError: a bad file, key or value.
     """
     from edge.config import deep_merge, parse_overrides, read_yaml_mapping, section_mapping, validate_config
-    from training.config import PipelineConfig
+    from training.config import TrainingConfig, saved_sections
 
-    raw = json.loads(json.dumps(manifest.training_config)) or {}
+    raw = saved_sections(manifest.training_config)
     source = "package config"
     if config_file is not None:
         loaded = read_yaml_mapping(config_file, hint="pass a YAML file such as configs/demo.yaml")
         if "optimize" in loaded:
             raw["optimize"] = section_mapping(loaded, "optimize", config_file)
         source = str(config_file)
-    return validate_config(PipelineConfig, deep_merge(raw, parse_overrides(overrides)), source)
+    return validate_config(TrainingConfig, deep_merge(raw, parse_overrides(overrides)), source)
 
 
 def load_optimize_data(manifest: Manifest, config: Any) -> OptimizeData:
@@ -1653,7 +1653,7 @@ def run_optimize(
 
     Args:
         package: the package directory.
-        config: a :class:`training.config.PipelineConfig` (default: the package's own training config).
+        config: a :class:`training.config.TrainingConfig` (default: the package's own training config).
         variants: keys of :data:`VARIANTS` (default: ``config.optimize.variants`` or all).
         data: the training data folder, when it moved since training (overrides ``data.path``).
         register: also update the package in the BentoML model store.

@@ -19,7 +19,7 @@ from edge.manifest import (
     write_manifest,
 )
 from edge.preprocess import image_stats_batch
-from training.config import PipelineConfig
+from training.config import TrainingConfig
 
 KERAS_FILE = "keras/model.keras"
 REFERENCE_SAMPLE = 512
@@ -97,7 +97,7 @@ def _original_sizes(samples) -> list[tuple[int, int]]:
     return sizes
 
 
-def write_package(result, config: PipelineConfig, *, top_k: int | None = None) -> tuple[Path, Manifest]:
+def write_package(result, config: TrainingConfig, *, top_k: int | None = None) -> tuple[Path, Manifest]:
     """Evaluate a trained model and write the full package into its run directory.
 
     Writes keras/model.keras (no optimizer state), eval/, reference/, logs/history.json and manifest.json.
@@ -167,7 +167,7 @@ def write_package(result, config: PipelineConfig, *, top_k: int | None = None) -
             "alpha": cfg.alpha,
             "parameters": count_params(model),
         },
-        training_config=json.loads(config.model_dump_json()),
+        training_config=config.training_dump(),
         dataset=DatasetInfo.model_validate(ds.dataset_info().model_dump()),
         metrics={
             **evaluation.summary(),

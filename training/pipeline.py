@@ -10,7 +10,7 @@ import numpy as np
 
 from edge.config import ConfigError
 from edge.manifest import Manifest
-from training.config import DataConfig, PipelineConfig, load_pipeline_config
+from training.config import DataConfig, TrainingConfig, saved_training_config
 
 
 @dataclass
@@ -23,7 +23,7 @@ class TrainOutcome:
 
 
 def run_train(
-    config: PipelineConfig, output: Path | str = "runs", *, resume: Path | str | None = None, verbose: int | str = "auto"
+    config: TrainingConfig, output: Path | str = "runs", *, resume: Path | str | None = None, verbose: int | str = "auto"
 ) -> TrainOutcome:
     """Train, evaluate and package. ``resume`` is a run directory (or ``"latest"``) to continue."""
     from training.evaluate import Evaluation
@@ -63,7 +63,7 @@ def _samples_for(manifest: Manifest, data: Path | None):
     if data is None:
         if manifest.dataset is None:
             raise ConfigError("the package records no dataset; pass DATA to evaluate on")
-        cfg = PipelineConfig.model_validate(manifest.training_config).data
+        cfg = saved_training_config(manifest.training_config).data
         if not Path(cfg.path or "").is_dir():
             raise ConfigError(
                 f"the package's dataset {cfg.path} is not here; pass DATA (a folder of class folders) to evaluate on"
@@ -136,7 +136,7 @@ def run_evaluate(package: Path | str, data: Path | str | None = None, compare: P
 
 
 def run_pipeline(
-    config: PipelineConfig,
+    config: TrainingConfig,
     output: Path | str = "runs",
     *,
     verbose: int | str = "auto",
@@ -161,4 +161,4 @@ def run_pipeline(
     return {"package": outcome.package, "tag": tag, "outcome": outcome, "optimize": optimized}
 
 
-__all__ = ["load_pipeline_config", "run_evaluate", "run_pipeline", "run_train"]
+__all__ = ["run_evaluate", "run_pipeline", "run_train"]

@@ -425,10 +425,10 @@ def config_for(manifest: Manifest, overrides: list[str] | None = None):
         ConfigError: a bad key or value.
     """
     from edge.config import deep_merge, parse_overrides, validate_config
-    from training.config import PipelineConfig
+    from training.config import TrainingConfig, saved_sections
 
-    raw = deep_merge(json.loads(json.dumps(manifest.training_config or {})), parse_overrides(overrides))
-    return validate_config(PipelineConfig, raw, "package config")
+    raw = deep_merge(saved_sections(manifest.training_config), parse_overrides(overrides))
+    return validate_config(TrainingConfig, raw, "package config")
 
 
 def write_report(

@@ -19,7 +19,7 @@ import yaml
 from edge.config import ConfigError
 from edge.manifest import InputContract, check_version_string
 from training._tf import keras, tf
-from training.config import PipelineConfig, load_pipeline_config, require_data_dir
+from training.config import TrainingConfig, load_training_config, require_data_dir
 from training.models import base_layer_names, build_model, compile_model, image_size_for, set_base_trainable
 
 RUN_STATE = "run_state.json"
@@ -150,7 +150,7 @@ def monitor_mode(monitor: str) -> str:
 
 def callbacks_for(
     run_dir: Path,
-    config: PipelineConfig,
+    config: TrainingConfig,
     phase: int,
     extra: list | None = None,
     *,
@@ -201,7 +201,7 @@ def callbacks_for(
     return cbs + list(extra or [])
 
 
-def prepare_run_dir(config: PipelineConfig, output: Path) -> Path:
+def prepare_run_dir(config: TrainingConfig, output: Path) -> Path:
     """Create ``<output>/<name>/<version>/`` and write the effective config into it."""
     version = config.train.version or new_version()
     check_version_string(version, "train.version")
@@ -209,7 +209,7 @@ def prepare_run_dir(config: PipelineConfig, output: Path) -> Path:
     if (run_dir / "manifest.json").exists():
         raise ConfigError(f"{run_dir} already holds a finished package; choose another train.version or output folder")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / RUN_CONFIG).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    (run_dir / RUN_CONFIG).write_text(yaml.safe_dump(config.training_dump(), sort_keys=False))
     _update_state(run_dir, status="running", version=version, phase=1, last_epoch=0)
     return run_dir
 
@@ -226,16 +226,16 @@ def find_resumable(output: Path, name: str) -> Path:
     return candidates[-1]
 
 
-def load_run_config(run_dir: Path) -> PipelineConfig:
+def load_run_config(run_dir: Path) -> TrainingConfig:
     """The config a run was started with."""
     path = Path(run_dir) / RUN_CONFIG
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a Shipyard run directory (no {RUN_CONFIG})")
-    return load_pipeline_config(path)
+    return load_training_config(path)
 
 
 def train(
-    config: PipelineConfig,
+    config: TrainingConfig,
     output: Path | str = "runs",
     *,
     run_dir: Path | None = None,

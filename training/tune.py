@@ -2,7 +2,7 @@
 
 The search space is ``tune.space`` in the config: config keys (``train.learning_rate``,
 ``model.head.dense``, ``data.augment.rotation``, ...) mapped to how to search them
-(:class:`training.config.SearchParamConfig`). A trial is the whole :class:`PipelineConfig` with the
+(:class:`training.config.SearchParamConfig`). A trial is the whole :class:`TrainingConfig` with the
 trial's values merged in the way ``--set`` merges overrides, validated like any config, and trained by
 :func:`training.train.train`, the code behind ``shipyard train``. Its score is measured after training
 on the validation split (or as the mean over ``tune.folds`` cross-validation folds), so the best trial's
@@ -62,7 +62,7 @@ from pydantic import ValidationError
 from edge.config import ConfigError, deep_merge, format_validation_error
 from edge.errors import ShipyardError
 from training._tf import quiet_tf_stderr  # first: pins tf_keras before KerasTuner imports TensorFlow
-from training.config import PipelineConfig, SearchParamConfig, TuneConfig, require_data_dir
+from training.config import SearchParamConfig, TrainingConfig, TuneConfig, require_data_dir
 from training.tables import format_table, markdown_table
 
 try:
@@ -345,7 +345,7 @@ def _check_key(key: str) -> None:
             f"tune.space[{key!r}] cannot be searched: the {parts[0]} section does not change training; "
             "search keys of data, model and train"
         )
-    model: Any = PipelineConfig
+    model: Any = TrainingConfig
     for n, part in enumerate(parts):
         fields = model.model_fields
         if part not in fields:
@@ -363,7 +363,7 @@ def _check_key(key: str) -> None:
             model = annotation
 
 
-def parse_space(config: PipelineConfig) -> list[SearchParam]:
+def parse_space(config: TrainingConfig) -> list[SearchParam]:
     """Validate ``tune.space`` against the config and return its entries, before any trial runs.
 
     Every key must name a setting (or section) of the data, model or train sections, and every value
@@ -411,26 +411,26 @@ def parse_space(config: PipelineConfig) -> list[SearchParam]:
                     f"tune.space['model.base']: {value!r} is not a known base; choose among: {', '.join(BACKBONES)}"
                 )
             try:
-                _validated(config.model_dump(mode="json"), {key: value})
+                _validated(config.training_dump(), {key: value})
             except ConfigError as exc:
                 raise ConfigError(f"tune.space[{key!r}]: {what} {value!r} is rejected: {exc}") from None
         params.append(param)
     return params
 
 
-def _validated(raw: dict[str, Any], values: dict[str, Any]) -> PipelineConfig:
+def _validated(raw: dict[str, Any], values: dict[str, Any]) -> TrainingConfig:
     for key, value in values.items():
         raw = deep_merge(raw, _nested(key, value))
     try:
-        return PipelineConfig.model_validate(raw)
+        return TrainingConfig.model_validate(raw)
     except ValidationError as exc:
-        message = format_validation_error(exc, PipelineConfig, "config").replace("config: ", "")
+        message = format_validation_error(exc, TrainingConfig, "config").replace("config: ", "")
         raise ConfigError("; ".join(message.splitlines())) from None
 
 
 def trial_config(
-    base: PipelineConfig, params: list[SearchParam], values: dict[str, Any], *, epochs: int | None = None
-) -> PipelineConfig:
+    base: TrainingConfig, params: list[SearchParam], values: dict[str, Any], *, epochs: int | None = None
+) -> TrainingConfig:
     """The full config of one trial: ``base`` with the trial's values merged in (like ``--set``).
 
     ``tune.early_stopping_patience``, when set, becomes the trial's ``train.early_stopping_patience``
@@ -444,7 +444,7 @@ def trial_config(
         epochs: the trial's epochs, or None for ``train.epochs``.
 
     Returns:
-        A validated :class:`PipelineConfig`.
+        A validated :class:`TrainingConfig`.
 
     Raises:
         ConfigError: the combination of values is not a valid config.
@@ -456,7 +456,7 @@ def trial_config(
         merged["train.monitor"] = OBJECTIVES[tune.objective].monitor
     if epochs is not None:
         merged["train.epochs"] = int(epochs)
-    return _validated(base.model_dump(mode="json"), merged)
+    return _validated(base.training_dump(), merged)
 
 
 def hyperparameters(params: list[SearchParam]) -> Any:
@@ -470,7 +470,7 @@ def hyperparameters(params: list[SearchParam]) -> Any:
 # ------------------------------------------------------------------------------------------ folds
 
 
-def make_folds(config: PipelineConfig, root: Path, k: int) -> list[Path]:
+def make_folds(config: TrainingConfig, root: Path, k: int) -> list[Path]:
     """Write ``k`` stratified cross-validation folds of the training data as split folders.
 
     The images of the train and validation splits (the test split stays out) are dealt per class,
@@ -623,7 +623,7 @@ class _HParamsLog:
 class _Search:
     """Everything a trial needs: the base config, the space, the folds and where to log."""
 
-    base: PipelineConfig
+    base: TrainingConfig
     params: list[SearchParam]
     folds: list[Path] | None
     hparams: _HParamsLog
@@ -650,7 +650,7 @@ class _Search:
             run_values: dict[str, Any] = {"train.version": f"fold-{n}" if fold else "trial"}
             if fold is not None:
                 run_values["data.path"] = str(fold)
-            run_config = _validated(config.model_dump(mode="json"), run_values)
+            run_config = _validated(config.training_dump(), run_values)
             keras.backend.clear_session()
             try:
                 result = train(run_config, runs, verbose=0)
@@ -781,15 +781,15 @@ class TuneOutcome:
     trials_run: int
     rows: list[TrialRow] = field(default_factory=list)
     best: TrialRow | None = None
-    best_config: PipelineConfig | None = None
+    best_config: TrainingConfig | None = None
     files: dict[str, Path] = field(default_factory=dict)
     stopped: str = ""
     table: str = ""
 
 
-def _fingerprint(config: PipelineConfig) -> dict[str, Any]:
+def _fingerprint(config: TrainingConfig) -> dict[str, Any]:
     """What a resumed search must share with the search it continues."""
-    dump = config.model_dump(mode="json")
+    dump = config.training_dump()
     dump["data"].pop("path", None)
     tune = dump["tune"]
     for budget in ("max_trials", "max_time_s", "max_failed_trials"):
@@ -805,7 +805,7 @@ def _first_difference(old: Any, new: Any, prefix: str = "") -> str:
     return f"{prefix.rstrip('.')}: {old!r} -> {new!r}"
 
 
-def _check_resume(output: Path, config: PipelineConfig, fresh: bool, role: Role) -> None:
+def _check_resume(output: Path, config: TrainingConfig, fresh: bool, role: Role) -> None:
     path = output / STATE_FILE
     mine = _fingerprint(config)
     if path.is_file() and not fresh:
@@ -825,13 +825,13 @@ def _check_resume(output: Path, config: PipelineConfig, fresh: bool, role: Role)
         os.replace(tmp, path)
 
 
-def default_output(config: PipelineConfig) -> Path:
+def default_output(config: TrainingConfig) -> Path:
     """``runs/tune/<model.name>``."""
     return Path("runs") / "tune" / config.model.name
 
 
 def run_tune(
-    config: PipelineConfig,
+    config: TrainingConfig,
     output: Path | str | None = None,
     *,
     fresh: bool = False,
@@ -952,7 +952,7 @@ def run_tune(
     data_path = best_config.data.path
     if data_path is not None:
         best_config = _validated(
-            best_config.model_dump(mode="json"), {"data.path": str(Path(data_path).resolve())}
+            best_config.training_dump(), {"data.path": str(Path(data_path).resolve())}
         )
     files = write_report(output, config, params, rows, best_config, stopped)
     outcome = TuneOutcome(
@@ -982,7 +982,7 @@ def _quiet_failures() -> Any:
         kt_config.DEBUG = debug
 
 
-def _require_validation_split(config: PipelineConfig) -> None:
+def _require_validation_split(config: TrainingConfig) -> None:
     from training.data import scan_dataset
 
     scan = scan_dataset(require_data_dir(config), config.data)
@@ -1111,10 +1111,10 @@ def trials_table(
 
 def write_report(
     output: Path,
-    config: PipelineConfig,
+    config: TrainingConfig,
     params: list[SearchParam],
     rows: list[TrialRow],
-    best_config: PipelineConfig,
+    best_config: TrainingConfig,
     stopped: str,
 ) -> dict[str, Path]:
     """Write ``trials.csv``, ``trials.md``, ``objective.png`` and ``best.yaml`` into ``output``.
@@ -1161,7 +1161,7 @@ def write_report(
         f"# Best of {completed} trials of 'shipyard tune' ({tune.tuner}): trial {best.trial_id}, "
         f"{tune.objective} = {best.score:.4f}\n# Train it with: shipyard train {files['best'].name}\n"
     )
-    files["best"].write_text(header + yaml.safe_dump(best_config.model_dump(mode="json"), sort_keys=False))
+    files["best"].write_text(header + yaml.safe_dump(best_config.training_dump(), sort_keys=False))
     return files
 
 

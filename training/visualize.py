@@ -44,7 +44,7 @@ import numpy as np
 
 from edge.config import ConfigError
 from edge.manifest import InputContract, Manifest, read_manifest
-from training.config import AugmentConfig, PipelineConfig
+from training.config import AugmentConfig, TrainingConfig, saved_training_config
 
 log = logging.getLogger("shipyard.visualize")
 
@@ -986,7 +986,7 @@ class PlotContext:
         self,
         package: Path | str,
         manifest: Manifest | None = None,
-        config: PipelineConfig | None = None,
+        config: TrainingConfig | None = None,
         *,
         model=None,
         scan=None,
@@ -994,7 +994,7 @@ class PlotContext:
     ):
         self.package = Path(package)
         self.manifest = manifest or read_manifest(self.package)
-        self.config = config or PipelineConfig.model_validate(self.manifest.training_config)
+        self.config = config or saved_training_config(self.manifest.training_config)
         self._model = model
         self._scan = scan
         self._data = Path(data) if data is not None else None
@@ -1524,7 +1524,7 @@ def read_index(package: Path | str) -> dict[str, dict[str, Any]]:
 def write_plots(
     package: Path | str,
     manifest: Manifest | None = None,
-    config: PipelineConfig | None = None,
+    config: TrainingConfig | None = None,
     *,
     kinds: list[str] | None = None,
     model=None,
@@ -1635,7 +1635,7 @@ class ValidationSample:
         limit: at most this many images.
     """
 
-    def __init__(self, config: PipelineConfig, limit: int):
+    def __init__(self, config: TrainingConfig, limit: int):
         self.config = config
         self.limit = limit
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
@@ -1967,7 +1967,7 @@ def _callback_class() -> type:
     return RecordingCallback
 
 
-def recording_callbacks(config: PipelineConfig, run_dir: Path | str) -> list:
+def recording_callbacks(config: TrainingConfig, run_dir: Path | str) -> list:
     """The Keras callbacks that record histograms and validation predictions into ``run_dir/logs``.
 
     Empty when ``report.record`` is off, and for ``train.distribution: multi_worker`` (every worker

@@ -14,7 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from edge.config import ConfigError, LoadTestConfig, load_section, validate_config
+from edge.config import ConfigError, load_section, validate_config
+from serving.loadtest.config import LoadTestConfig
 
 DEFAULT_IMAGES = "demo_data"
 

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.config import MonitorConfig
 from edge.manifest import Manifest, VariantInfo, verify_file
+from serving.config import MonitorConfig
 from serving.monitoring.metrics import SIGNALS
 from serving.monitoring.stats import (
     chi2_homogeneity,

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from edge.config import MonitorConfig
 from edge.errors import InputError
 from edge.manifest import Manifest
 from edge.preprocess import image_stats_batch, stats_grid
+from serving.config import MonitorConfig
 from serving.monitoring.drift import FEATURES, DriftWindow, load_reference
 from serving.monitoring.feedback import (
     FeedbackNotFoundError,

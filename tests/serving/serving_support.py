@@ -154,7 +154,7 @@ def environment(values: dict[str, str]) -> Iterator[None]:
 
 def service_env(tag: str | None, **settings) -> dict[str, str]:
     """``SHIPYARD_*`` variables for a :class:`ServeConfig` with ``model=tag`` and ``settings``."""
-    from edge.config import ServeConfig
+    from serving.config import ServeConfig
 
     return ServeConfig(model=tag, **settings).to_env()
 

@@ -54,7 +54,7 @@ def test_the_serve_command_does_not_import_serving():
 
 
 def test_a_process_running_the_service_never_loads_tensorflow(served, images, tmp_path):
-    from edge.config import ServeConfig
+    from serving.config import ServeConfig
 
     image = tmp_path / "d.png"
     image.write_bytes(images.png[0])
@@ -108,7 +108,7 @@ def test_fresh_venv_with_the_serve_extra_runs_the_service(served, images, tmp_pa
         "httptools": True,
     }, probe.stdout + probe.stderr
 
-    from edge.config import ServeConfig
+    from serving.config import ServeConfig
 
     image = tmp_path / "d.png"
     image.write_bytes(images.png[0])

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.config import MonitorConfig
 from edge.errors import InputError
 from edge.manifest import QuantParams, VariantInfo, read_manifest
 from edge.preprocess import decode_file, image_stats, image_stats_batch, stats_grid
+from serving.config import MonitorConfig
 from serving.monitoring import Monitor
 from serving.monitoring.drift import quantize_like
 from serving.monitoring.stats import (
@@ -655,7 +655,7 @@ def test_monitoring_imports_neither_tensorflow_nor_training_nor_scipy(tiny_packa
         f"""
         import sys
         import numpy as np
-        from edge.config import MonitorConfig
+        from serving.config import MonitorConfig
         from edge.manifest import read_manifest
         from serving.monitoring import Monitor
 
@@ -688,7 +688,7 @@ from pathlib import Path
 import bentoml
 import numpy as np
 
-from edge.config import MonitorConfig
+from serving.config import MonitorConfig
 from edge.manifest import read_manifest
 from serving.monitoring import Monitor
 

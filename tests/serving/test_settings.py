@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.config import ConfigError, ServeConfig
+from edge.config import ConfigError
+from serving.config import ServeConfig
 from serving.http import describe_validation, normalize_error
 from serving.inference import pack, unpack
 

@@ -23,11 +23,11 @@ def register(sub) -> None:
 
 
 def _inspect(args) -> int:
-    from training.config import load_pipeline_config
+    from training.config import load_training_config
     from training.data import inspect_dataset
     from training.models import image_size_for
 
-    config = load_pipeline_config(args.config, args.overrides, data=args.dir)
+    config = load_training_config(args.config, args.overrides, data=args.dir)
     size = image_size_for(config.model, config.data.image_size)
     report = inspect_dataset(Path(args.dir), config.data, size)
     print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else report.to_table())

@@ -61,7 +61,8 @@ def serve_config(args: Any) -> Any:
     Raises:
         ConfigError: a bad file, key or value.
     """
-    from edge.config import ServeConfig, load_section, validate_config
+    from edge.config import load_section, validate_config
+    from serving.config import ServeConfig
 
     raw = load_section(args.config, "serve", args.overrides, command="shipyard serve")
     source = str(args.config) if args.config is not None else "serve settings"

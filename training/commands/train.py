@@ -45,9 +45,9 @@ def _verbosity(args) -> int:
 
 
 def _load(args):
-    from training.config import load_pipeline_config
+    from training.config import load_training_config
 
-    return load_pipeline_config(args.config, args.overrides, data=args.data)
+    return load_training_config(args.config, args.overrides, data=args.data)
 
 
 def _train(args) -> int:

@@ -52,12 +52,12 @@ def register(sub) -> None:
 
 
 def _tune(args) -> int:
-    from training.config import load_pipeline_config
+    from training.config import load_training_config
 
     overrides = list(args.overrides)
     if args.tuner:
         overrides.append(f"tune.tuner={args.tuner}")
-    config = load_pipeline_config(args.config, overrides, data=args.data)
+    config = load_training_config(args.config, overrides, data=args.data)
 
     from training.tune import run_tune
 
