@@ -248,7 +248,7 @@ def _loaded(code: str) -> list[str]:
 
 def test_the_verb_imports_neither_tensorflow_nor_the_service():
     heavy = ("tensorflow", "bentoml", "locust", "gevent")
-    verb = _loaded("import training.cli as c; c.build_parser().parse_known_args(['loadtest', '--host', 'x'])")
+    verb = _loaded("import shipyard.cli as c; c.build_parser().parse_known_args(['loadtest', '--host', 'x'])")
     assert not [m for m in verb if m.split(".")[0] in (*heavy, "serving")]
     tester = _loaded("import serving.loadtest.cli as c")
     assert not [m for m in tester if m.split(".")[0] in (*heavy, "training") or m == "serving.service"]

@@ -353,7 +353,7 @@ def test_corrupt_or_truncated_files_are_refused(optimized, tmp_path):
 
 
 def test_cli_exits_1_and_names_the_failed_gate(package_copy, capsys):
-    from training.cli import main
+    from shipyard.cli import main
 
     code = main(
         [
@@ -382,7 +382,7 @@ def test_cli_exits_1_and_names_the_failed_gate(package_copy, capsys):
 def test_cli_passes_and_register_updates_the_store(package_copy, capsys):
     import bentoml
 
-    from training.cli import main
+    from shipyard.cli import main
     from training.registry import register
 
     tag = register(package_copy)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import get_args
 
-from training.cli import add_config_args
+from shipyard.cli import add_config_args
 
 _DESCRIPTION = """\
 Searches the config keys listed in tune.space (random search, Hyperband or Bayesian optimization:

@@ -1,4 +1,4 @@
-"""``shipyard``: one verb per stage. Each verb lives in a module of ``training.commands`` exposing
+"""``shipyard``: one verb per stage. Each verb lives in a module of ``shipyard.commands`` exposing
 ``register(subparsers)``; handlers import heavy libraries (TensorFlow) only when they run."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from edge.errors import ShipyardError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every verb from ``training.commands``."""
-    import training.commands as commands
+    """The argument parser with every verb from ``shipyard.commands``."""
+    import shipyard.commands as commands
 
     parser = argparse.ArgumentParser(
         prog="shipyard",
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"training.commands.{info.name}")
+        module = importlib.import_module(f"shipyard.commands.{info.name}")
         if hasattr(module, "register"):
             module.register(sub)
     return parser

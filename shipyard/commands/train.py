@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from training.cli import add_config_args
+from shipyard.cli import add_config_args
 
 
 def _common(p: argparse.ArgumentParser) -> None:
