@@ -11,11 +11,7 @@ from pathlib import Path, PurePosixPath
 from edge.errors import PackageError
 from edge.manifest import Manifest, VariantInfo, read_manifest, verify_file
 from edge.runners import Runner, open_runner
-
-#: The variants the device side can run, in order of preference when none is named.
-#: ``int8.tflite`` is only taken when it passed its parity gate; the float ones whenever they exist.
-DEFAULT_VARIANTS: tuple[str, ...] = ("int8.tflite", "fp32.tflite", "model.onnx")
-RUNNABLE_FORMATS: frozenset[str] = frozenset({"tflite", "onnx"})
+from edge.variants import FORMATS, default_order, runnable_labels
 
 
 def open_package(path: str | Path) -> Manifest:
@@ -55,16 +51,21 @@ def runnable_variants(manifest: Manifest) -> list[str]:
     return [
         key
         for key, info in manifest.variants.items()
-        if info.format in RUNNABLE_FORMATS and info.status != "failed_export"
+        if _runnable_format(info.format) and info.status != "failed_export"
     ]
+
+
+def _runnable_format(name: str) -> bool:
+    fmt = FORMATS.get(name)
+    return fmt is not None and fmt.runnable
 
 
 def choose_variant(manifest: Manifest, name: str | None = None) -> str:
     """Pick the variant to run.
 
     With ``name``, it is looked up as a variant key (``int8``) or a variant file name (``int8.tflite``).
-    Without it, the first of :data:`DEFAULT_VARIANTS` that fits: ``int8.tflite`` if its status is
-    ``passed``, else ``fp32.tflite``, else ``model.onnx`` (each when present and exported).
+    Without it, the first variant of :func:`edge.variants.default_order` that fits: ``int8.tflite`` if its
+    status is ``passed``, else ``fp32.tflite``, else ``model.onnx`` (each when present and exported).
 
     Args:
         manifest: the package's manifest.
@@ -86,27 +87,28 @@ def choose_variant(manifest: Manifest, name: str | None = None) -> str:
                 f"variant {name!r} is not in package {manifest.tag}; its runnable variants are: {listing}"
             )
         info = manifest.variants[key]
-        if info.format not in RUNNABLE_FORMATS:
+        if not _runnable_format(info.format):
             raise PackageError(
-                f"variant {name!r} is a {info.format} model; the edge runner runs TFLite or ONNX variants: {listing}"
+                f"variant {name!r} is a {info.format} model; the edge runner runs {runnable_labels()} variants: "
+                f"{listing}"
             )
         if info.status == "failed_export":
             raise PackageError(
                 f"variant {name!r} failed to export ({info.reason or 'no reason recorded'}); choose another: {listing}"
             )
         return key
-    for preferred in DEFAULT_VARIANTS:
-        key = _lookup(manifest, preferred)
+    for preferred in default_order():
+        key = _lookup(manifest, preferred.name)
         if key is None or key not in runnable:
             continue
-        if preferred == "int8.tflite" and manifest.variants[key].status != "passed":
+        if preferred.default_needs_pass and manifest.variants[key].status != "passed":
             continue
         return key
     if runnable:
         passed = [k for k in runnable if manifest.variants[k].status == "passed"]
         return (passed or runnable)[0]
     raise PackageError(
-        f"package {manifest.tag} has no TFLite or ONNX variant to run (variants: "
+        f"package {manifest.tag} has no {runnable_labels()} variant to run (variants: "
         f"{', '.join(manifest.variants) or 'none'}); run 'shipyard optimize' on it first"
     )
 

@@ -515,7 +515,7 @@ def open_runner(path: str | Path, num_threads: int | None = None, *, spin: bool 
     Raises:
         ModelFileError: not a model file, truncated, or the runtime refuses it.
     """
-    fmt = sniff_format(path)
-    if fmt == "tflite":
-        return TFLiteRunner(path, num_threads=num_threads)
-    return OnnxRunner(path, num_threads=num_threads, spin=spin)
+    from edge.variants import FORMATS  # the table names each format's runner (and imports this module)
+
+    # sniff_format recognizes runnable formats only, so the entry has an opener
+    return FORMATS[sniff_format(path)].open(path, num_threads, spin=spin)  # type: ignore[misc]

@@ -19,10 +19,8 @@ from edge.errors import PackageError
 from edge.manifest import Manifest
 from edge.package import choose_variant, open_package, open_variant_runner
 from edge.runners import Runner
+from edge.variants import served_by_default, variant_of
 
-#: The ONNX variant that adds the embedding output to ``model.onnx`` (built by ``shipyard optimize``).
-EMBEDDING_VARIANT = "model_embedding.onnx"
-PLAIN_ONNX = "model.onnx"
 #: Columns after the probabilities and the embedding: inference seconds of the batch, and its size.
 TRAILER = 2
 
@@ -68,19 +66,22 @@ def unpack(rows: np.ndarray, num_classes: int) -> list[Unpacked]:
 def served_variant(manifest: Manifest, requested: str, embeddings: bool) -> str:
     """The variant key to serve for ``requested``.
 
-    ``model.onnx`` is swapped for ``model_embedding.onnx`` when ``embeddings`` is on and the package has
-    that variant passing its gate: the same graph with a second output, so the drift monitor gets the
-    embedding at no extra inference.
+    When ``embeddings`` is on and the requested variant has no embedding output, it is swapped for a
+    passing variant whose table entry (:data:`edge.variants.VARIANTS`) outputs the embedding and extends
+    the requested one (``model.onnx`` -> ``model_embedding.onnx``): the same graph with a second output,
+    so the drift monitor gets the embedding at no extra inference.
 
     Raises:
         PackageError: the requested variant is unknown or not runnable (the message lists the runnable ones).
     """
     key = choose_variant(manifest, requested)
-    file = PurePosixPath(manifest.variants[key].file).name
-    if embeddings and file == PLAIN_ONNX:
-        for other, info in manifest.variants.items():
-            if PurePosixPath(info.file).name == EMBEDDING_VARIANT and info.status == "passed":
-                return other
+    chosen = variant_of(manifest.variants[key].file)
+    if not embeddings or chosen is None or chosen.outputs_embedding:
+        return key
+    for other, info in manifest.variants.items():
+        spec = variant_of(info.file)
+        if spec is not None and spec.outputs_embedding and spec.extends == chosen.name and info.status == "passed":
+            return other
     return key
 
 
@@ -90,7 +91,7 @@ class Predictor:
     def __init__(
         self,
         package_dir: str | Path,
-        variant: str = PLAIN_ONNX,
+        variant: str | None = None,
         *,
         threads: int | None = None,
         embeddings: bool = True,
@@ -103,7 +104,7 @@ class Predictor:
         """
         self.package_dir = Path(package_dir)
         manifest = open_package(self.package_dir)
-        key = served_variant(manifest, variant, embeddings)
+        key = served_variant(manifest, variant or served_by_default(), embeddings)
         self.runner: Runner
         # a server waits between batches: ONNX Runtime's threads must not spin there (a core each)
         self.runner, self.manifest, self.variant = open_variant_runner(self.package_dir, key, threads, spin=False)
