@@ -131,7 +131,8 @@ def test_recorder_resumes_and_a_failing_recorder_does_not_stop_training(small_de
     from training._tf import keras
     from training.config import ModelConfig
     from training.models import build_model, compile_model
-    from training.visualize import HistogramRecorder, ValidationSample, _callback_class
+    from training.visualize import HistogramRecorder, ValidationSample
+    from training.visualize.recording import _callback_class
 
     config = load_training_config(None, [*TINY_TRAIN, "report.record_batch=4"], data=small_demo_dir)
     model = build_model(ModelConfig(base="small_cnn", weights="none", freeze="none"), 3, (32, 32))
@@ -248,20 +249,20 @@ def test_embedding_map_is_capped_at_embedding_points(tiny_package, tmp_path):
 
 
 def test_structure_graph_and_its_fallback_table(remade, tiny_package, tmp_path, monkeypatch):
-    import training.visualize as visualize
+    import training.visualize.network as network
     from training.package import load_package_model
 
     model, manifest = load_package_model(tiny_package)
     names = [layer.name for layer in model.layers]
     graph = remade["structure"].data
-    have_graphviz, why = visualize.graphviz_available()
+    have_graphviz, why = network.graphviz_available()
     assert graph["method"] == ("graphviz" if have_graphviz else "table"), why
     assert [r["name"] for r in graph["layers"]] == names
     assert sum(r["params"] for r in graph["layers"]) == manifest.base_model["parameters"]["total"]
     assert graph["layers"][names.index("conv2")]["inbound"] == ["pool1"]
 
-    monkeypatch.setattr(visualize, "graphviz_available", lambda: (False, "pydot is not installed (test)"))
-    table = visualize.plot_structure(model, tmp_path / "t.png")
+    monkeypatch.setattr(network, "graphviz_available", lambda: (False, "pydot is not installed (test)"))
+    table = network.plot_structure(model, tmp_path / "t.png")
     assert table["method"] == "table" and "pydot" in table["reason"]
     assert_not_blank(tmp_path / "t.png", min_colors=10)
 

@@ -1,15 +1,19 @@
 """Evaluation on the test split: loss, accuracy, top-k, per-class and averaged precision/recall/F1,
-the confusion matrix, misclassified files, learning curves, and comparisons with baselines."""
+the confusion matrix, misclassified files, learning curves, and comparisons with baselines.
+
+The pictures (confusion matrix, learning curves) come from :mod:`training.visualize.drawing`, imported when
+they are drawn."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edge.files import write_json_atomic
 from training.tables import format_table
 
 EPS = 1e-7
@@ -162,92 +166,32 @@ def evaluate_predictions(
 
 
 def write_evaluation(eval_dir: Path, evaluation: Evaluation, history: dict[str, list[float]] | None = None) -> list[Path]:
-    """Write metrics.json, confusion_matrix.json/.png, per_class.csv, misclassified.json, learning_curves.png."""
+    """Write metrics.json, confusion_matrix.json/.png, per_class.csv, misclassified.json, learning_curves.png.
+
+    The pictures are drawn by :mod:`training.visualize.drawing` (the same drawers as ``plots/``).
+    """
+    from training.visualize.common import PlotSkipped
+    from training.visualize.drawing import plot_confusion_matrix, plot_learning_curves
+
     eval_dir.mkdir(parents=True, exist_ok=True)
-    written = []
     payload = {"metrics": evaluation.metrics, "majority_baseline": evaluation.baseline}
     if evaluation.compared is not None:
         payload["compared"] = {"name": evaluation.compared_name, "metrics": evaluation.compared}
-    (eval_dir / "metrics.json").write_text(json.dumps(payload, indent=2))
-    (eval_dir / "confusion_matrix.json").write_text(
-        json.dumps({"labels": evaluation.labels, "matrix": evaluation.metrics["confusion_matrix"]}, indent=2)
-    )
-    (eval_dir / "misclassified.json").write_text(json.dumps(evaluation.misclassified, indent=2))
+    matrix = {"labels": evaluation.labels, "matrix": evaluation.metrics["confusion_matrix"]}
+    written = [
+        write_json_atomic(eval_dir / "metrics.json", payload),
+        write_json_atomic(eval_dir / "confusion_matrix.json", matrix),
+        write_json_atomic(eval_dir / "misclassified.json", evaluation.misclassified),
+    ]
     lines = ["class,precision,recall,f1,support"]
     for name, v in evaluation.metrics["per_class"].items():
         lines.append(f"{name},{v['precision']:.6f},{v['recall']:.6f},{v['f1']:.6f},{v['support']}")
     (eval_dir / "per_class.csv").write_text("\n".join(lines) + "\n")
-    written += [eval_dir / n for n in ("metrics.json", "confusion_matrix.json", "misclassified.json", "per_class.csv")]
-    written.append(plot_confusion_matrix(evaluation.metrics["confusion_matrix"], evaluation.labels, eval_dir / "confusion_matrix.png"))
+    written.append(eval_dir / "per_class.csv")
+    plot_confusion_matrix(evaluation.metrics["confusion_matrix"], evaluation.labels, eval_dir / "confusion_matrix.png")
+    written.append(eval_dir / "confusion_matrix.png")
     if history:
-        written.append(plot_learning_curves(history, eval_dir / "learning_curves.png"))
+        with contextlib.suppress(PlotSkipped):  # a history without any curve to draw
+            plot_learning_curves(history, eval_dir / "learning_curves.png")
+            written.append(eval_dir / "learning_curves.png")
     return written
-
-
-def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path) -> Path:
-    """Counts and row-normalized confusion matrices side by side, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cm = np.asarray(matrix, dtype=np.float64)
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    n = len(labels)
-    size = max(4.0, 0.5 * n + 2)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size, size))
-    for ax, data, title, fmt in ((axes[0], cm, "counts", "{:.0f}"), (axes[1], norm, "normalized by true class", "{:.2f}")):
-        ax.imshow(data, cmap="Blues")
-        ax.set_title(f"Confusion matrix ({title})")
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_xticks(range(n), labels, rotation=45, ha="right")
-        ax.set_yticks(range(n), labels)
-        if n <= 20:
-            top = data.max() or 1
-            for i in range(n):
-                for j in range(n):
-                    ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if data[i, j] > top / 2 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def plot_learning_curves(history: dict[str, list[float]], path: Path) -> Path:
-    """Loss and every metric, training and validation, with the learning rate and phase boundary."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [k for k in history if not k.startswith("val_") and k not in ("epoch", "lr", "learning_rate", "phase")]
-    epochs = np.arange(1, len(next(iter(history.values()))) + 1)
-    panels = len(names) + (1 if "learning_rate" in history or "lr" in history else 0)
-    fig, axes = plt.subplots(1, max(panels, 1), figsize=(4.5 * max(panels, 1), 3.6), squeeze=False)
-    boundary = None
-    if "phase" in history and len(set(history["phase"])) > 1:
-        boundary = int(np.argmax(np.asarray(history["phase"]) > 1)) + 0.5
-    for ax, name in zip(axes[0], names, strict=False):
-        ax.plot(epochs, history[name], marker="o", label=f"train {name}")
-        if f"val_{name}" in history:
-            ax.plot(epochs, history[f"val_{name}"], marker="o", label=f"val {name}")
-        ax.set_title(name)
-        ax.set_xlabel("epoch")
-        ax.legend()
-        if boundary:
-            ax.axvline(boundary, color="grey", linestyle="--", label="fine-tuning starts")
-    if panels > len(names):
-        ax = axes[0][-1]
-        lr = history.get("learning_rate") or history.get("lr")
-        ax.plot(epochs, lr, marker="o", color="tab:red")
-        ax.set_yscale("log")
-        ax.set_title("learning rate")
-        ax.set_xlabel("epoch")
-        if boundary:
-            ax.axvline(boundary, color="grey", linestyle="--")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
