@@ -159,14 +159,17 @@ def test_scenarios_and_user_classes_agree_with_the_config():
 
 
 def test_sweep_grid_recommendation_and_settings_check():
-    from serving.loadtest import ServeOptions, recommend, sweep_grid
+    from serving.config import ServeConfig
+    from serving.loadtest import recommend, sweep_grid
     from serving.loadtest.sweep import applied_settings, point_name
 
-    grid = sweep_grid(ServeOptions("m:v"), [1, 8], [50, 1000], [1, 2])
+    base = ServeConfig(model="m:v", variant="int8.tflite")
+    grid = sweep_grid(base, [1, 8], [50, 1000], [1, 2])
     assert [point_name(p) for p in grid][:3] == ["b1-l50-w1", "b1-l1000-w1", "b8-l50-w1"] and len(grid) == 8
-    assert "--set" in grid[2].command(3000) and "serve.max_batch_size=8" in grid[2].command(3000)
+    assert (grid[2].max_batch_size, grid[2].max_latency_ms, grid[2].batching) == (8, 50, True)
+    assert {(p.model, p.variant) for p in grid} == {("m:v", "int8.tflite")}  # the rest of the base config stays
     with pytest.raises(ValueError, match="batch sizes"):
-        sweep_grid(ServeOptions("m:v"), [0], [50], [1])
+        sweep_grid(base, [0], [50], [1])
     rows = [
         {"point": "a", "rps": 90.0, "p95_ms": 40, "meets_limits": True},
         {"point": "b", "rps": 150.0, "p95_ms": 300, "meets_limits": False},  # fastest, but misses
@@ -182,7 +185,7 @@ def test_sweep_grid_recommendation_and_settings_check():
 
 def test_prometheus_text_is_parsed_for_shipyard_samples_only():
     from serving.loadtest import parse_metrics
-    from serving.loadtest.runner import metric_delta
+    from serving.loadtest.metrics import metric_delta
 
     text = (
         "# HELP shipyard_latency_seconds Latency.\n# TYPE shipyard_latency_seconds histogram\n"
@@ -203,6 +206,19 @@ def test_prometheus_text_is_parsed_for_shipyard_samples_only():
         delta["shipyard_drift_score"] == pytest.approx(0.05)
         and delta['shipyard_errors_total{kind="decode"}'] == 2
     )
+
+
+def test_the_locust_processes_read_the_one_config():
+    from edge.config import ConfigError
+    from serving.loadtest import checks
+    from serving.loadtest.config import LoadTestConfig
+
+    config = LoadTestConfig(images="/data", think_min_s=0, think_max_s=0, request_timeout_s=600, bad_share=0.9)
+    assert LoadTestConfig.from_env(config.to_env()) == config and list(config.to_env()) == [LoadTestConfig.ENV]
+    assert LoadTestConfig.from_env({}) == LoadTestConfig()
+    with pytest.raises(ConfigError, match="SHIPYARD_LOADTEST_CONFIG.*batch_images"):
+        LoadTestConfig.from_env({LoadTestConfig.ENV: '{"batch_images": 65}'})
+    assert not hasattr(checks, "Settings")  # no second codec with bounds of its own
 
 
 def test_response_checks_catch_malformed_bodies():
@@ -249,7 +265,7 @@ def _loaded(code: str) -> list[str]:
 def test_the_verb_imports_neither_tensorflow_nor_the_service():
     heavy = ("tensorflow", "bentoml", "locust", "gevent")
     verb = _loaded("import shipyard.cli as c; c.build_parser().parse_known_args(['loadtest', '--host', 'x'])")
-    assert not [m for m in verb if m.split(".")[0] in (*heavy, "serving")]
+    assert not [m for m in verb if m.split(".")[0] in heavy or m == "serving.service"]
     tester = _loaded("import serving.loadtest.cli as c")
     assert not [m for m in tester if m.split(".")[0] in (*heavy, "training") or m == "serving.service"]
 
@@ -273,11 +289,11 @@ def test_bad_flags_and_missing_images_are_clear_errors(tmp_path):
 def _parsed_config(*argv: str):
     import argparse
 
-    from serving.loadtest.cli import _config, register
+    from serving.loadtest.cli import _config, add_arguments
 
     parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command", required=True))
-    return _config(parser.parse_args(["loadtest", *argv]))
+    add_arguments(parser)
+    return _config(parser.parse_args(list(argv)))
 
 
 def test_options_before_and_after_sweep_both_count():

@@ -1,10 +1,10 @@
-"""What the Locust scenarios send and how they judge the answers: settings, images, request bodies, response
-checks. Plain functions without Locust, so that they can be tested and reused outside a Locust process."""
+"""What the Locust scenarios send and how they judge the answers: images, request bodies, response checks.
+Plain functions without Locust, so that they can be tested and reused outside a Locust process (the
+scenarios' settings are :class:`serving.loadtest.config.LoadTestConfig`)."""
 
 from __future__ import annotations
 
 import math
-import os
 import random
 import struct
 import uuid
@@ -32,64 +32,6 @@ IMAGE_SUFFIXES = {
 }
 PROBABILITY_TOLERANCE = 1e-3
 BAD_NAME = "{endpoint} [bad: {kind}]"
-
-
-# --- settings ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What the environment asked for; read once per process."""
-
-    images: str | None
-    batch_share: float
-    batch_images: int
-    think_min_s: float
-    think_max_s: float
-    bad_share: float
-    timeout_s: float
-    max_images: int
-    result: str | None
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        """Parse the ``SHIPYARD_LOADTEST_*`` variables.
-
-        Raises:
-            ValueError: a value that is not a number or is out of range; the message names the variable.
-        """
-        env = dict(os.environ if env is None else env)
-
-        def number(name: str, default: float, lo: float, hi: float) -> float:
-            raw = env.get(name, "")
-            try:
-                value = float(raw) if raw.strip() else default
-            except ValueError:
-                raise ValueError(f"{name}={raw!r} is not a number") from None
-            if not lo <= value <= hi:
-                raise ValueError(f"{name}={raw!r} is out of range; use a value in [{lo}, {hi}]")
-            return value
-
-        think = env.get("SHIPYARD_LOADTEST_THINK_S", "0.1,0.5")
-        try:
-            lo, hi = (float(v) for v in think.split(","))
-        except ValueError:
-            raise ValueError(
-                f"SHIPYARD_LOADTEST_THINK_S={think!r} is not MIN,MAX seconds, e.g. 0.1,0.5"
-            ) from None
-        if not 0 <= lo <= hi:
-            raise ValueError(f"SHIPYARD_LOADTEST_THINK_S={think!r}: need 0 <= MIN <= MAX")
-        return cls(
-            images=env.get("SHIPYARD_LOADTEST_IMAGES") or None,
-            batch_share=number("SHIPYARD_LOADTEST_BATCH_SHARE", 0.2, 0, 1),
-            batch_images=int(number("SHIPYARD_LOADTEST_BATCH_IMAGES", 4, 1, 64)),
-            think_min_s=lo,
-            think_max_s=hi,
-            bad_share=number("SHIPYARD_LOADTEST_BAD_SHARE", 0.5, 0, 1),
-            timeout_s=number("SHIPYARD_LOADTEST_TIMEOUT_S", 30, 0.1, 3600),
-            max_images=int(number("SHIPYARD_LOADTEST_MAX_IMAGES", 1000, 1, 1_000_000)),
-            result=env.get("SHIPYARD_LOADTEST_RESULT") or None,
-        )
 
 
 @dataclass(frozen=True)

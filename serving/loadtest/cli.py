@@ -1,8 +1,9 @@
 """``shipyard loadtest`` and ``shipyard loadtest sweep``: Locust against a Shipyard service, with limits.
 
-``shipyard loadtest ...`` runs ``python -m serving.loadtest ...`` (training may not import serving). This
-module imports neither TensorFlow, ``training`` nor the BentoML service: Locust and ``shipyard serve`` run
-as subprocesses (see :mod:`serving.loadtest`).
+The front door registers these options with :func:`add_arguments` and runs them in process with
+:func:`run_from_args`; ``python -m serving.loadtest ...`` does the same through :func:`main`. Importing this
+module loads neither Locust, TensorFlow, ``training`` nor BentoML: Locust and the server run as subprocesses
+(see :mod:`serving.loadtest`), and the modules that start them are imported when a run starts.
 """
 
 from __future__ import annotations
@@ -30,9 +31,7 @@ def _load_args(p: argparse.ArgumentParser) -> None:
     They may come before ``sweep`` or after it: the sweep's parser is made with ``argument_default=SUPPRESS``
     so that an option it was not given leaves the value given before ``sweep`` in place.
     """
-    p.add_argument(
-        "--config", metavar="FILE", help="YAML config; its loadtest: section is used"
-    )
+    p.add_argument("--config", metavar="FILE", help="YAML config; its loadtest: section is used")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -53,57 +52,51 @@ def _load_args(p: argparse.ArgumentParser) -> None:
         choices=_scenarios(),
         help="traffic: good images; bad-inputs: bad requests mixed into good traffic",
     )
-    p.add_argument(
-        "--batch-share", type=float, help="share of requests to /classify_batch (0.2)"
-    )
+    p.add_argument("--batch-share", type=float, help="share of requests to /classify_batch (0.2)")
     p.add_argument("--think", metavar="MIN,MAX", help="think time in seconds (default 0.1,0.5)")
     p.add_argument(
         "--workers",
         type=int,
         help="Locust worker processes under one master on this machine (default 0: a single process)",
     )
-    p.add_argument(
-        "--variant", help="variant the started service serves (default: the server's)"
-    )
+    p.add_argument("--variant", help="variant the started service serves (default: the server's)")
     p.add_argument("--max-p95-ms", type=float, help="fail when p95 latency exceeds this")
     p.add_argument("--max-fail-ratio", type=float, help="fail above this failure ratio (0.01)")
     p.add_argument("--min-rps", type=float, help="fail below this throughput")
-    p.add_argument(
-        "--output", metavar="DIR", help="report folder (default runs/loadtest/<time>)"
-    )
+    p.add_argument("--output", metavar="DIR", help="report folder (default runs/loadtest/<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "loadtest",
-        help="load-test a service with Locust; exit 1 when a limit is missed",
-        description=(
-            "Runs Locust headless against --host, or against a service it starts itself for a model tag "
-            "(--serve TAG, on 127.0.0.1), and writes Locust's CSV and HTML reports and summary.json into "
-            "--output. Exits 1 when a limit (--max-p95-ms, --max-fail-ratio, --min-rps) is missed, 2 when "
-            "the test could not run. 'shipyard loadtest sweep TAG' compares batching settings."
-        ),
-    )
-    _load_args(p)
-    target = p.add_mutually_exclusive_group()
+HELP = "load-test a service with Locust; exit 1 when a limit is missed"
+DESCRIPTION = (
+    "Runs Locust headless against --host, or against a service it starts itself for a model tag "
+    "(--serve TAG, on 127.0.0.1), and writes Locust's CSV and HTML reports and summary.json into "
+    "--output. Exits 1 when a limit (--max-p95-ms, --max-fail-ratio, --min-rps) is missed, 2 when "
+    "the test could not run. 'shipyard loadtest sweep TAG' compares batching settings."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the options of ``shipyard loadtest`` (and of its ``sweep`` subcommand) on ``parser``;
+    :func:`run_from_args` runs what was parsed. Sets no ``handler`` default: the caller owns dispatch."""
+    _load_args(parser)
+    target = parser.add_mutually_exclusive_group()
     target.add_argument("--host", default=None, help="URL of a running service (default loadtest.host)")
     target.add_argument(
         "--serve",
         default=None,
         metavar="TAG",
-        help="start 'shipyard serve TAG' on a free port of 127.0.0.1 and test it",
+        help="start 'bentoml serve' for the model TAG on a free port of 127.0.0.1 and test it",
     )
-    p.add_argument("--serve-workers", type=int, default=None, help="workers of the started service")
-    p.set_defaults(handler=_run)
-    lsub = p.add_subparsers(dest="loadtest_command", metavar="[sweep]")
+    parser.add_argument("--serve-workers", type=int, default=None, help="workers of the started service")
+    lsub = parser.add_subparsers(dest="loadtest_command", metavar="[sweep]")
     sp = lsub.add_parser(
         "sweep",
         argument_default=argparse.SUPPRESS,
         help="restart the service over max_batch_size x max_latency_ms (x workers) and pick the best",
         description=(
-            "For each point of the grid, starts 'shipyard serve TAG' with those batching settings, runs the "
-            "same load, and writes sweep.csv, sweep.md, sweep.png (throughput against p95) and sweep.json. "
+            "For each point of the grid, starts 'bentoml serve' for TAG with those batching settings, runs "
+            "the same load, and writes sweep.csv, sweep.md, sweep.png (throughput against p95) and sweep.json. "
             "Recommends the highest throughput among the points meeting the limits; exits 1 when none does."
         ),
     )
@@ -113,16 +106,33 @@ def register(sub) -> None:
         "--batch-sizes", dest="sweep_batch_sizes", type=int, nargs="+", help="max_batch_size values (1 8 32)"
     )
     sp.add_argument(
-        "--latencies-ms", dest="sweep_latencies_ms", type=int, nargs="+", help="max_latency_ms values (50 1000)"
+        "--latencies-ms",
+        dest="sweep_latencies_ms",
+        type=int,
+        nargs="+",
+        help="max_latency_ms values (50 1000)",
     )
-    sp.add_argument("--serve-workers", dest="sweep_workers", type=int, nargs="+", help="service worker counts (1)")
-    sp.set_defaults(handler=_sweep)
+    sp.add_argument(
+        "--serve-workers", dest="sweep_workers", type=int, nargs="+", help="service worker counts (1)"
+    )
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run what :func:`add_arguments`' options parsed into ``args``: one load test, or a sweep.
+
+    Returns:
+        0 when the limits were met, 1 when one was missed, 2 when the test could not run.
+
+    Raises:
+        ConfigError: a bad config file, override or flag value (the caller prints it as one line).
+    """
+    if getattr(args, "loadtest_command", None) == "sweep":
+        return _sweep(args)
+    return _run(args)
 
 
 def _config(args) -> LoadTestConfig:
     """``loadtest:`` from the config file and ``--set``, then the flags; validated together."""
-
-
     base = load_section(args.config, "loadtest", args.overrides, command="shipyard loadtest")
     flags: dict[str, Any] = {
         "users": args.users,
@@ -147,7 +157,18 @@ def _config(args) -> LoadTestConfig:
             ) from None
     for key in ("serve_workers", "sweep_batch_sizes", "sweep_latencies_ms", "sweep_workers"):
         flags[key] = getattr(args, key, None)
-    return validate_config(LoadTestConfig, {**base, **{k: v for k, v in flags.items() if v is not None}}, "loadtest")
+    return validate_config(
+        LoadTestConfig, {**base, **{k: v for k, v in flags.items() if v is not None}}, "loadtest"
+    )
+
+
+def _with_images(config: LoadTestConfig) -> LoadTestConfig:
+    """``config`` with its image folder resolved: the Locust processes get the config as it is.
+
+    Raises:
+        ConfigError: the folder does not exist.
+    """
+    return config.model_copy(update={"images": str(_images(config))})
 
 
 def _images(config: LoadTestConfig) -> Path:
@@ -160,37 +181,6 @@ def _images(config: LoadTestConfig) -> Path:
         )
         raise ConfigError(f"image folder '{folder}' does not exist; {hint}")
     return folder.resolve()
-
-
-def _plan(config: LoadTestConfig, host: str):
-    from serving.loadtest.runner import LocustPlan
-
-    env = {
-        "SHIPYARD_LOADTEST_IMAGES": str(_images(config)),
-        "SHIPYARD_LOADTEST_BATCH_SHARE": str(config.batch_share),
-        "SHIPYARD_LOADTEST_BATCH_IMAGES": str(config.batch_images),
-        "SHIPYARD_LOADTEST_THINK_S": f"{config.think_min_s},{config.think_max_s}",
-        "SHIPYARD_LOADTEST_BAD_SHARE": str(config.bad_share),
-        "SHIPYARD_LOADTEST_TIMEOUT_S": str(config.request_timeout_s),
-        "SHIPYARD_LOADTEST_MAX_IMAGES": str(config.max_images),
-    }
-    return LocustPlan(
-        host=host,
-        users=config.users,
-        spawn_rate=config.spawn_rate,
-        duration_s=config.duration_s,
-        scenario=config.scenario,
-        workers=config.workers,
-        env=env,
-    )
-
-
-def _limits(config: LoadTestConfig) -> dict[str, float | None]:
-    return {
-        "max_p95_ms": config.max_p95_ms,
-        "max_fail_ratio": config.max_fail_ratio,
-        "min_rps": config.min_rps,
-    }
 
 
 def _output(args, kind: str) -> Path:
@@ -207,35 +197,25 @@ def _progress(args):
     return say
 
 
-def _run(args) -> int:
-    from serving.loadtest.runner import (
-        LoadTestError,
-        ServeOptions,
-        endpoint_table,
-        limits_table,
-        run_loadtest,
-    )
+def _run(args: argparse.Namespace) -> int:
+    from serving.loadtest.errors import LoadTestError
+    from serving.loadtest.runner import run_loadtest, serve_config_for
 
-    config = _config(args)
-    plan = _plan(config, config.host)
-    serve_options = (
-        ServeOptions(args.serve, variant=config.variant, workers=config.serve_workers) if args.serve else None
-    )
-    output = _output(args, "")
+    config = _with_images(_config(args))
+    serve = serve_config_for(args.serve, config) if args.serve else None
     try:
-        outcome = run_loadtest(
-            plan,
-            output,
-            limits=_limits(config),
-            serve_options=serve_options,
-            ready_timeout_s=config.ready_timeout_s,
-            progress=_progress(args),
-            settings=config.model_dump(),
-        )
+        outcome = run_loadtest(config, _output(args, ""), serve=serve, progress=_progress(args))
     except LoadTestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    summary = outcome.summary
+    _print_summary(outcome.summary, outcome.output)
+    return outcome.exit_code
+
+
+def _print_summary(summary: dict[str, Any], output: Path) -> None:
+    from serving.loadtest.limits import missed_limits
+    from serving.loadtest.report import endpoint_table, limits_table
+
     print(endpoint_table(summary))
     if summary["locust_workers"]:
         print(
@@ -245,39 +225,23 @@ def _run(args) -> int:
         print(f"note: {summary['server_metrics']['note']}")
     print()
     print(limits_table(summary))
-    print(f"\nreports: {outcome.output}/summary.json, report.html, {'locust_stats.csv'}")
-    if not outcome.passed:
-        missed = [
-            f"{c['name']} {'n/a' if c['measured'] is None else format(c['measured'], '.4g')} "
-            f"(required {c['bound']} {c['limit']:g})"
-            for c in summary["limits"]
-            if not c["passed"]
-        ]
-        print(f"limits missed: {'; '.join(missed)}", file=sys.stderr)
-    return outcome.exit_code
+    print(f"\nreports: {output}/summary.json, report.html, locust_stats.csv")
+    if not summary["passed"]:
+        print(f"limits missed: {missed_limits(summary)}", file=sys.stderr)
 
 
-def _sweep(args) -> int:
-    from serving.loadtest.runner import ServeOptions
+def _sweep(args: argparse.Namespace) -> int:
+    from serving.loadtest.runner import serve_config_for
     from serving.loadtest.sweep import run_sweep, sweep_grid, sweep_table
 
-    config = _config(args)
-    plan = _plan(config, "http://127.0.0.1")
+    config = _with_images(_config(args))
     points = sweep_grid(
-        ServeOptions(args.tag, variant=config.variant),
+        serve_config_for(args.tag, config),
         config.sweep_batch_sizes,
         config.sweep_latencies_ms,
         config.sweep_workers,
     )
-    outcome = run_sweep(
-        points,
-        plan,
-        _output(args, "sweep-"),
-        limits=_limits(config),
-        ready_timeout_s=config.ready_timeout_s,
-        progress=_progress(args),
-        settings=config.model_dump(),
-    )
+    outcome = run_sweep(points, config, _output(args, "sweep-"), progress=_progress(args))
     print(sweep_table(outcome.rows, outcome.recommended))
     for note in outcome.notes:
         print(f"note: {note}")
@@ -297,11 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m serving.loadtest ARGS`` = ``shipyard loadtest ARGS``; Shipyard errors are one line, exit 2."""
     from edge.errors import ShipyardError
 
-    parser = argparse.ArgumentParser(prog="shipyard")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["loadtest", *(sys.argv[1:] if argv is None else argv)])
+    parser = argparse.ArgumentParser(prog="shipyard loadtest", description=DESCRIPTION)
+    add_arguments(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        return int(args.handler(args) or 0)
+        return run_from_args(args)
     except ShipyardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

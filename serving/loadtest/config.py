@@ -1,12 +1,19 @@
-"""The load tester's settings (:class:`LoadTestConfig`): pydantic only, importable without Locust."""
+"""The load tester's settings (:class:`LoadTestConfig`): pydantic only, importable without Locust.
+
+The load tester hands the whole config to its Locust processes as one JSON variable
+(:meth:`LoadTestConfig.to_env`, read back with :meth:`LoadTestConfig.from_env`), so that the command line
+and the Locust scenarios validate the same fields with the same bounds.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from edge.config import StrictModel
+from edge.config import ConfigError, StrictModel, read_yaml_mapping, section_mapping, validate_config
 
 
 class LoadTestConfig(StrictModel):
@@ -34,10 +41,18 @@ class LoadTestConfig(StrictModel):
     ready_timeout_s: float = Field(180.0, gt=0, le=3600, description="seconds a started service may take")
     variant: str | None = Field(None, description="variant served with --serve (default: the server's)")
     serve_workers: int | None = Field(None, ge=1, description="API workers with --serve (default: serve's)")
-    sweep_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 8, 32], min_length=1)
+    sweep_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [1, 8, 32], min_length=1
+    )
     # the bounds of ServeConfig.max_latency_ms: a point below them would only fail when its server starts
-    sweep_latencies_ms: list[Annotated[int, Field(ge=10)]] = Field(default_factory=lambda: [50, 1000], min_length=1)
+    sweep_latencies_ms: list[Annotated[int, Field(ge=10)]] = Field(
+        default_factory=lambda: [50, 1000], min_length=1
+    )
     sweep_workers: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1], min_length=1)
+
+    #: The variable a Locust process reads its config from: a JSON object of these fields, or the path of a
+    #: YAML file with a ``loadtest:`` section (or a bare mapping).
+    ENV: ClassVar[str] = "SHIPYARD_LOADTEST_CONFIG"
 
     @model_validator(mode="after")
     def _think_range(self) -> LoadTestConfig:
@@ -46,3 +61,37 @@ class LoadTestConfig(StrictModel):
                 f"think time {self.think_min_s:g},{self.think_max_s:g}: the minimum is above the maximum; swap them"
             )
         return self
+
+    def limits(self) -> dict[str, float | None]:
+        """The pass/fail limits (``None``: not checked), as :func:`serving.loadtest.check_limits` takes them."""
+        return {"max_p95_ms": self.max_p95_ms, "max_fail_ratio": self.max_fail_ratio, "min_rps": self.min_rps}
+
+    def to_env(self) -> dict[str, str]:
+        """``{"SHIPYARD_LOADTEST_CONFIG": <this config as JSON>}``: what :meth:`from_env` rebuilds it from."""
+        return {self.ENV: self.model_dump_json()}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> LoadTestConfig:
+        """The config in ``SHIPYARD_LOADTEST_CONFIG`` (defaults when it is unset).
+
+        Raises:
+            ConfigError: the value is not a JSON object or a readable YAML file, or a field is invalid (the
+                message names the variable, the key and what it accepts).
+        """
+        import os
+
+        value = (os.environ if environ is None else environ).get(cls.ENV, "").strip()
+        return validate_config(cls, _serialized_or_file(value, cls.ENV) if value else {}, cls.ENV)
+
+
+def _serialized_or_file(value: str, var: str) -> dict[str, Any]:
+    """A JSON object (what the load tester hands down) or a YAML file's path."""
+    if value.startswith("{"):
+        try:
+            return dict(json.loads(value))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{var} is not a valid JSON object ({exc.msg}); give JSON or a YAML file's path"
+            ) from None
+    loaded = read_yaml_mapping(value, what=var, hint="point it at a YAML file with a loadtest: section")
+    return section_mapping(loaded, "loadtest", value) if "loadtest" in loaded else dict(loaded)

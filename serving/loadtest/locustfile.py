@@ -3,7 +3,7 @@
 Run it through ``shipyard loadtest`` (which sets the variables below, starts Locust headless and writes the
 reports), or by hand::
 
-    SHIPYARD_LOADTEST_IMAGES=demo_data locust -f serving/loadtest/locustfile.py \\
+    SHIPYARD_LOADTEST_CONFIG='{"images": "demo_data"}' locust -f serving/loadtest/locustfile.py \\
         --host http://127.0.0.1:3000 --headless -u 8 -r 8 -t 20s ClassifyUser
 
 Two user classes:
@@ -19,18 +19,16 @@ Two user classes:
     a huge pixel count, and a body that is not multipart at all. Each bad request must get a 4xx with a JSON
     error (a 4xx is a success there; a 2xx or 5xx is a failure), while its good requests must keep succeeding.
 
-Settings come from environment variables, so that Locust workers on other machines can be given them too:
+Settings come from one environment variable, so that Locust workers on other machines can be given them too
+(they need the ``shipyard`` package installed, which holds this file):
 
-========================================  ==================================================================
-``SHIPYARD_LOADTEST_IMAGES``              folder of images (searched recursively); required
-``SHIPYARD_LOADTEST_BATCH_SHARE``         share of ``ClassifyUser`` requests sent to ``/classify_batch`` (0.2)
-``SHIPYARD_LOADTEST_BATCH_IMAGES``        images per ``/classify_batch`` request (4)
-``SHIPYARD_LOADTEST_THINK_S``             think time between requests, ``MIN,MAX`` seconds (``0.1,0.5``)
-``SHIPYARD_LOADTEST_BAD_SHARE``           share of ``BadInputUser`` requests that are bad (0.5)
-``SHIPYARD_LOADTEST_TIMEOUT_S``           per-request timeout (30)
-``SHIPYARD_LOADTEST_MAX_IMAGES``          most images loaded into memory per process (1000)
-``SHIPYARD_LOADTEST_RESULT``              where the master (or the single process) writes its JSON result
-========================================  ==================================================================
+``SHIPYARD_LOADTEST_CONFIG``
+    the whole :class:`~serving.loadtest.config.LoadTestConfig`, as a JSON object (what ``shipyard loadtest``
+    hands down) or the path of a YAML file with a ``loadtest:`` section; ``images`` is required, the scenario
+    reads ``batch_share``, ``batch_images``, ``think_min_s``/``think_max_s``, ``bad_share``,
+    ``request_timeout_s`` and ``max_images``
+``SHIPYARD_LOADTEST_RESULT``
+    where the master (or the single process) writes its JSON result
 
 This module imports Locust (which monkey-patches the standard library through gevent): import it only in a
 Locust process, never in the ``shipyard`` command.
@@ -38,7 +36,7 @@ Locust process, never in the ``shipyard`` command.
 
 from __future__ import annotations
 
-import json
+import os
 import random
 import threading
 import time
@@ -48,54 +46,36 @@ from typing import Any
 from locust import FastHttpUser, events, task
 from locust.runners import MasterRunner, WorkerRunner
 
-try:
-    from serving.loadtest.checks import (
-        BAD_NAME,
-        BATCH_FIELD,
-        CLASSIFY,
-        CLASSIFY_BATCH,
-        FILE_FIELD,
-        METADATA,
-        TOP_K_FIELD,
-        Image,
-        Settings,
-        bad_inputs,
-        check_batch,
-        check_result,
-        error_message,
-        load_images,
-        multipart,
-    )
-except ImportError:
-    # A Locust worker given this folder without the shipyard package: Locust put the folder on sys.path.
-    from checks import (  # type: ignore[no-redef]
-        BAD_NAME,
-        BATCH_FIELD,
-        CLASSIFY,
-        CLASSIFY_BATCH,
-        FILE_FIELD,
-        METADATA,
-        TOP_K_FIELD,
-        Image,
-        Settings,
-        bad_inputs,
-        check_batch,
-        check_result,
-        error_message,
-        load_images,
-        multipart,
-    )
+from edge.files import write_json_atomic
+from serving.loadtest.checks import (
+    BAD_NAME,
+    BATCH_FIELD,
+    CLASSIFY,
+    CLASSIFY_BATCH,
+    FILE_FIELD,
+    METADATA,
+    TOP_K_FIELD,
+    Image,
+    bad_inputs,
+    check_batch,
+    check_result,
+    error_message,
+    load_images,
+    multipart,
+)
+from serving.loadtest.config import LoadTestConfig
+from serving.loadtest.locustrun import RESULT_ENV
 
 # --- per-process state -------------------------------------------------------------------------------------
 
-SETTINGS: Settings | None = None
+SETTINGS: LoadTestConfig | None = None
 IMAGES: list[Image] = []
 _labels: list[str] | None = None
 _labels_lock = threading.Lock()
 _worker_requests: dict[str, int] = {}
 
 
-def _settings() -> Settings:
+def _settings() -> LoadTestConfig:
     if SETTINGS is None:
         raise RuntimeError("the locustfile was not initialised (the init event did not run)")
     return SETTINGS
@@ -105,13 +85,14 @@ def _settings() -> Settings:
 def _on_init(environment, **_kwargs) -> None:
     """Read the settings and the images once per process (a master loads none: it sends no requests)."""
     global SETTINGS, IMAGES
-    SETTINGS = Settings.from_env()
-    _ShipyardUser.network_timeout = _ShipyardUser.connection_timeout = SETTINGS.timeout_s
+    SETTINGS = LoadTestConfig.from_env()
+    _ShipyardUser.network_timeout = _ShipyardUser.connection_timeout = SETTINGS.request_timeout_s
     if isinstance(environment.runner, MasterRunner):
         return
     if not SETTINGS.images:
         raise ValueError(
-            "set SHIPYARD_LOADTEST_IMAGES to a folder of images (shipyard loadtest --images DIR)"
+            f'name a folder of images in {LoadTestConfig.ENV}, e.g. {{"images": "demo_data"}} '
+            "(shipyard loadtest --images DIR)"
         )
     IMAGES = load_images(SETTINGS.images, SETTINGS.max_images)
 
@@ -135,8 +116,8 @@ def _entry(entry: Any) -> dict[str, Any]:
 @events.quitting.add_listener
 def _on_quitting(environment, **_kwargs) -> None:
     """On the master or a single process: write the result JSON that ``shipyard loadtest`` summarises."""
-    settings = SETTINGS
-    if settings is None or not settings.result or isinstance(environment.runner, WorkerRunner):
+    result_path = os.environ.get(RESULT_ENV)
+    if SETTINGS is None or not result_path or isinstance(environment.runner, WorkerRunner):
         return
     stats = environment.runner.stats
     entries = [_entry(e) for e in stats.entries.values() if e.num_requests or e.num_failures]
@@ -156,9 +137,9 @@ def _on_quitting(environment, **_kwargs) -> None:
         "errors": errors,
         "written": time.time(),
     }
-    path = Path(settings.result)
+    path = Path(result_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=str))
+    write_json_atomic(path, result, default=str)
 
 
 # --- users ---------------------------------------------------------------------------------------------------

@@ -1,31 +1,30 @@
 """A batching sweep: restart the service over a grid of settings, load each the same way, pick one.
 
-Each point of ``max_batch_size x max_latency_ms x workers`` starts ``shipyard serve`` afresh on 127.0.0.1,
-runs the same Locust load against it (:func:`serving.loadtest.runner.run_loadtest`) and becomes one row of
-a table. A point that fails to start or run is a row with its error, not a crash. The recommendation is the
-highest throughput among the points that meet the limits (ties: the lower p95).
+Each point of ``max_batch_size x max_latency_ms x workers`` is one :class:`~serving.config.ServeConfig`,
+served afresh by ``bentoml serve`` on 127.0.0.1 and loaded the same way
+(:func:`serving.loadtest.runner.run_loadtest`); it becomes one row of a table. A point that fails to start or
+run is a row with its error, not a crash. The recommendation is the highest throughput among the points that
+meet the limits (ties: the lower p95).
 """
 
 from __future__ import annotations
 
 import csv
 import itertools
-import json
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serving.loadtest.runner import (
-    LoadTestError,
-    LocustPlan,
-    ServeOptions,
-    format_value,
-    render_table,
-    run_loadtest,
-)
+from edge.files import write_bytes_atomic, write_json_atomic
+from serving.config import ServeConfig
+from serving.loadtest.config import LoadTestConfig
+from serving.loadtest.errors import LoadTestError
+from serving.loadtest.locustrun import LocustPlan
+from serving.loadtest.report import format_value, render_table
+from serving.loadtest.runner import run_loadtest
 
 COLUMNS = [
     "point",
@@ -47,27 +46,31 @@ COLUMNS = [
 
 
 def sweep_grid(
-    base: ServeOptions, batch_sizes: list[int], latencies_ms: list[int], workers: list[int]
-) -> list[ServeOptions]:
-    """Every combination, in order, as serve options derived from ``base`` (batching on).
+    base: ServeConfig, batch_sizes: list[int], latencies_ms: list[int], workers: list[int]
+) -> list[ServeConfig]:
+    """Every combination, in order, as server configs derived from ``base`` (batching on).
 
     Raises:
-        ValueError: an empty axis or a value below 1.
+        ValueError: an empty axis or a value below 1 (a pydantic ``ValidationError`` for values the
+            server's config refuses).
     """
     for name, axis in (("batch sizes", batch_sizes), ("latencies", latencies_ms), ("workers", workers)):
         if not axis:
             raise ValueError(f"the sweep needs at least one of {name}")
         if any(v < 1 for v in axis):
             raise ValueError(f"sweep {name} must be >= 1, got {axis}")
+    fields = base.model_dump()
     return [
-        replace(base, max_batch_size=b, max_latency_ms=lat, workers=w, batching=True)
+        ServeConfig.model_validate(
+            {**fields, "max_batch_size": b, "max_latency_ms": lat, "workers": w, "batching": True}
+        )
         for w, b, lat in itertools.product(workers, batch_sizes, latencies_ms)
     ]
 
 
-def point_name(options: ServeOptions) -> str:
+def point_name(point: ServeConfig) -> str:
     """A short folder-safe name, e.g. ``b16-l20-w1``."""
-    return f"b{options.max_batch_size}-l{options.max_latency_ms}-w{options.workers or 1}"
+    return f"b{point.max_batch_size}-l{point.max_latency_ms}-w{point.workers}"
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,7 @@ def plot_sweep(
     return path
 
 
-def applied_settings(options: ServeOptions, metadata: dict[str, Any] | None) -> str | None:
+def applied_settings(point: ServeConfig, metadata: dict[str, Any] | None) -> str | None:
     """Why the service did not run with the point's settings (from ``/metadata``'s ``serving``), or ``None``.
 
     A sweep whose settings silently did not reach the server would compare one configuration with itself.
@@ -192,15 +195,10 @@ def applied_settings(options: ServeOptions, metadata: dict[str, Any] | None) -> 
     serving = (metadata or {}).get("serving")
     if not isinstance(serving, dict):
         return None  # a server that does not report its settings cannot be checked
-    wanted = {
-        "max_batch_size": options.max_batch_size,
-        "max_latency_ms": options.max_latency_ms,
-        "workers": options.workers,
-    }
     wrong = [
-        f"{k}={serving[k]!r} (asked {v!r})"
-        for k, v in wanted.items()
-        if v is not None and k in serving and serving[k] != v
+        f"{k}={serving[k]!r} (asked {getattr(point, k)!r})"
+        for k in ("max_batch_size", "max_latency_ms", "workers")
+        if k in serving and serving[k] != getattr(point, k)
     ]
     return f"the server reports {', '.join(wrong)}" if wrong else None
 
@@ -237,32 +235,28 @@ def _label_points(ax: Any, points: list[tuple[float, float, str]]) -> None:
         )
 
 
-def _row(
-    name: str, options: ServeOptions, summary: dict[str, Any] | None, error: str | None
-) -> dict[str, Any]:
+def _row(name: str, point: ServeConfig, summary: dict[str, Any] | None, error: str | None) -> dict[str, Any]:
+    """One row of the sweep: the point's settings and what its run measured (or why it did not run)."""
     base = {
         "point": name,
-        "max_batch_size": options.max_batch_size,
-        "max_latency_ms": options.max_latency_ms,
-        "workers": options.workers or 1,
+        "max_batch_size": point.max_batch_size,
+        "max_latency_ms": point.max_latency_ms,
+        "workers": point.workers,
     }
     if summary is None:
+        empty = dict.fromkeys(("fail_ratio", "p50_ms", "p95_ms", "p99_ms", "load_1m"))
         return {
             **base,
+            **empty,
             "requests": 0,
             "failures": 0,
-            "fail_ratio": None,
             "rps": 0.0,
-            "p50_ms": None,
-            "p95_ms": None,
-            "p99_ms": None,
             "meets_limits": False,
             "missed": "",
-            "load_1m": None,
             "error": error or "did not run",
         }
     lat = summary["latency_ms"]
-    mismatch = applied_settings(options, summary.get("metadata"))
+    mismatch = applied_settings(point, summary.get("metadata"))
     return {
         **base,
         "requests": summary["requests"],
@@ -279,58 +273,37 @@ def _row(
     }
 
 
-def run_sweep(
-    points: list[ServeOptions],
-    plan: LocustPlan,
-    output: Path,
-    *,
-    limits: dict[str, float | None],
-    ready_timeout_s: float = 180.0,
-    progress: Callable[[str], None] | None = None,
-    settings: dict[str, Any] | None = None,
-) -> SweepOutcome:
-    """Load every point the same way; write ``sweep.csv``, ``sweep.md``, ``sweep.json`` and ``sweep.png``.
+def _run_point(
+    point: ServeConfig, config: LoadTestConfig, output: Path, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """Load one point; its reports go into ``output/<point>/``."""
+    name = point_name(point)
+    try:
+        row = _row(name, point, run_loadtest(config, output / name, serve=point).summary, None)
+    except LoadTestError as exc:
+        row = _row(name, point, None, str(exc).splitlines()[0])
+    say(
+        f"    {format_value(row['rps'])} req/s, p95 {format_value(row['p95_ms'], '.0f')} ms, "
+        f"{'meets' if row['meets_limits'] else 'misses'} the limits"
+        + (f": {row['error']}" if row["error"] else "")
+    )
+    return row
 
-    Each point's own reports go into ``output/<point>/``; ``settings`` is recorded in each ``summary.json``.
-    """
-    say = progress or (lambda _line: None)
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i, options in enumerate(points, 1):
-        name = point_name(options)
-        say(f"[{i}/{len(points)}] {name}")
-        try:
-            outcome = run_loadtest(
-                plan,
-                output / name,
-                limits=limits,
-                serve_options=options,
-                ready_timeout_s=ready_timeout_s,
-                settings=settings,
-            )
-            rows.append(_row(name, options, outcome.summary, None))
-        except LoadTestError as exc:
-            rows.append(_row(name, options, None, str(exc).splitlines()[0]))
-        r = rows[-1]
-        say(
-            f"    {format_value(r['rps'])} req/s, p95 {format_value(r['p95_ms'], '.0f')} ms, "
-            f"{'meets' if r['meets_limits'] else 'misses'} the limits"
-            + (f": {r['error']}" if r["error"] else "")
-        )
-    best = recommend(rows)
-    notes = []
-    with open(output / "sweep.csv", "w", newline="") as f:
+
+def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         for r in rows:
             writer.writerow({k: r[k] for k in COLUMNS})
-    plot: Path | None = None
-    try:
-        plot = plot_sweep(rows, best, limits, output / "sweep.png")
-    except ImportError:
-        notes.append("matplotlib is not installed, so no sweep.png; pip install -e .[train]")
-    limit_text = ", ".join(f"{k} {v:g}" for k, v in limits.items() if v is not None) or "none"
+
+
+def _markdown(
+    rows: list[dict[str, Any]], best: dict[str, Any] | None, config: LoadTestConfig, plot: bool
+) -> str:
+    """``sweep.md``: the load, the limits, the table and the verdict."""
+    plan = LocustPlan(host="", config=config)
+    limit_text = ", ".join(f"{k} {v:g}" for k, v in config.limits().items() if v is not None) or "none"
     verdict = (
         f"Recommended: **{best['point']}** (max_batch_size={best['max_batch_size']}, "
         f"max_latency_ms={best['max_latency_ms']}, workers={best['workers']}): {best['rps']:.1f} req/s "
@@ -338,25 +311,50 @@ def run_sweep(
         if best
         else "No configuration met the limits."
     )
-    (output / "sweep.md").write_text(
+    return (
         f"# Batching sweep\n\n{plan.users} users, {plan.run_time()} per point, scenario {plan.scenario}; "
         f"limits: {limit_text}. Load generated and served on one machine with {os.cpu_count()} CPUs "
         f"({platform.platform()}); 'load 1m' is its 1-minute load average after each point.\n\n"
         f"{sweep_table(rows, best, markdown=True)}\n\n{verdict}\n"
         + ("\n![throughput against p95](sweep.png)\n" if plot else "")
     )
-    (output / "sweep.json").write_text(
-        json.dumps(
-            {
-                "rows": rows,
-                "recommended": best,
-                "limits": limits,
-                "users": plan.users,
-                "duration_s": plan.duration_s,
-                "scenario": plan.scenario,
-                "notes": notes,
-            },
-            indent=2,
-        )
-    )
+
+
+def run_sweep(
+    points: list[ServeConfig],
+    config: LoadTestConfig,
+    output: Path,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> SweepOutcome:
+    """Load every point the same way; write ``sweep.csv``, ``sweep.md``, ``sweep.json`` and ``sweep.png``.
+
+    Each point's own reports go into ``output/<point>/``; ``config`` is recorded in each ``summary.json``.
+    """
+    say = progress or (lambda _line: None)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, point in enumerate(points, 1):
+        say(f"[{i}/{len(points)}] {point_name(point)}")
+        rows.append(_run_point(point, config, output, say))
+    best = recommend(rows)
+    _write_csv(rows, output / "sweep.csv")
+    notes = []
+    plot: Path | None = None
+    try:
+        plot = plot_sweep(rows, best, config.limits(), output / "sweep.png")
+    except ImportError:
+        notes.append("matplotlib is not installed, so no sweep.png; pip install -e .[train]")
+    write_bytes_atomic(output / "sweep.md", _markdown(rows, best, config, plot is not None).encode("utf-8"))
+    report = {
+        "rows": rows,
+        "recommended": best,
+        "limits": config.limits(),
+        "users": config.users,
+        "duration_s": config.duration_s,
+        "scenario": config.scenario,
+        "notes": notes,
+    }
+    write_json_atomic(output / "sweep.json", report)
     return SweepOutcome(rows, best, output, plot, notes)
