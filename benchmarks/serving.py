@@ -77,6 +77,7 @@ def build_package(folder: Path, images: list[bytes]) -> Path:
     """Build, check, package and return the MobileNetV2 package directory (TensorFlow runs here)."""
     from edge.manifest import InputContract, Manifest, VariantInfo, record_file, record_tree, write_manifest
     from edge.preprocess import decode
+    from edge.reference import write_reference
     from edge.runners import OnnxRunner
     from training.config import ModelConfig
     from training.models import build_model, embedding_model
@@ -101,8 +102,7 @@ def build_package(folder: Path, images: list[bytes]) -> Path:
     stats, emb = reference_statistics(
         model, reference, np.arange(len(reference)) % CLASSES, labels, [(SIZE, SIZE)] * len(reference)
     )
-    (pkg / "reference" / "stats.json").write_text(json.dumps(stats))
-    np.save(pkg / "reference" / "embeddings.npy", emb)
+    write_reference(pkg, stats, emb)
 
     keras_probs = model.predict(x.astype(np.float32), verbose=0)
     manifest = Manifest(

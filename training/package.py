@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -18,24 +17,22 @@ from edge.manifest import (
     verify_file,
     write_manifest,
 )
-from edge.preprocess import image_stats_batch
+from edge.reference import ReferenceStats, build_reference_stats, write_reference
 from training.config import TrainingConfig
 
 KERAS_FILE = "keras/model.keras"
 REFERENCE_SAMPLE = 512
-PCA_COMPONENTS = 8
 
 
 def reference_statistics(
     model, images: np.ndarray, labels: np.ndarray, class_names: list[str], original_sizes: list[tuple[int, int]]
-) -> tuple[dict[str, Any], np.ndarray]:
+) -> tuple[ReferenceStats, np.ndarray]:
     """Statistics of a reference split (validation) for drift monitoring.
 
     Returns:
-        (stats, embeddings): per-class frequencies of predictions and labels, the confidence distribution,
-        image statistics (brightness, contrast, saturation, original width/height), and the
-        penultimate-layer embedding's mean, standard deviation and PCA projection; plus a sample of
-        raw embeddings (float32, at most REFERENCE_SAMPLE rows).
+        (stats, embeddings): the :class:`edge.reference.ReferenceStats` of the split (see
+        :func:`edge.reference.build_reference_stats`) and a sample of raw penultimate-layer embeddings
+        (float32, at most REFERENCE_SAMPLE rows).
     """
     from training.models import embedding_model
 
@@ -46,41 +43,7 @@ def reference_statistics(
         original_sizes = [original_sizes[i] for i in keep]
     two = embedding_model(model)
     probs, emb = two.predict(images.astype(np.float32), verbose=0, batch_size=64)
-    preds = probs.argmax(axis=1)
-    conf = probs.max(axis=1)
-    n = len(class_names)
-    istats = image_stats_batch(list(images))  # rows of brightness, contrast, saturation
-    mean = emb.mean(axis=0)
-    centered = emb - mean
-    k = int(min(PCA_COMPONENTS, centered.shape[1], max(1, centered.shape[0] - 1)))
-    _, _, vt = np.linalg.svd(centered, full_matrices=False)
-    components = vt[:k]
-    projected = centered @ components.T
-    stats = {
-        "count": len(images),
-        "labels": class_names,
-        "class_frequencies": (np.bincount(preds, minlength=n) / max(len(preds), 1)).tolist(),
-        "label_frequencies": (np.bincount(labels, minlength=n) / max(len(labels), 1)).tolist(),
-        "confidence": {
-            "sample": conf.round(6).tolist(),
-            "quantiles": np.quantile(conf, [0.05, 0.25, 0.5, 0.75, 0.95]).tolist() if len(conf) else [],
-            "mean": float(conf.mean()) if len(conf) else 0.0,
-        },
-        "image_stats": {
-            "brightness": istats[:, 0].tolist(),
-            "contrast": istats[:, 1].tolist(),
-            "saturation": istats[:, 2].tolist(),
-            "width": [int(w) for w, _ in original_sizes],
-            "height": [int(h) for _, h in original_sizes],
-        },
-        "embedding": {
-            "dim": int(emb.shape[1]),
-            "mean": mean.tolist(),
-            "std": emb.std(axis=0).tolist(),
-            "pca_components": components.tolist(),
-            "pca_projected": projected.round(6).tolist(),
-        },
-    }
+    stats = build_reference_stats(probs, emb, labels, class_names, images, original_sizes)
     return stats, emb.astype(np.float32)
 
 
@@ -146,8 +109,7 @@ def write_package(result, config: TrainingConfig, *, top_k: int | None = None) -
     ref_samples = scan.splits.get("val") or scan.splits["train"]
     ref_x, ref_y = load_split_arrays(ref_samples, ds.contract)
     stats, emb = reference_statistics(model, ref_x, ref_y, labels, _original_sizes(ref_samples))
-    (ref_dir / "stats.json").write_text(json.dumps(stats))
-    np.save(ref_dir / "embeddings.npy", emb)
+    write_reference(pkg, stats, emb)
 
     logs = pkg / "logs"
     logs.mkdir(exist_ok=True)

@@ -1,14 +1,16 @@
 """Monitoring of the prediction service: latency, predictions, live accuracy and drift.
 
-``from serving.monitoring import Monitor`` is the surface the service uses; the statistics are in
+``from serving.monitoring import Monitor`` is the surface the service uses; the drift signals (one
+registry entry each) are in :mod:`serving.monitoring.signals`, their statistics in
 :mod:`serving.monitoring.stats`, the drift window in :mod:`serving.monitoring.drift` and the
 Prometheus metric definitions in :mod:`serving.monitoring.metrics`.
 """
 
 from serving.monitoring.drift import DriftWindow, Reference, load_reference
 from serving.monitoring.feedback import FeedbackConflictError, FeedbackNotFoundError, FeedbackStore
-from serving.monitoring.metrics import LATENCY_BUCKETS, SIGNALS, STAGES, metrics_for
+from serving.monitoring.metrics import LATENCY_BUCKETS, STAGES, metrics_for
 from serving.monitoring.monitor import Monitor
+from serving.monitoring.signals import SIGNALS, Observation, SignalSpec
 
 __all__ = [
     "LATENCY_BUCKETS",
@@ -19,7 +21,9 @@ __all__ = [
     "FeedbackNotFoundError",
     "FeedbackStore",
     "Monitor",
+    "Observation",
     "Reference",
+    "SignalSpec",
     "load_reference",
     "metrics_for",
 ]

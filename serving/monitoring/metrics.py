@@ -23,8 +23,6 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 #: The request stages :meth:`serving.monitoring.Monitor.observe_timing` accepts.
 STAGES: tuple[str, ...] = ("decode", "queue", "inference", "total")
-#: The drift signals, in the order they are reported.
-SIGNALS: tuple[str, ...] = ("prediction", "confidence", "input", "embedding")
 
 
 @dataclass(frozen=True)
@@ -65,6 +63,45 @@ def _make(registry: Any, kind: type, name: str, doc: str, labels: tuple[str, ...
         return kind(name, doc, labels, registry=None, **kwargs)
 
 
+#: The metrics, one row each: MonitorMetrics field, prometheus_client class, name, help, labels, options.
+_METRICS: tuple[tuple[str, str, str, str, tuple[str, ...], dict[str, Any]], ...] = (
+    ("latency", "Histogram", "shipyard_latency_seconds",
+     "Time spent per request stage: decode, queue (waiting for a batch), inference, total.",
+     ("stage",), {"buckets": LATENCY_BUCKETS}),
+    ("predictions", "Counter", "shipyard_predictions_total",
+     "Predictions served, by predicted label and model variant.", ("label", "variant"), {}),
+    ("errors", "Counter", "shipyard_errors_total", "Request errors, by kind.", ("kind",), {}),
+    ("monitoring_errors", "Counter", "shipyard_monitoring_errors_total",
+     "Errors inside monitoring (swallowed; predictions were not affected), by stage.", ("stage",), {}),
+    ("dropped", "Counter", "shipyard_monitoring_dropped_total",
+     "Observations dropped because the monitoring queue was full.", (), {}),
+    ("feedback", "Counter", "shipyard_feedback_total",
+     "Ground-truth labels received on /feedback, by true label.", ("label",), {}),
+    ("feedback_correct", "Counter", "shipyard_feedback_correct_total",
+     "Feedback whose true label matched the prediction, by true label.", ("label",), {}),
+    ("live_accuracy", "Gauge", "shipyard_live_accuracy",
+     "Accuracy over the most recent feedback (the last `window` labels received).",
+     (), {"multiprocess_mode": "livemostrecent"}),
+    ("drift_score", "Gauge", "shipyard_drift_score",
+     "Drift statistic of the last evaluated window (PSI, KS distance or MMD^2), by signal.",
+     ("signal",), {"multiprocess_mode": "livemax"}),
+    ("drift_threshold", "Gauge", "shipyard_drift_threshold",
+     "Score above which drift is detected, by signal.", ("signal",), {"multiprocess_mode": "livemax"}),
+    ("drift_pvalue", "Gauge", "shipyard_drift_pvalue",
+     "p-value of the last drift test, by signal (1 when not evaluated).", ("signal",),
+     {"multiprocess_mode": "livemin"}),
+    ("drift_detected", "Gauge", "shipyard_drift_detected",
+     "1 when the last evaluated window drifted from the training reference, by signal.",
+     ("signal",), {"multiprocess_mode": "livemax"}),
+    ("drift_available", "Gauge", "shipyard_drift_available",
+     "1 when the signal was evaluated on a full window (reference present, inputs received), by signal.",
+     ("signal",), {"multiprocess_mode": "livemax"}),
+    ("drift_evaluations", "Counter", "shipyard_drift_evaluations_total", "Drift evaluations completed.", (), {}),
+    ("drift_alarms", "Counter", "shipyard_drift_alarms_total",
+     "Drift evaluations in which the signal detected drift, by signal.", ("signal",), {}),
+)  # fmt: skip
+
+
 def metrics_for(registry: Any | None = None) -> MonitorMetrics:
     """The Shipyard metrics registered in ``registry`` (default: ``prometheus_client.REGISTRY``).
 
@@ -79,68 +116,10 @@ def metrics_for(registry: Any | None = None) -> MonitorMetrics:
         if cached is not None:
             return cached
         m = MonitorMetrics(
-            latency=_make(
-                registry, pc.Histogram, "shipyard_latency_seconds",
-                "Time spent per request stage: decode, queue (waiting for a batch), inference, total.",
-                ("stage",), buckets=LATENCY_BUCKETS,
-            ),
-            predictions=_make(
-                registry, pc.Counter, "shipyard_predictions_total",
-                "Predictions served, by predicted label and model variant.", ("label", "variant"),
-            ),
-            errors=_make(registry, pc.Counter, "shipyard_errors_total", "Request errors, by kind.", ("kind",)),
-            monitoring_errors=_make(
-                registry, pc.Counter, "shipyard_monitoring_errors_total",
-                "Errors inside monitoring (swallowed; predictions were not affected), by stage.", ("stage",),
-            ),
-            dropped=_make(
-                registry, pc.Counter, "shipyard_monitoring_dropped_total",
-                "Observations dropped because the monitoring queue was full.",
-            ),
-            feedback=_make(
-                registry, pc.Counter, "shipyard_feedback_total",
-                "Ground-truth labels received on /feedback, by true label.", ("label",),
-            ),
-            feedback_correct=_make(
-                registry, pc.Counter, "shipyard_feedback_correct_total",
-                "Feedback whose true label matched the prediction, by true label.", ("label",),
-            ),
-            live_accuracy=_make(
-                registry, pc.Gauge, "shipyard_live_accuracy",
-                "Accuracy over the most recent feedback (the last `window` labels received).",
-                multiprocess_mode="livemostrecent",
-            ),
-            drift_score=_make(
-                registry, pc.Gauge, "shipyard_drift_score",
-                "Drift statistic of the last evaluated window (PSI, KS distance or MMD^2), by signal.",
-                ("signal",), multiprocess_mode="livemax",
-            ),
-            drift_threshold=_make(
-                registry, pc.Gauge, "shipyard_drift_threshold",
-                "Score above which drift is detected, by signal.", ("signal",), multiprocess_mode="livemax",
-            ),
-            drift_pvalue=_make(
-                registry, pc.Gauge, "shipyard_drift_pvalue",
-                "p-value of the last drift test, by signal (1 when not evaluated).", ("signal",),
-                multiprocess_mode="livemin",
-            ),
-            drift_detected=_make(
-                registry, pc.Gauge, "shipyard_drift_detected",
-                "1 when the last evaluated window drifted from the training reference, by signal.",
-                ("signal",), multiprocess_mode="livemax",
-            ),
-            drift_available=_make(
-                registry, pc.Gauge, "shipyard_drift_available",
-                "1 when the signal was evaluated on a full window (reference present, inputs received), by signal.",
-                ("signal",), multiprocess_mode="livemax",
-            ),
-            drift_evaluations=_make(
-                registry, pc.Counter, "shipyard_drift_evaluations_total", "Drift evaluations completed.",
-            ),
-            drift_alarms=_make(
-                registry, pc.Counter, "shipyard_drift_alarms_total",
-                "Drift evaluations in which the signal detected drift, by signal.", ("signal",),
-            ),
-        )  # fmt: skip
+            **{
+                field: _make(registry, getattr(pc, kind), name, doc, labels, **options)
+                for field, kind, name, doc, labels, options in _METRICS
+            }
+        )
         _CACHE[registry] = m
         return m

@@ -10,6 +10,7 @@ own errors: they are logged (rate-limited) and counted in ``shipyard_monitoring_
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import logging
 import os
 import queue
@@ -24,13 +25,10 @@ from edge.errors import InputError
 from edge.manifest import Manifest
 from edge.preprocess import image_stats_batch, stats_grid
 from serving.config import MonitorConfig
-from serving.monitoring.drift import FEATURES, DriftWindow, load_reference
-from serving.monitoring.feedback import (
-    FeedbackNotFoundError,
-    FeedbackStore,
-    shared_path,
-)
-from serving.monitoring.metrics import SIGNALS, STAGES, MonitorMetrics, metrics_for
+from serving.monitoring.drift import DriftWindow, load_reference
+from serving.monitoring.feedback import FeedbackNotFoundError, FeedbackStore, shared_path
+from serving.monitoring.metrics import STAGES, MonitorMetrics, metrics_for
+from serving.monitoring.signals import FEATURES, SIGNALS, Observation
 
 logger = logging.getLogger("serving.monitoring")
 
@@ -161,12 +159,7 @@ class Monitor:
             if probs.shape[0] != len(self.labels):
                 raise ValueError(f"probabilities have {probs.shape[0]} values for {len(self.labels)} labels")
             pred = int(probs.argmax())
-            confidence = float(probs[pred])
-            child = self._prediction_children.get((pred, variant))
-            if child is None:
-                child = self._metrics.predictions.labels(label=self.labels[pred], variant=str(variant))
-                self._prediction_children[(pred, variant)] = child
-            child.inc()
+            self._count_prediction(pred, str(variant))
             now = time.time()
             rid = str(request_id)
             if self._feedback is not None:
@@ -175,27 +168,39 @@ class Monitor:
             if pixels.ndim != 3 or pixels.shape[-1] != 3:
                 raise ValueError(f"pixels have shape {pixels.shape}; expected (height, width, 3)")
             self._ensure_worker()
-            item = (
-                rid,
-                np.ascontiguousarray(stats_grid(pixels)),  # all the statistics read: ~9 KB, not the image
-                original_size,
-                pred,
-                confidence,
-                None if embedding is None else np.array(embedding, dtype=np.float32, copy=True).reshape(-1),
-                str(variant),
-                now,
+            self._enqueue(
+                Observation(
+                    request_id=rid,
+                    grid=np.ascontiguousarray(stats_grid(pixels)),  # all the statistics read: ~9 KB
+                    original_size=original_size,
+                    prediction=pred,
+                    confidence=float(probs[pred]),
+                    embedding=None if embedding is None else np.array(embedding, np.float32, copy=True).reshape(-1),
+                    variant=str(variant),
+                    received=now,
+                )
             )
-            with self._done:
-                self._submitted += 1
-            try:
-                self._queue.put_nowait(item)
-            except queue.Full:
-                with self._done:
-                    self._submitted -= 1
-                self._dropped += 1
-                self._metrics.dropped.inc()
         except Exception as exc:
             self._fail("observe", exc)
+
+    def _count_prediction(self, pred: int, variant: str) -> None:
+        child = self._prediction_children.get((pred, variant))
+        if child is None:
+            child = self._metrics.predictions.labels(label=self.labels[pred], variant=variant)
+            self._prediction_children[(pred, variant)] = child
+        child.inc()
+
+    def _enqueue(self, obs: Observation) -> None:
+        """Queue an observation for the monitor's thread; when the queue is full, drop and count it."""
+        with self._done:
+            self._submitted += 1
+        try:
+            self._queue.put_nowait(obs)
+        except queue.Full:
+            with self._done:
+                self._submitted -= 1
+            self._dropped += 1
+            self._metrics.dropped.inc()
 
     def count_error(self, kind: str) -> None:
         """Count one failed request of ``kind`` (e.g. ``"bad_image"``, ``"timeout"``). Never raises."""
@@ -335,45 +340,54 @@ class Monitor:
                 return
             time.sleep(0)  # let request threads take the GIL between batches
 
-    def _process(self, items: list[tuple[Any, ...]]) -> None:
+    def _process(self, items: list[Observation]) -> None:
         """Image statistics, the sink record, the window and (when due) a drift evaluation, for a batch."""
-        features = np.full((len(items), len(FEATURES)), np.nan)
-        try:
-            features[:, :3] = image_stats_batch([item[1] for item in items])
-        except Exception as exc:
-            self._fail("image_stats", exc)
-        for row, item in zip(features, items, strict=True):
-            try:
-                row[3:] = [float(v) for v in item[2]]
-            except Exception as exc:
-                self._fail("original_size", exc)
+        items = self._measure(items)
         if self._feedback is not None and self._feedback.shared:
             try:
-                self._feedback.sync([(item[0], item[3], item[7]) for item in items])
+                self._feedback.sync([(o.request_id, o.prediction, o.received) for o in items])
             except Exception as exc:
                 self._fail("feedback_store", exc)
         if self.config.sink_enabled:
             try:
-                self._log_records(items, features)
+                self._log_records(items)
             except Exception as exc:
                 self._fail("sink", exc)
-        for row, (_, _, _, pred, confidence, embedding, variant, _) in zip(features, items, strict=True):
+        for obs in items:
             try:
-                self.window.add(pred, confidence, tuple(row), embedding, variant)
+                self.window.add(obs)
             except Exception as exc:
                 self._fail("window", exc)
             if self.window.due():
-                try:
-                    results = self.window.evaluate()
-                except Exception as exc:
-                    self._fail("drift", exc)
-                    continue
-                self._publish_drift(results)
-                if self._metrics is not None:
-                    self._metrics.drift_evaluations.inc()
-                time.sleep(0)
+                self._evaluate()
 
-    def _log_records(self, items: list[tuple[Any, ...]], features: np.ndarray) -> None:
+    def _measure(self, items: list[Observation]) -> list[Observation]:
+        """The observations with their :data:`FEATURES` (NaN where they could not be measured)."""
+        features = np.full((len(items), len(FEATURES)), np.nan)
+        try:
+            features[:, :3] = image_stats_batch([obs.grid for obs in items])
+        except Exception as exc:
+            self._fail("image_stats", exc)
+        for row, obs in zip(features, items, strict=True):
+            try:
+                row[3:] = [float(v) for v in obs.original_size]
+            except Exception as exc:
+                self._fail("original_size", exc)
+        return [dataclasses.replace(obs, features=tuple(row)) for row, obs in zip(features, items, strict=True)]
+
+    def _evaluate(self) -> None:
+        """Run the due drift evaluation and publish it."""
+        try:
+            results = self.window.evaluate()
+        except Exception as exc:
+            self._fail("drift", exc)
+            return
+        self._publish_drift(results)
+        if self._metrics is not None:
+            self._metrics.drift_evaluations.inc()
+        time.sleep(0)
+
+    def _log_records(self, items: list[Observation]) -> None:
         """One ``bentoml.monitor`` record per request (written as one batch).
 
         The monitor instance is created once through ``bentoml.monitor`` (so BentoML's ``monitoring``
@@ -382,18 +396,18 @@ class Monitor:
         that failed half-way cannot leave them set and break the next record.
         """
         columns: list[tuple[str, str, str, list[Any]]] = [
-            ("request", "feature", "categorical", [item[0] for item in items]),
-            ("received", "feature", "numerical", [round(item[7], 3) for item in items]),
-            ("variant", "feature", "categorical", [item[6] for item in items]),
+            ("request", "feature", "categorical", [obs.request_id for obs in items]),
+            ("received", "feature", "numerical", [round(obs.received, 3) for obs in items]),
+            ("variant", "feature", "categorical", [obs.variant for obs in items]),
         ]
         for j, name in enumerate(FEATURES):
-            values = features[:, j]
+            values = [obs.features[j] for obs in items]
             if name in ("width", "height"):
                 columns.append((name, "feature", "numerical", [int(v) if v == v else None for v in values]))
             else:
                 columns.append((name, "feature", "numerical", [round(float(v), 4) for v in values]))
-        columns.append(("prediction", "prediction", "categorical", [self.labels[item[3]] for item in items]))
-        columns.append(("confidence", "prediction", "numerical", [round(item[4], 6) for item in items]))
+        columns.append(("prediction", "prediction", "categorical", [self.labels[o.prediction] for o in items]))
+        columns.append(("confidence", "prediction", "numerical", [round(o.confidence, 6) for o in items]))
         contextvars.Context().run(self._write_sink, columns)
 
     def _write_sink(self, columns: list[tuple[str, str, str, list[Any]]]) -> None:

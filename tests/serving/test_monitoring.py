@@ -27,7 +27,7 @@ from edge.manifest import QuantParams, VariantInfo, read_manifest
 from edge.preprocess import decode_file, image_stats, image_stats_batch, stats_grid
 from serving.config import MonitorConfig
 from serving.monitoring import Monitor
-from serving.monitoring.drift import quantize_like
+from serving.monitoring.signals import quantize_like
 from serving.monitoring.stats import (
     chi2_homogeneity,
     gamma_isf,
@@ -573,7 +573,7 @@ def test_corrupt_inputs_and_state_are_counted_not_raised(make_monitor, traffic, 
     assert errors["observe"] == 2 and errors["window"] == 1 and errors["original_size"] == 1
     assert sample(registry, "shipyard_monitoring_errors_total", stage="observe") == 2.0
 
-    mon.reference.confidence = object()  # corrupt state: the confidence test fails, the others still run
+    mon.reference.samples["confidence"] = object()  # corrupt state: the confidence test fails, the others still run
     feed(mon, traffic, "test", 20, np.random.default_rng(0))
     report = mon.drift()
     assert report["signals"]["confidence"]["available"] is False
