@@ -1,5 +1,10 @@
-"""``shipyard``: one verb per stage. Each verb lives in a module of ``shipyard.commands`` exposing
-``register(subparsers)``; handlers import heavy libraries (TensorFlow) only when they run."""
+"""``shipyard``: the one command line, a verb per stage, each a thin wrapper over the Python API
+(:mod:`shipyard.api`) function of the same name.
+
+Each verb lives in a module of ``shipyard.commands`` exposing ``register(subparsers)``; handlers import their
+stage (TensorFlow, BentoML) only when they run, so ``shipyard --help`` stays quick. Every Shipyard error is
+mapped here, in one place, to one line on stderr and exit code 2.
+"""
 
 from __future__ import annotations
 
@@ -38,15 +43,7 @@ def add_config_args(parser: argparse.ArgumentParser, *, config_required: bool = 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, run the verb's handler, map Shipyard errors to one line and exit code 2."""
-    parser = build_parser()
-    raw = list(sys.argv[1:] if argv is None else argv)
-    # A verb that hands its arguments to another program (set_defaults(forward_args=True)) gets everything
-    # after its name, unparsed and in order, in ``args.forwarded``; every other verb is parsed as usual.
-    args, extra = parser.parse_known_args(raw)
-    if getattr(args, "forward_args", False):
-        args.forwarded = raw[raw.index(args.command) + 1 :]
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = build_parser().parse_args(argv)
     try:
         code = args.handler(args)
     except ShipyardError as exc:

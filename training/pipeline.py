@@ -1,4 +1,4 @@
-"""The stage functions behind the CLI verbs: ``run_train``, ``run_evaluate``, ``run_pipeline``."""
+"""The training side's stage functions, called by the front door: ``run_train``, ``run_evaluate``, ``run_pipeline``."""
 
 from __future__ import annotations
 
@@ -15,11 +15,37 @@ from training.config import DataConfig, TrainingConfig, saved_training_config
 
 @dataclass
 class TrainOutcome:
+    """What :func:`run_train` made: the package folder, its manifest, the evaluation table and the run's length."""
+
     package: Path
     manifest: Manifest
     evaluation_table: str
     epochs: int
     seconds: float
+
+
+@dataclass
+class EvaluateOutcome:
+    """What :func:`run_evaluate` measured: the printed table and the full :class:`training.evaluate.Evaluation`."""
+
+    table: str
+    evaluation: Any
+
+
+@dataclass
+class PipelineOutcome:
+    """What :func:`run_pipeline` made: the package, its registry tag, the training outcome and the
+    optimization outcome (``None`` when optimization was skipped)."""
+
+    package: Path
+    tag: str
+    train: TrainOutcome
+    optimize: Any | None
+
+    @property
+    def exit_code(self) -> int:
+        """0, or the optimization's exit code (1 when a variant failed to export or failed its gate)."""
+        return 0 if self.optimize is None else int(self.optimize.exit_code)
 
 
 def run_train(
@@ -94,10 +120,15 @@ def _samples_for(manifest: Manifest, data: Path | None):
     return scan, [Sample(s.path, mapping[s.label]) for s in samples], train_labels
 
 
-def run_evaluate(package: Path | str, data: Path | str | None = None, compare: Path | str | None = None) -> dict[str, Any]:
+def run_evaluate(
+    package: Path | str, data: Path | str | None = None, compare: Path | str | None = None
+) -> EvaluateOutcome:
     """Evaluate a package on its test split (or on ``data``), optionally against another package.
 
-    Returns ``{"table": str, "evaluation": Evaluation}``; with no ``data``, rewrites ``eval/``.
+    With no ``data``, rewrites the package's ``eval/``.
+
+    Raises:
+        ConfigError: no images to evaluate on, classes the model does not know, packages that differ.
     """
     from training.data import load_split_arrays
     from training.evaluate import classification_metrics, evaluate_predictions, write_evaluation
@@ -132,7 +163,7 @@ def run_evaluate(package: Path | str, data: Path | str | None = None, compare: P
         history = json.loads(history_path.read_text()) if history_path.is_file() else None
         write_evaluation(package / "eval", ev, history)
         refresh_files(package, manifest, ("eval",))
-    return {"table": ev.table(), "evaluation": ev}
+    return EvaluateOutcome(table=ev.table(), evaluation=ev)
 
 
 def run_pipeline(
@@ -142,12 +173,11 @@ def run_pipeline(
     verbose: int | str = "auto",
     optimize: bool = True,
     progress=None,
-) -> dict[str, Any]:
+) -> PipelineOutcome:
     """Train, evaluate, package, optimize (build and check the edge variants) and register.
 
-    Returns ``{"package", "tag", "outcome", "optimize"}``; ``optimize`` is the
-    :class:`training.optimize.OptimizeOutcome` (None when skipped). The package is registered even when
-    a variant failed its gate, so it can be inspected; the caller decides the exit code.
+    The package is registered even when a variant failed its gate, so it can be inspected; the caller
+    decides the exit code (:attr:`PipelineOutcome.exit_code`).
     """
     from training.registry import register
 
@@ -158,7 +188,7 @@ def run_pipeline(
 
         optimized = run_optimize(outcome.package, config, progress=progress)
     tag = register(outcome.package)
-    return {"package": outcome.package, "tag": tag, "outcome": outcome, "optimize": optimized}
+    return PipelineOutcome(package=outcome.package, tag=tag, train=outcome, optimize=optimized)
 
 
-__all__ = ["run_evaluate", "run_pipeline", "run_train"]
+__all__ = ["EvaluateOutcome", "PipelineOutcome", "TrainOutcome", "run_evaluate", "run_pipeline", "run_train"]

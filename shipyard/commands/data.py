@@ -35,10 +35,10 @@ def _inspect(args) -> int:
 
 
 def _demo(args) -> int:
-    from training.demo import write_demo_data
+    from shipyard import api
     from training.tables import format_table
 
-    counts = write_demo_data(Path(args.out), size=args.size)
+    counts = api.demo_data(args.out, size=args.size)
     print(format_table(["class", "images"], [[k, v] for k, v in counts.items()] + [["total", sum(counts.values())]]))
     print(Path(args.out))
     return 0

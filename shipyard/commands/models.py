@@ -19,9 +19,9 @@ def register(sub) -> None:
 
 
 def _register(args) -> int:
-    from training.registry import register as do_register
+    from shipyard import api
 
-    print(do_register(args.package))
+    print(api.register(args.package))
     return 0
 
 

@@ -47,20 +47,17 @@ def register(sub) -> None:
 
 
 def _optimize(args) -> int:
-    from edge.manifest import read_manifest
-    from training.optimize import optimize_config_for, run_optimize
+    from shipyard import api
     from training.optimize_report import terminal_table
-
-    manifest = read_manifest(args.package)
-    config = optimize_config_for(manifest, args.config, args.overrides)
 
     def progress(line: str) -> None:
         if not args.quiet:
             print(line, file=sys.stderr, flush=True)
 
-    outcome = run_optimize(
+    outcome = api.optimize(
         args.package,
-        config,
+        args.config,
+        overrides=args.overrides,
         variants=args.variants,
         data=args.data,
         register=args.register,

@@ -74,12 +74,12 @@ def _line(result) -> str:
 
 
 def _report(args) -> int:
-    from training.report import write_report
+    from shipyard import api
 
     def progress(result) -> None:
         print(_line(result), file=sys.stderr, flush=True)
 
-    outcome = write_report(
+    outcome = api.report(
         args.package,
         only=args.only,
         refresh=args.refresh,

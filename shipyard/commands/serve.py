@@ -1,21 +1,14 @@
 """``shipyard serve [TAG]``: start the prediction service (``bentoml serve serving.service:Shipyard``).
 
-The service runs in a child process that imports neither TensorFlow nor ``training``; this command never
-imports ``serving`` either. It builds a :class:`~edge.config.ServeConfig` (an optional YAML's ``serve:``
-section, ``--set serve.key=value`` overrides, then the flags), checks that the model is in the BentoML
-model store, and hands every setting down as ``SHIPYARD_*`` environment variables.
+It builds one :class:`~serving.config.ServeConfig` (an optional YAML's ``serve:`` section, ``--set
+serve.key=value`` overrides, then the flags), checks that the model is in the BentoML model store, and
+runs the server in a child process that gets the whole config as one ``SHIPYARD_SERVE_CONFIG`` JSON
+(:mod:`serving.process`). The child imports neither TensorFlow nor ``training``.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
-
-SERVICE = "serving.service:Shipyard"
 
 
 def register(sub) -> None:
@@ -59,71 +52,26 @@ def serve_config(args: Any) -> Any:
     """The :class:`ServeConfig` from ``--config``, ``--set`` and the flags (in that order of precedence).
 
     Raises:
-        ConfigError: a bad file, key or value.
+        ConfigError: a bad file, key or value. PackageError: no tag, or one the model store lacks.
     """
-    from edge.config import load_section, validate_config
-    from serving.config import ServeConfig
+    from shipyard.api import serve_config_for
 
-    raw = load_section(args.config, "serve", args.overrides, command="shipyard serve")
-    source = str(args.config) if args.config is not None else "serve settings"
     flags = {
-        "model": args.tag,
         "host": args.host,
         "port": args.port,
         "variant": args.variant,
         "workers": args.workers,
         "model_service": args.model_service,
     }
-    raw.update({k: v for k, v in flags.items() if v is not None})
-    return validate_config(ServeConfig, raw, source)
-
-
-def service_root() -> Path:
-    """The directory that holds the ``serving`` package (found without importing it)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("serving")
-    if spec is None or not spec.submodule_search_locations:
-        from edge.errors import ShipyardError
-
-        raise ShipyardError("the serving package is not installed; pip install -e '.[serve]'")
-    return Path(next(iter(spec.submodule_search_locations))).parent
-
-
-def command(config: Any) -> list[str]:
-    """The ``bentoml serve`` command line for ``config``."""
-    return [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        SERVICE,
-        "--host",
-        config.host,
-        "--port",
-        str(config.port),
-        "--working-dir",
-        str(service_root()),
-    ]
+    return serve_config_for(args.tag, args.config, args.overrides, flags)
 
 
 def _serve(args) -> int:
-    from edge.errors import PackageError
-    from training.registry import package_path
+    from serving.process import run_foreground, serve_command
 
     config = serve_config(args)
-    if config.model is None:
-        raise PackageError(
-            "no model to serve: pass a tag (shipyard serve NAME:VERSION, or NAME:latest); "
-            "'shipyard models list' shows the registered ones"
-        )
-    package_path(config.model)  # fails early, with the store's listing hint, when the tag is unknown
-    env = {k: v for k, v in os.environ.items() if k != "SHIPYARD_SERVE_CONFIG"}
-    env.update(config.to_env())
-    env.setdefault("BENTOML_DO_NOT_TRACK", "True")
-    cmd = command(config)
     if args.dry_run:
-        print(" ".join(cmd))
+        print(" ".join(serve_command(config)))
         for key, value in sorted(config.to_env().items()):
             print(f"{key}={value}")
         return 0
@@ -131,31 +79,4 @@ def _serve(args) -> int:
         f"serving {config.model} (variant {config.variant}) on http://{config.host}:{config.port}; Ctrl+C stops",
         flush=True,
     )
-    return run_until_stopped(cmd, env)
-
-
-def run_until_stopped(cmd: list[str], env: dict[str, str]) -> int:
-    """Run the server; pass SIGTERM/SIGHUP on to it, wait on Ctrl+C, never leave it running behind."""
-    proc = subprocess.Popen(cmd, env=env)
-
-    def forward(signum: int, _frame: Any) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        while True:
-            try:
-                return proc.wait()
-            except KeyboardInterrupt:  # the terminal sent SIGINT to the server too; wait for it to stop
-                forward(signal.SIGINT, None)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    return run_foreground(config)

@@ -44,17 +44,13 @@ def _verbosity(args) -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
-def _load(args):
-    from training.config import load_training_config
-
-    return load_training_config(args.config, args.overrides, data=args.data)
-
-
 def _train(args) -> int:
-    from training.pipeline import run_train
+    from shipyard import api
 
-    config = _load(args)
-    outcome = run_train(config, args.output, resume=args.resume, verbose=_verbosity(args))
+    outcome = api.train(
+        args.config, data=args.data, output=args.output, resume=args.resume, verbose=_verbosity(args),
+        overrides=args.overrides,
+    )
     print(outcome.evaluation_table)
     print(f"\ntrained {outcome.epochs} epochs in {outcome.seconds:.1f}s")
     print(outcome.package)
@@ -62,37 +58,32 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from training.pipeline import run_evaluate
+    from shipyard import api
 
-    result = run_evaluate(Path(args.package), args.data, args.compare)
-    print(result["table"])
+    print(api.evaluate(Path(args.package), args.data, compare=args.compare).table)
     return 0
 
 
 def _pipeline(args) -> int:
     import sys
 
-    from training.pipeline import run_pipeline
-
-    config = _load(args)
+    from shipyard import api
 
     def progress(line: str) -> None:
         if not args.quiet:
             print(line, file=sys.stderr, flush=True)
 
-    result = run_pipeline(
-        config, args.output, verbose=_verbosity(args), optimize=not args.no_optimize, progress=progress
+    result = api.pipeline(
+        args.config, data=args.data, output=args.output, verbose=_verbosity(args), optimize=not args.no_optimize,
+        progress=progress, overrides=args.overrides,
     )
-    outcome = result["outcome"]
+    outcome = result.train
     print(outcome.evaluation_table)
-    code = 0
-    optimized = result["optimize"]
-    if optimized is not None:
+    if result.optimize is not None:
         from training.optimize_report import terminal_table
 
         print()
-        print(terminal_table(optimized.results, optimized.reference))
-        code = optimized.exit_code
-    print(f"\ntrained {outcome.epochs} epochs in {outcome.seconds:.1f}s; registered as {result['tag']}")
-    print(result["package"])
-    return code
+        print(terminal_table(result.optimize.results, result.optimize.reference))
+    print(f"\ntrained {outcome.epochs} epochs in {outcome.seconds:.1f}s; registered as {result.tag}")
+    print(result.package)
+    return result.exit_code

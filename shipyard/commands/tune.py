@@ -52,26 +52,25 @@ def register(sub) -> None:
 
 
 def _tune(args) -> int:
-    from training.config import load_training_config
+    from shipyard import api
 
     overrides = list(args.overrides)
     if args.tuner:
         overrides.append(f"tune.tuner={args.tuner}")
-    config = load_training_config(args.config, overrides, data=args.data)
-
-    from training.tune import run_tune
 
     def progress(line: str) -> None:
         if not args.quiet:
             print(line, file=sys.stderr, flush=True)
 
-    outcome = run_tune(config, args.output, fresh=args.fresh, progress=progress)
+    outcome = api.tune(
+        args.config, data=args.data, output=args.output, fresh=args.fresh, progress=progress, overrides=overrides
+    )
     if outcome.role == "worker":
         print(f"ran {outcome.trials_run} trial(s) for the chief")
         return 0
     best = outcome.best
     print(outcome.table)
-    print(f"\n{outcome.stopped}; best: trial {best.trial_id}, {config.tune.objective} = {best.score:.4f}")
+    print(f"\n{outcome.stopped}; best: trial {best.trial_id}, {outcome.best_config.tune.objective} = {best.score:.4f}")
     for name in ("csv", "markdown", "plot"):
         print(f"{name}: {outcome.files[name]}")
     print(f"tensorboard: tensorboard --logdir {outcome.output / 'tensorboard'}")
@@ -79,10 +78,8 @@ def _tune(args) -> int:
         print(outcome.files["best"])
         return 0
 
-    from training.pipeline import run_train
-
     progress(f"training the best config ({outcome.files['best']})")
-    trained = run_train(outcome.best_config, Path(outcome.output) / "best", verbose=0)
+    trained = api.train(outcome.best_config, output=Path(outcome.output) / "best")
     print(trained.evaluation_table)
     print(f"\ntrained {trained.epochs} epochs in {trained.seconds:.1f}s")
     print(trained.package)

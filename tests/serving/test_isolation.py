@@ -48,11 +48,6 @@ def test_serving_sources_import_no_training_or_tensorflow():
             assert name.split(".")[0] not in FORBIDDEN, f"{path.relative_to(ROOT)} imports {name}"
 
 
-def test_the_serve_command_does_not_import_serving():
-    for name in _imports(ROOT / "training" / "commands" / "serve.py"):
-        assert name.split(".")[0] != "serving", name
-
-
 def test_a_process_running_the_service_never_loads_tensorflow(served, images, tmp_path):
     from serving.config import ServeConfig
 
