@@ -7,7 +7,6 @@ import ast
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from _support import ROOT
