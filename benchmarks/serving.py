@@ -43,8 +43,6 @@ import json
 import os
 import platform
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -61,6 +59,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import cpu_name, make_jpeg  # noqa: E402 - after the path set-up
+from edge.files import write_json_atomic  # noqa: E402
+from serving.process import ServerProcess, free_port  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SIZE = 224
@@ -202,67 +202,18 @@ def _child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def cpu_seconds(server: ServerProcess) -> float:
+    """User + system CPU time of the server and all its descendants so far."""
+    import psutil
 
-
-class Server:
-    """A server subprocess in its own session; :meth:`stop` ends it and every child."""
-
-    def __init__(self, cmd: list[str], env: dict[str, str], port: int, log: Path) -> None:
-        self.port = port
-        self.log = log
-        self._log_fh = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=self._log_fh, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def wait_ready(self, path: str, timeout: float = 180.0) -> float:
-        import httpx
-
-        started = time.perf_counter()
-        while time.perf_counter() - started < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}"
-                )
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=2).status_code == 200:
-                    return time.perf_counter() - started
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise RuntimeError(f"server not ready after {timeout} s:\n{self.log.read_text()[-3000:]}")
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the server and all its descendants so far."""
-        import psutil
-
-        total = 0.0
+    total = 0.0
+    for pid in server.pids():
         try:
-            root = psutil.Process(self.proc.pid)
-            procs = [root, *root.children(recursive=True)]
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
         except psutil.NoSuchProcess:
-            return 0.0
-        for p in procs:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-        return total
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self._log_fh.close()
+            pass
+    return total
 
 
 NAIVE_SCRIPT = textwrap.dedent(
@@ -407,7 +358,7 @@ class Sample:
 
 
 def run_round(
-    server: Server, images: list[bytes], clients: int, seconds: float, warmup: float, into: Sample
+    server: ServerProcess, images: list[bytes], clients: int, seconds: float, warmup: float, into: Sample
 ) -> None:
     """One round: ``warmup`` unmeasured seconds, then ``seconds`` measured, of ``clients`` keep-alive
     connections posting images back to back to ``/classify``; adds requests, latencies and CPU to ``into``."""
@@ -420,7 +371,7 @@ def run_round(
                 for c in range(clients)
             )
         )
-        cpu0, own0 = server.cpu_seconds(), time.process_time()
+        cpu0, own0 = cpu_seconds(server), time.process_time()
         started = time.perf_counter()
         errors: dict[str, int] = {}
         await asyncio.gather(
@@ -430,7 +381,7 @@ def run_round(
             )
         )
         into.wall += time.perf_counter() - started
-        into.cpu += server.cpu_seconds() - cpu0
+        into.cpu += cpu_seconds(server) - cpu0
         into.own += time.process_time() - own0
         for code, count in errors.items():
             into.errors[code] = into.errors.get(code, 0) + count
@@ -440,47 +391,39 @@ def run_round(
 
 def start_service(
     home: Path, tag: str, workdir: Path, name: str, **settings: Any
-) -> tuple[Server, dict[str, Any]]:
+) -> tuple[ServerProcess, dict[str, Any]]:
     """``bentoml serve`` with the default ServeConfig but ``settings`` (``monitoring=False`` turns it off)."""
     from serving.config import ServeConfig
 
     monitoring = settings.pop("monitoring", True)
-    config = ServeConfig(model=tag, **settings)
+    config = ServeConfig(model=tag, port=free_port(), **settings)
     config.monitor.enabled = monitoring
-    port = free_port()
-    env = _child_env(BENTOML_HOME=str(home), **config.to_env())
-    cmd = [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        "serving.service:Shipyard",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    return Server(cmd, env, port, workdir / f"{name}.log"), json.loads(config.model_dump_json())
+    env = _child_env(BENTOML_HOME=str(home))
+    server = ServerProcess(config, workdir / f"{name}.log", environ=env, cwd=ROOT).start()
+    return server, json.loads(config.model_dump_json())
 
 
-def start_naive(pkg: Path, workdir: Path) -> Server:
+def start_naive(pkg: Path, workdir: Path) -> ServerProcess:
+    """:data:`NAIVE_SCRIPT` on a free port (it ignores the ServeConfig handed to it)."""
     from edge.manifest import read_manifest
+    from serving.config import ServeConfig
 
     labels = read_manifest(pkg).labels
-    port = free_port()
+    config = ServeConfig(port=free_port())
     cmd = [
         sys.executable,
         "-c",
         NAIVE_SCRIPT,
         str(pkg / "keras" / "model.keras"),
         json.dumps(labels),
-        str(port),
+        str(config.port),
     ]
-    return Server(cmd, _child_env(TF_CPP_MIN_LOG_LEVEL="3"), port, workdir / "naive.log")
+    env = _child_env(TF_CPP_MIN_LOG_LEVEL="3")
+    return ServerProcess(config, workdir / "naive.log", command=cmd, environ=env, cwd=ROOT).start()
 
 
 def bench_servers(
-    servers: dict[str, Server],
+    servers: dict[str, ServerProcess],
     images: list[bytes],
     clients: list[int],
     seconds: float,
@@ -622,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     limit = measure_limit(
         pkg, image_paths, sweep, [args.duration if b in (1, max_batch) else 4.0 for b in sweep]
     )
-    servers: dict[str, Server] = {}
+    servers: dict[str, ServerProcess] = {}
     configs: dict[str, dict[str, Any]] = {}
     startup: dict[str, float] = {}
     try:
@@ -632,9 +575,9 @@ def main(argv: list[str] | None = None) -> int:
             ("service_on_no_monitoring", {"batching": True, "monitoring": False}),
         ):
             servers[name], configs[name] = start_service(home, tag, workdir, name, **settings)
-            startup[name] = servers[name].wait_ready("/readyz")
+            startup[name] = servers[name].wait_ready(path="/readyz")
         servers["naive"] = start_naive(pkg, workdir)
-        startup["naive"] = servers["naive"].wait_ready("/")
+        startup["naive"] = servers["naive"].wait_ready(path="/")
         print("services (interleaved rounds)...", flush=True)
         rows = bench_servers(
             servers,
@@ -697,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     report["targets"] = targets(report)
     print_table(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomic(args.out, report)
     print(f"\nwrote {args.out}")
     return 0
 

@@ -13,12 +13,8 @@ import importlib
 import io
 import os
 import shutil
-import signal
-import socket
 import struct
-import subprocess
 import sys
-import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from serving.process import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVED_NAME = "serving-tiny"
@@ -205,89 +203,20 @@ def client(served) -> Iterator:
 # ------------------------------------------------------------------------------------------ real server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RunningServer:
-    """``bentoml serve serving.service:Shipyard`` (or another command) in its own process group."""
-
-    def __init__(self, env: dict[str, str], log: Path, cmd: list[str] | None = None, port: int | None = None):
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        cmd = cmd or [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "serving.service:Shipyard",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-        ]
-        full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", **env}
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def wait_ready(self, timeout: float = 180.0) -> float:
-        import httpx
-
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()[-4000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return time.monotonic() - started
-            time.sleep(0.3)
-        raise RuntimeError(f"server not ready after {timeout} s:\n{self.output()[-4000:]}")
-
-    def output(self) -> str:
-        self._log.flush()
-        return self.log.read_text(errors="replace")
-
-    def pids(self) -> list[int]:
-        """The server and all its descendants."""
-        import psutil
-
-        try:
-            root = psutil.Process(self.proc.pid)
-            return [root.pid, *(p.pid for p in root.children(recursive=True))]
-        except psutil.NoSuchProcess:
-            return []
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self._log.close()
-
-
 @contextlib.contextmanager
-def running_server(tag: str, log: Path, **settings) -> Iterator[RunningServer]:
-    """A real server for the block; stopped (with every child) however the block ends."""
-    server = RunningServer(service_env(tag, **settings), log)
-    try:
-        server.wait_ready()
+def running_server(tag: str, log: Path, **settings) -> Iterator[ServerProcess]:
+    """A real ``bentoml serve`` for ``ServeConfig(model=tag, **settings)`` on a free port of 127.0.0.1,
+    ready, for the block; stopped (with every child) however the block ends."""
+    from serving.config import ServeConfig
+
+    config = ServeConfig(model=tag, host="127.0.0.1", port=free_port(), **settings)
+    with ServerProcess(config, log, cwd=ROOT) as server:
+        server.wait_ready(180.0)
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
-def server(served, tmp_path_factory) -> Iterator[RunningServer]:
+def server(served, tmp_path_factory) -> Iterator[ServerProcess]:
     """A real server with default settings except a 1 MB body cap (to test it with a small upload)."""
     log = tmp_path_factory.mktemp("server") / "server.log"
     with running_server(served.tag, log, max_request_bytes=1024 * 1024) as s:

@@ -1,6 +1,6 @@
-"""The serving side never imports TensorFlow or ``training`` (DESIGN.md's one rule), and ``shipyard serve``
-never imports ``serving``: checked in the sources, in a process that runs the service, and in a fresh
-virtual environment that has only the ``serve`` extra installed."""
+"""The serving side never imports TensorFlow or ``training`` (DESIGN.md's one rule), and the process control
+that starts a server (``serving.process``) loads neither BentoML nor the service: checked in the sources, in a
+process that runs the service, and in a fresh virtual environment that has only the ``serve`` extra installed."""
 
 from __future__ import annotations
 
@@ -46,6 +46,14 @@ def test_serving_sources_import_no_training_or_tensorflow():
     for path in files:
         for name in _imports(path):
             assert name.split(".")[0] not in FORBIDDEN, f"{path.relative_to(ROOT)} imports {name}"
+
+
+def test_starting_a_server_loads_neither_bentoml_nor_the_service():
+    code = "import sys, serving.process; print(sorted(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    loaded = {m.split(".")[0] for m in eval(done.stdout.strip().splitlines()[-1])}
+    assert not loaded & {"bentoml", "locust", "gevent", *FORBIDDEN}, sorted(loaded)
 
 
 def test_a_process_running_the_service_never_loads_tensorflow(served, images, tmp_path):

@@ -217,7 +217,9 @@ def test_shipyard_serve_starts_and_stops_the_service(served, images, tmp_path):
     import sys
 
     import psutil
-    from serving_support import RunningServer, free_port
+
+    from serving.config import ServeConfig
+    from serving.process import ServerProcess, free_port
 
     port = free_port()
     shipyard = Path(sys.executable).parent / "shipyard"
@@ -232,7 +234,7 @@ def test_shipyard_serve_starts_and_stops_the_service(served, images, tmp_path):
         "--variant",
         "fp32.tflite",
     ]
-    server = RunningServer({}, tmp_path / "cli.log", cmd=cmd, port=port)
+    server = ServerProcess(ServeConfig(port=port), tmp_path / "cli.log", command=cmd).start()
     try:
         server.wait_ready()
         body = httpx.post(server.url + "/classify", files=_files(images.png[0]), timeout=30).json()
