@@ -524,6 +524,98 @@ def print_table(report: dict[str, Any]) -> None:
     )
 
 
+def run_servers(
+    home: Path, tag: str, pkg: Path, workdir: Path, images: list[bytes], args: argparse.Namespace
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float], dict[str, dict[str, Any]]]:
+    """Start the three service settings and the naive server side by side, measure them in interleaved
+    rounds, stop them all; return the rows, the startup seconds and the service configs per server."""
+    servers: dict[str, ServerProcess] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    startup: dict[str, float] = {}
+    try:
+        for name, settings in (
+            ("service_on", {"batching": True}),
+            ("service_off", {"batching": False}),
+            ("service_on_no_monitoring", {"batching": True, "monitoring": False}),
+        ):
+            servers[name], configs[name] = start_service(home, tag, workdir, name, **settings)
+            startup[name] = servers[name].wait_ready(path="/readyz")
+        servers["naive"] = start_naive(pkg, workdir)
+        startup["naive"] = servers["naive"].wait_ready(path="/")
+        print("services (interleaved rounds)...", flush=True)
+        rows = bench_servers(
+            servers,
+            images,
+            args.clients,
+            args.duration,
+            args.warmup,
+            args.rounds,
+            only_32=("service_on_no_monitoring",),
+        )
+    finally:
+        for server in servers.values():
+            server.stop()
+    return rows, startup, configs
+
+
+def average_limit(limit: dict[str, Any], after: dict[str, Any]) -> None:
+    """Fold the limit measured after the servers into the one measured before (their mean, both kept)."""
+    limit["rows_after"] = after["rows"]
+    for row, later in zip(limit["rows"], after["rows"], strict=True):
+        row["cpu_s_per_image_before_after"] = [row["cpu_s_per_image"], later["cpu_s_per_image"]]
+        row["cpu_s_per_image"] = (row["cpu_s_per_image"] + later["cpu_s_per_image"]) / 2
+        row["images_per_s"] = (row["images_per_s"] + later["images_per_s"]) / 2
+        row["ms_per_image"] = (row["ms_per_image"] + later["ms_per_image"]) / 2
+
+
+def make_report(
+    tag: str,
+    images: list[bytes],
+    limit: dict[str, Any],
+    rows: dict[str, list[dict[str, Any]]],
+    startup: dict[str, float],
+    configs: dict[str, dict[str, Any]],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """The JSON report: the model, the limit, every server's rows, the machine and the settings."""
+
+    def entry(name: str) -> dict[str, Any]:
+        return {"startup_s": startup[name], "rows": rows[name], "config": configs.get(name)}
+
+    on, off, quiet, naive = (
+        entry(n) for n in ("service_on", "service_off", "service_on_no_monitoring", "naive")
+    )
+
+    return {
+        "benchmark": "serving",
+        "model": {
+            "base": "mobilenet_v2",
+            "weights": "random",
+            "size": SIZE,
+            "classes": CLASSES,
+            "tag": tag,
+            "upload_bytes_mean": float(np.mean([len(b) for b in images])),
+        },
+        "limit": limit,
+        "service_on": on,
+        "service_off": off,
+        "service_on_no_monitoring": quiet,
+        "naive": naive,
+        "machine": {
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_1_5_15_min_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "settings": {
+            "duration_s": args.duration,
+            "rounds": args.rounds,
+            "warmup_s_per_round": args.warmup,
+            "clients": args.clients,
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=12.0, help="measured seconds per setting")
@@ -565,78 +657,14 @@ def main(argv: list[str] | None = None) -> int:
     limit = measure_limit(
         pkg, image_paths, sweep, [args.duration if b in (1, max_batch) else 4.0 for b in sweep]
     )
-    servers: dict[str, ServerProcess] = {}
-    configs: dict[str, dict[str, Any]] = {}
-    startup: dict[str, float] = {}
-    try:
-        for name, settings in (
-            ("service_on", {"batching": True}),
-            ("service_off", {"batching": False}),
-            ("service_on_no_monitoring", {"batching": True, "monitoring": False}),
-        ):
-            servers[name], configs[name] = start_service(home, tag, workdir, name, **settings)
-            startup[name] = servers[name].wait_ready(path="/readyz")
-        servers["naive"] = start_naive(pkg, workdir)
-        startup["naive"] = servers["naive"].wait_ready(path="/")
-        print("services (interleaved rounds)...", flush=True)
-        rows = bench_servers(
-            servers,
-            images,
-            args.clients,
-            args.duration,
-            args.warmup,
-            args.rounds,
-            only_32=("service_on_no_monitoring",),
-        )
-    finally:
-        for server in servers.values():
-            server.stop()
+    rows, startup, configs = run_servers(home, tag, pkg, workdir, images, args)
     print("limit again...", flush=True)
     limit_after = measure_limit(
         pkg, image_paths, sweep, [args.duration if b in (1, max_batch) else 4.0 for b in sweep]
     )
-    limit["rows_after"] = limit_after["rows"]
-    for row, after in zip(limit["rows"], limit_after["rows"], strict=True):
-        row["cpu_s_per_image_before_after"] = [row["cpu_s_per_image"], after["cpu_s_per_image"]]
-        row["cpu_s_per_image"] = (row["cpu_s_per_image"] + after["cpu_s_per_image"]) / 2
-        row["images_per_s"] = (row["images_per_s"] + after["images_per_s"]) / 2
-        row["ms_per_image"] = (row["ms_per_image"] + after["ms_per_image"]) / 2
+    average_limit(limit, limit_after)
 
-    def entry(name: str) -> dict[str, Any]:
-        return {"startup_s": startup[name], "rows": rows[name], "config": configs.get(name)}
-
-    on, off, quiet, naive = (
-        entry(n) for n in ("service_on", "service_off", "service_on_no_monitoring", "naive")
-    )
-
-    report: dict[str, Any] = {
-        "benchmark": "serving",
-        "model": {
-            "base": "mobilenet_v2",
-            "weights": "random",
-            "size": SIZE,
-            "classes": CLASSES,
-            "tag": tag,
-            "upload_bytes_mean": float(np.mean([len(b) for b in images])),
-        },
-        "limit": limit,
-        "service_on": on,
-        "service_off": off,
-        "service_on_no_monitoring": quiet,
-        "naive": naive,
-        "machine": {
-            "cpu": cpu_name(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average_1_5_15_min_after": [round(x, 2) for x in os.getloadavg()],
-        },
-        "settings": {
-            "duration_s": args.duration,
-            "rounds": args.rounds,
-            "warmup_s_per_round": args.warmup,
-            "clients": args.clients,
-        },
-    }
+    report = make_report(tag, images, limit, rows, startup, configs, args)
     report["targets"] = targets(report)
     print_table(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
