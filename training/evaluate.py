@@ -44,16 +44,21 @@ def classification_metrics(
     counted = count_metrics(labels, preds, class_names)
     out: dict[str, Any] = {
         "count": len(labels),
-        "loss": float(-np.mean(np.log(np.clip(probabilities[np.arange(len(labels)), labels], EPS, 1.0)))) if len(labels) else 0.0,
+        "loss": float(-np.mean(np.log(np.clip(probabilities[np.arange(len(labels)), labels], EPS, 1.0))))
+        if len(labels)
+        else 0.0,
         "accuracy": counted["accuracy"],
     }
     if n_classes > top_k:
         topk = np.argsort(-probabilities, axis=1)[:, :top_k]
-        out[f"top{top_k}_accuracy"] = float(np.mean([lab in row for lab, row in zip(labels, topk, strict=True)]))
+        out[f"top{top_k}_accuracy"] = float(
+            np.mean([lab in row for lab, row in zip(labels, topk, strict=True)])
+        )
     out["macro"] = counted["macro"]
     out["weighted"] = counted["weighted"]
     out["per_class"] = {
-        row["label"]: {k: row[k] for k in ("precision", "recall", "f1", "support")} for row in counted["per_class"]
+        row["label"]: {k: row[k] for k in ("precision", "recall", "f1", "support")}
+        for row in counted["per_class"]
     }
     out["confusion_matrix"] = counted["confusion"]
     return out
@@ -165,7 +170,9 @@ def evaluate_predictions(
     return Evaluation(metrics=metrics, baseline=baseline, labels=class_names, misclassified=wrong)
 
 
-def write_evaluation(eval_dir: Path, evaluation: Evaluation, history: dict[str, list[float]] | None = None) -> list[Path]:
+def write_evaluation(
+    eval_dir: Path, evaluation: Evaluation, history: dict[str, list[float]] | None = None
+) -> list[Path]:
     """Write metrics.json, confusion_matrix.json/.png, per_class.csv, misclassified.json, learning_curves.png.
 
     The pictures are drawn by :mod:`training.visualize.drawing` (the same drawers as ``plots/``).
@@ -188,7 +195,9 @@ def write_evaluation(eval_dir: Path, evaluation: Evaluation, history: dict[str, 
         lines.append(f"{name},{v['precision']:.6f},{v['recall']:.6f},{v['f1']:.6f},{v['support']}")
     (eval_dir / "per_class.csv").write_text("\n".join(lines) + "\n")
     written.append(eval_dir / "per_class.csv")
-    plot_confusion_matrix(evaluation.metrics["confusion_matrix"], evaluation.labels, eval_dir / "confusion_matrix.png")
+    plot_confusion_matrix(
+        evaluation.metrics["confusion_matrix"], evaluation.labels, eval_dir / "confusion_matrix.png"
+    )
     written.append(eval_dir / "confusion_matrix.png")
     if history:
         with contextlib.suppress(PlotSkipped):  # a history without any curve to draw

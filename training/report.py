@@ -123,16 +123,40 @@ def _card(rows: list[tuple[str, str]]) -> str:
 def model_card(manifest: Manifest) -> str:
     """The model card: identity, base, input, classes, training settings and the dataset."""
     cfg = manifest.training_config or {}
-    train = cfg.get("train", {})
     data = cfg.get("data", {})
+    augment = {k: v for k, v in (data.get("augment") or {}).items() if v}
+    rows = [
+        *_model_rows(manifest),
+        ("Training", _training_text(cfg.get("train", {}), manifest.metrics or {})),
+        (
+            "Augmentation",
+            _e(", ".join(f"{k} {v}" if v is not True else k for k, v in augment.items()) or "none"),
+        ),
+    ]
+    ds = manifest.dataset
+    if ds is not None:
+        rows += [
+            ("Dataset", f"<span class='mono'>{_e(ds.path)}</span>"),
+            ("Fingerprint", f"<span class='mono'>{_e(ds.fingerprint)}</span>"),
+            (
+                "Splits",
+                ", ".join(f"{_e(k)} {v:,}" for k, v in ds.split_counts.items())
+                + f"; {ds.skipped_files} file(s) skipped; batch size {ds.batch_size}",
+            ),
+            ("Loading", f"{_e(ds.loading)}: {_e(ds.loading_reason)}"),
+        ]
+    out = _card(rows)
+    if ds is not None and ds.class_counts:
+        out += _class_counts_details(ds.class_counts, manifest.labels)
+    return out
+
+
+def _model_rows(manifest: Manifest) -> list[tuple[str, str]]:
+    """The card's rows about the model itself: tag, base, parameters, input and classes."""
     base = manifest.base_model or {}
     params = base.get("parameters") or {}
-    ft = train.get("fine_tune") or {}
-    metrics = manifest.metrics or {}
-    phases = metrics.get("phase_epochs") or {}
-    augment = {k: v for k, v in (data.get("augment") or {}).items() if v}
     inp = manifest.input
-    rows = [
+    return [
         (
             "Model",
             f"<b>{_e(manifest.tag)}</b>, created {_e(manifest.created.strftime('%Y-%m-%d %H:%M UTC'))}",
@@ -155,58 +179,44 @@ def model_card(manifest: Manifest) -> str:
             f"{inp.height}x{inp.width}x{inp.channels} {inp.dtype} {inp.color}, {inp.resize} resize, {inp.layout}",
         ),
         ("Classes", f"{manifest.num_classes}: " + ", ".join(_e(x) for x in manifest.labels)),
-        (
-            "Training",
-            f"{_e(metrics.get('epochs'))} epochs run ("
-            + ", ".join(f"{_e(k)} {_e(v)}" for k, v in phases.items())
-            + f") of {_e(train.get('epochs'))} configured; optimizer {_e(train.get('optimizer'))}, learning rate "
-            f"{_e(train.get('learning_rate'))}, loss {_e(train.get('loss'))}"
-            + (
-                f" (label smoothing {_e(train.get('label_smoothing'))})"
-                if train.get("label_smoothing")
-                else ""
-            )
-            + (
-                f"; fine-tuning {_e(ft.get('epochs'))} epochs of the top {_e(ft.get('unfreeze_layers'))} base layers "
-                f"at {_e(ft.get('learning_rate'))}"
-                if ft.get("enabled")
-                else "; no fine-tuning"
-            )
-            + f"; early stopping patience {_e(train.get('early_stopping_patience'))}, seed {_e(train.get('seed'))}"
-            + (
-                f"; {_num(metrics.get('train_seconds'), '.1f')} s"
-                if metrics.get("train_seconds") is not None
-                else ""
-            ),
-        ),
-        (
-            "Augmentation",
-            _e(", ".join(f"{k} {v}" if v is not True else k for k, v in augment.items()) or "none"),
-        ),
     ]
-    ds = manifest.dataset
-    if ds is not None:
-        rows += [
-            ("Dataset", f"<span class='mono'>{_e(ds.path)}</span>"),
-            ("Fingerprint", f"<span class='mono'>{_e(ds.fingerprint)}</span>"),
-            (
-                "Splits",
-                ", ".join(f"{_e(k)} {v:,}" for k, v in ds.split_counts.items())
-                + f"; {ds.skipped_files} file(s) skipped; batch size {ds.batch_size}",
-            ),
-            ("Loading", f"{_e(ds.loading)}: {_e(ds.loading_reason)}"),
-        ]
-    out = _card(rows)
-    if ds is not None and ds.class_counts:
-        splits = [s for s in ds.class_counts if sum(ds.class_counts[s].values())]
-        body = [[label, *(ds.class_counts[s].get(label, 0) for s in splits)] for label in manifest.labels]
-        body.append(["total", *(sum(ds.class_counts[s].values()) for s in splits)])
-        out += (
-            "<details><summary>Images per class and split</summary>"
-            + _table(["class", *splits], body)
-            + "</details>"
+
+
+def _training_text(train: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """The card's training row: epochs run per phase, optimizer, loss, fine-tuning, early stopping, time."""
+    ft = train.get("fine_tune") or {}
+    phases = metrics.get("phase_epochs") or {}
+    return (
+        f"{_e(metrics.get('epochs'))} epochs run ("
+        + ", ".join(f"{_e(k)} {_e(v)}" for k, v in phases.items())
+        + f") of {_e(train.get('epochs'))} configured; optimizer {_e(train.get('optimizer'))}, learning rate "
+        f"{_e(train.get('learning_rate'))}, loss {_e(train.get('loss'))}"
+        + (f" (label smoothing {_e(train.get('label_smoothing'))})" if train.get("label_smoothing") else "")
+        + (
+            f"; fine-tuning {_e(ft.get('epochs'))} epochs of the top {_e(ft.get('unfreeze_layers'))} base layers "
+            f"at {_e(ft.get('learning_rate'))}"
+            if ft.get("enabled")
+            else "; no fine-tuning"
         )
-    return out
+        + f"; early stopping patience {_e(train.get('early_stopping_patience'))}, seed {_e(train.get('seed'))}"
+        + (
+            f"; {_num(metrics.get('train_seconds'), '.1f')} s"
+            if metrics.get("train_seconds") is not None
+            else ""
+        )
+    )
+
+
+def _class_counts_details(class_counts: dict[str, dict[str, int]], labels: list[str]) -> str:
+    """A folded table of images per class and split."""
+    splits = [s for s in class_counts if sum(class_counts[s].values())]
+    body = [[label, *(class_counts[s].get(label, 0) for s in splits)] for label in labels]
+    body.append(["total", *(sum(class_counts[s].values()) for s in splits)])
+    return (
+        "<details><summary>Images per class and split</summary>"
+        + _table(["class", *splits], body)
+        + "</details>"
+    )
 
 
 def metrics_section(package: Path, manifest: Manifest) -> str:
@@ -470,14 +480,7 @@ def write_report(
     config = config_for(manifest, overrides)
     kinds = check_kinds(only)
     index = read_index(package)
-    todo = [
-        k
-        for k in kinds
-        if refresh
-        or k not in index
-        or index[k].get("status") != "ok"
-        or not (package / (index[k].get("file") or "")).is_file()
-    ]
+    todo = [k for k in kinds if refresh or not _picture_is_there(package, index.get(k))]
     made = []
     if todo:
         made = write_plots(package, manifest, config, kinds=todo, data=data, progress=progress)
@@ -491,6 +494,11 @@ def write_report(
         record_file(package, manifest, PAGE_FILE)
         write_manifest(package, manifest)
     return ReportOutcome(target, rows, made, embedded, (package / OPTIMIZATION_JSON).is_file())
+
+
+def _picture_is_there(package: Path, row: dict[str, Any] | None) -> bool:
+    """Whether an index row says its picture was made and the file is still there."""
+    return row is not None and row.get("status") == "ok" and (package / (row.get("file") or "")).is_file()
 
 
 __all__ = ["PAGE_FILE", "ReportOutcome", "config_for", "model_card", "render_page", "write_report"]
