@@ -216,7 +216,7 @@ def test_the_locust_processes_read_the_one_config():
     config = LoadTestConfig(images="/data", think_min_s=0, think_max_s=0, request_timeout_s=600, bad_share=0.9)
     assert LoadTestConfig.from_env(config.to_env()) == config and list(config.to_env()) == [LoadTestConfig.ENV]
     assert LoadTestConfig.from_env({}) == LoadTestConfig()
-    with pytest.raises(ConfigError, match="SHIPYARD_LOADTEST_CONFIG.*batch_images"):
+    with pytest.raises(ConfigError, match=r"SHIPYARD_LOADTEST_CONFIG.*batch_images"):
         LoadTestConfig.from_env({LoadTestConfig.ENV: '{"batch_images": 65}'})
     assert not hasattr(checks, "Settings")  # no second codec with bounds of its own
 
