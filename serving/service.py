@@ -25,8 +25,15 @@ from starlette.responses import JSONResponse
 from edge.runners import default_threads
 from serving.batching import LocalModel, Overloaded, RemoteModel
 from serving.http import JSON, MULTIPART, ClientError, RequestGuard, Upload, info_app, quiet_client_errors
-from serving.inference import Predictor, unpack
-from serving.processing import GuardedMonitor, decode_opened, limit_blas_threads, open_uploads, rank
+from serving.inference import Predictor, Unpacked, unpack
+from serving.processing import (
+    Decoded,
+    GuardedMonitor,
+    decode_opened,
+    limit_blas_threads,
+    open_uploads,
+    rank,
+)
 from serving.schemas import (
     BATCH_EXAMPLE,
     CLASSIFY_EXAMPLE,
@@ -236,22 +243,49 @@ class Shipyard:
     async def _classify(
         self, uploads: list[Upload], field: str, top_k: int | None, started: float
     ) -> list[ClassifyResult] | JSONResponse:
+        """Decode, predict, answer and monitor the images of one request."""
+        decoded = await self._decode(uploads, field)
+        sent = time.perf_counter()
+        rows = await self._predict(np.stack([d.pixels for d in decoded]))
+        if isinstance(rows, JSONResponse):
+            return rows
+        roundtrip = time.perf_counter() - sent
+        k = top_k or CONFIG.top_k
+        results = [
+            self._answer(d, out, roundtrip, k)
+            for d, out in zip(decoded, unpack(rows, len(self.labels)), strict=True)
+        ]
+        total = time.perf_counter() - started
+        for result, d in zip(results, decoded, strict=True):
+            result.latency_ms = total * 1000
+            self.monitor.timings(
+                decode=d.seconds,
+                queue=result.timing.queue_ms / 1000,
+                inference=result.timing.inference_ms / 1000,
+                total=total,
+            )
+        return results
+
+    async def _decode(self, uploads: list[Upload], field: str) -> list[Decoded]:
+        """The uploads as model inputs: small ones decoded on the event loop, bigger ones in a thread.
+
+        Raises:
+            ClientError: a file is empty, not an image, of an unsupported format or too large (counted).
+        """
         contract = self.manifest.input
         try:
             opened = open_uploads(uploads, max_pixels=CONFIG.max_pixels, field=field)
             if sum(o.pixels for o in opened) <= INLINE_DECODE_PIXELS:
-                decoded = decode_opened(opened, contract)
-            else:
-                decoded = await anyio.to_thread.run_sync(
-                    decode_opened, opened, contract, limiter=self._decode_limiter
-                )
+                return decode_opened(opened, contract)
+            return await anyio.to_thread.run_sync(decode_opened, opened, contract, limiter=self._decode_limiter)
         except ClientError as exc:
             self.monitor.error({413: "too_large", 415: "unsupported_format"}.get(exc.status, "bad_image"))
             raise
-        pixels = np.stack([d.pixels for d in decoded])
-        sent = time.perf_counter()
+
+    async def _predict(self, pixels: np.ndarray) -> np.ndarray | JSONResponse:
+        """The model's packed output rows, or a 503 answer when the batch queue is overloaded."""
         try:
-            rows = await self.model.predict(pixels)
+            return await self.model.predict(pixels)
         except Overloaded:
             self.monitor.error("overloaded")
             return JSONResponse(
@@ -264,46 +298,28 @@ class Shipyard:
         except Exception:
             self.monitor.error("internal")
             raise
-        roundtrip = time.perf_counter() - sent
-        k = top_k or CONFIG.top_k
-        results = []
-        for d, out in zip(decoded, unpack(rows, len(self.labels)), strict=True):
-            request_id = uuid.uuid4().hex
-            queue_s = max(0.0, roundtrip - out.inference_s)
-            self.monitor.prediction(
-                request_id,
-                d.pixels,
-                (d.info.width, d.info.height),
-                out.probabilities,
-                out.embedding,
-                self.variant,
-            )
-            results.append(
-                ClassifyResult(
-                    request_id=request_id,
-                    model=self.tag,
-                    variant=self.variant_file,
-                    predictions=rank(out.probabilities, self.labels, k),
-                    latency_ms=0.0,
-                    image=d.info,
-                    timing=Timing(
-                        decode_ms=d.seconds * 1000,
-                        queue_ms=queue_s * 1000,
-                        inference_ms=out.inference_s * 1000,
-                        batch_size=out.batch_size,
-                    ),
-                )
-            )
-        total = time.perf_counter() - started
-        for result, d in zip(results, decoded, strict=True):
-            result.latency_ms = total * 1000
-            self.monitor.timings(
-                decode=d.seconds,
-                queue=result.timing.queue_ms / 1000,
-                inference=result.timing.inference_ms / 1000,
-                total=total,
-            )
-        return results
+
+    def _answer(self, d: Decoded, out: Unpacked, roundtrip: float, k: int) -> ClassifyResult:
+        """One image's result (latency filled in by the caller), after handing it to the monitor."""
+        request_id = uuid.uuid4().hex
+        queue_s = max(0.0, roundtrip - out.inference_s)
+        self.monitor.prediction(
+            request_id, d.pixels, (d.info.width, d.info.height), out.probabilities, out.embedding, self.variant
+        )
+        return ClassifyResult(
+            request_id=request_id,
+            model=self.tag,
+            variant=self.variant_file,
+            predictions=rank(out.probabilities, self.labels, k),
+            latency_ms=0.0,
+            image=d.info,
+            timing=Timing(
+                decode_ms=d.seconds * 1000,
+                queue_ms=queue_s * 1000,
+                inference_ms=out.inference_s * 1000,
+                batch_size=out.batch_size,
+            ),
+        )
 
 
 def _request_start(ctx: Any) -> float:

@@ -233,38 +233,7 @@ class FeedbackStore:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                row = db.execute(
-                    "SELECT pred, t, true_label FROM predictions WHERE model = ? AND request_id = ?",
-                    (self.model, request_id),
-                ).fetchone()
-                if row is None:
-                    if local is None:
-                        raise FeedbackNotFoundError(
-                            f"request {request_id!r} is unknown or expired: feedback is accepted for "
-                            f"{self.ttl_s:g} s after a prediction, for the last {self.capacity} predictions"
-                        )
-                    pred = local[0]
-                    db.execute(
-                        "INSERT INTO predictions (model, request_id, pred, t, true_label, correct, labelled_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (self.model, request_id, pred, local[1], true_index, int(pred == true_index), now),
-                    )
-                else:
-                    pred, t, labelled = row
-                    if labelled is not None:
-                        raise FeedbackConflictError(
-                            f"request {request_id!r} already received its label; send feedback once"
-                        )
-                    if t < now - self.ttl_s:
-                        raise FeedbackNotFoundError(
-                            f"request {request_id!r} is expired: feedback is accepted for {self.ttl_s:g} s "
-                            "after a prediction"
-                        )
-                    db.execute(
-                        "UPDATE predictions SET true_label = ?, correct = ?, labelled_at = ? "
-                        "WHERE model = ? AND request_id = ?",
-                        (true_index, int(pred == true_index), now, self.model, request_id),
-                    )
+                pred = self._label_row(db, request_id, local, true_index, now)
                 db.execute(
                     "INSERT INTO totals (model, count, correct) VALUES (?, 1, ?) "
                     "ON CONFLICT (model) DO UPDATE SET count = count + 1, correct = correct + excluded.correct",
@@ -286,6 +255,46 @@ class FeedbackStore:
                 db.execute("ROLLBACK")
                 raise
         return int(pred), int(count), int(right), recent
+
+    def _label_row(
+        self, db: Any, request_id: str, local: tuple[int, float] | None, true_index: int, now: float
+    ) -> int:
+        """Store the true label on the prediction's row (inserting the row from ``local`` when another
+        worker never saw it); return the predicted index.
+
+        Raises:
+            FeedbackNotFoundError: unknown or expired request id.
+            FeedbackConflictError: the request already has its label.
+        """
+        row = db.execute(
+            "SELECT pred, t, true_label FROM predictions WHERE model = ? AND request_id = ?",
+            (self.model, request_id),
+        ).fetchone()
+        if row is None:
+            if local is None:
+                raise FeedbackNotFoundError(
+                    f"request {request_id!r} is unknown or expired: feedback is accepted for "
+                    f"{self.ttl_s:g} s after a prediction, for the last {self.capacity} predictions"
+                )
+            pred = local[0]
+            db.execute(
+                "INSERT INTO predictions (model, request_id, pred, t, true_label, correct, labelled_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (self.model, request_id, pred, local[1], true_index, int(pred == true_index), now),
+            )
+            return pred
+        pred, t, labelled = row
+        if labelled is not None:
+            raise FeedbackConflictError(f"request {request_id!r} already received its label; send feedback once")
+        if t < now - self.ttl_s:
+            raise FeedbackNotFoundError(
+                f"request {request_id!r} is expired: feedback is accepted for {self.ttl_s:g} s after a prediction"
+            )
+        db.execute(
+            "UPDATE predictions SET true_label = ?, correct = ?, labelled_at = ? WHERE model = ? AND request_id = ?",
+            (true_index, int(pred == true_index), now, self.model, request_id),
+        )
+        return pred
 
     def summary(self) -> dict[str, Any]:
         """Counts and accuracy for ``drift()``: shared totals when a shared file is used."""

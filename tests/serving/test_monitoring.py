@@ -370,6 +370,62 @@ def test_altered_reference_disables_drift_but_not_monitoring(make_monitor, packa
     )
 
 
+def test_a_reference_that_breaks_the_schema_names_the_file_and_field(make_monitor, package_copy, traffic):
+    from edge.manifest import record_file, write_manifest
+
+    path = package_copy / "reference" / "stats.json"
+    stats = json.loads(path.read_text())
+    stats["confidence"]["sample"][3] = "high"
+    path.write_text(json.dumps(stats))
+    manifest = read_manifest(package_copy)
+    record_file(package_copy, manifest, "reference/stats.json")  # a consistent package, an invalid file
+    write_manifest(package_copy, manifest)
+    mon = make_monitor(package_copy, window=20)
+    feed(mon, traffic, "test", 30, np.random.default_rng(0))
+    report = mon.drift()
+    for result in report["signals"].values():
+        assert result["available"] is False
+        assert "stats.json" in result["reason"] and "'confidence.sample.3'" in result["reason"], result["reason"]
+    assert report["errors"] == {}
+
+
+def test_reference_stats_schema_round_trips_and_checks_its_version(tiny_package, tmp_path):
+    from edge.errors import PackageError
+    from edge.reference import REFERENCE_SCHEMA_VERSION, ReferenceStats, read_reference_stats
+
+    stats = read_reference_stats(tiny_package / "reference" / "stats.json")
+    assert stats.schema_version == REFERENCE_SCHEMA_VERSION and stats.count == len(stats.confidence.sample)
+    raw = stats.model_dump()
+    del raw["schema_version"]  # written before the schema had a version: read as version 1
+    (tmp_path / "old.json").write_text(json.dumps(raw))
+    assert read_reference_stats(tmp_path / "old.json") == stats
+    (tmp_path / "new.json").write_text(json.dumps({**raw, "schema_version": 2}))
+    with pytest.raises(PackageError, match=r"new\.json has schema_version 2; this Shipyard reads schema_version 1"):
+        read_reference_stats(tmp_path / "new.json")
+    (tmp_path / "extra.json").write_text(json.dumps({**raw, "colour": []}))
+    with pytest.raises(PackageError, match=r"extra\.json: field 'colour' is invalid"):
+        read_reference_stats(tmp_path / "extra.json")
+    (tmp_path / "list.json").write_text("[]")
+    with pytest.raises(PackageError, match=r"list\.json holds a JSON list"):
+        read_reference_stats(tmp_path / "list.json")
+    assert set(ReferenceStats.model_fields) >= {"class_frequencies", "confidence", "image_stats", "embedding"}
+
+
+def test_every_signal_is_one_registry_entry_with_its_setting(make_monitor, registry):
+    from serving.monitoring import SIGNALS
+
+    assert list(SIGNALS) == ["prediction", "confidence", "input", "embedding"]
+    for name, spec in SIGNALS.items():
+        assert spec.threshold_setting is None or spec.threshold_setting in MonitorConfig.model_fields, name
+        assert spec.min_threshold(MonitorConfig()) >= 0
+    mon = make_monitor(window=10)
+    report = mon.drift()
+    assert list(report["signals"]) == list(SIGNALS)
+    for name, spec in SIGNALS.items():
+        assert report["signals"][name]["method"] == spec.method
+        assert sample(registry, "shipyard_drift_available", signal=name) == 0.0
+
+
 # -- metrics -----------------------------------------------------------------------------------------
 def test_timings_predictions_and_errors_are_counted(make_monitor, traffic, registry):
     mon = make_monitor(window=20)
