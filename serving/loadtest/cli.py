@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import typing
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -184,8 +185,10 @@ def _images(config: LoadTestConfig) -> Path:
 
 
 def _output(args, kind: str) -> Path:
-    if args.output:
-        return Path(args.output)
+    return Path(args.output) if args.output else _default_output(kind)
+
+
+def _default_output(kind: str) -> Path:
     return Path("runs") / "loadtest" / f"{kind}{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -197,14 +200,35 @@ def _progress(args):
     return say
 
 
-def _run(args: argparse.Namespace) -> int:
-    from serving.loadtest.errors import LoadTestError
+def run_config(
+    config: LoadTestConfig,
+    *,
+    serve: str | None = None,
+    output: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Any:
+    """Run one load test of ``config`` (against ``config.host``, or a server started for the model tag
+    ``serve``) and write its reports into ``output`` (default ``runs/loadtest/<time>``).
+
+    Returns:
+        :class:`~serving.loadtest.runner.LoadTestOutcome`.
+
+    Raises:
+        ConfigError: the image folder does not exist. LoadTestError: the test could not run.
+    """
     from serving.loadtest.runner import run_loadtest, serve_config_for
 
-    config = _with_images(_config(args))
-    serve = serve_config_for(args.serve, config) if args.serve else None
+    config = _with_images(config)
+    server = serve_config_for(serve, config) if serve else None
+    folder = Path(output) if output is not None else _default_output("")
+    return run_loadtest(config, folder, serve=server, progress=progress)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from serving.loadtest.errors import LoadTestError
+
     try:
-        outcome = run_loadtest(config, _output(args, ""), serve=serve, progress=_progress(args))
+        outcome = run_config(_config(args), serve=args.serve, output=args.output, progress=_progress(args))
     except LoadTestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
