@@ -1,6 +1,6 @@
 """Edge variants: size, latency and distance from the compute floor, on MobileNetV2 and the demo model.
 
-Builds the variants of ``training.optimize.VARIANTS`` (the same registry as ``shipyard optimize``) for
+Builds the variants of ``edge.variants.VARIANTS`` (the same table as ``shipyard optimize``) for
 
 * MobileNetV2 (alpha 1.0, 224 px, ``weights=None``, 10 classes) with a few random representative images;
   fine-tuning for pruning/QAT/clustering runs on random images and labels, which is fine for size and
@@ -55,25 +55,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import cpu_name  # noqa: E402 - after the path set-up
+from edge.variants import variants_where  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-INT_VARIANTS = {
-    "int8.tflite",
-    "qat_int8.tflite",
-    "pruned_int8.tflite",
-    "clustered_int8.tflite",
-    "dynamic.tflite",
-}
-DEFAULT_VARIANTS = [
-    "fp32.tflite",
-    "fp16.tflite",
-    "dynamic.tflite",
-    "int8.tflite",
-    "qat_int8.tflite",
-    "pruned_int8.tflite",
-    "clustered_int8.tflite",
-    "model.onnx",
-]
+#: Variants XNNPACK runs with int8 kernels (compared with the int8 peak), from the variant table.
+INT_VARIANTS = set(variants_where(lambda v: v.gate in ("int8", "dynamic")))
+#: Every variant an edge runner runs, except those that only add outputs to another (the embedding).
+DEFAULT_VARIANTS = variants_where(lambda v: v.file_format.runnable and v.extends is None)
 
 
 def all_threads() -> int:
@@ -253,7 +241,7 @@ def bench_model(
                     },
                 }
             )
-        paths = {r.key: r.path for r in results if r.path is not None and r.spec.format in ("tflite", "onnx")}
+        paths = {r.key: r.path for r in results if r.path is not None and r.spec.file_format.runnable}
         for label in ("1", "all"):
             threads = int(peaks[label]["threads"])
             print(

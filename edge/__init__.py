@@ -1,4 +1,4 @@
-"""Shipyard's device side: the model-package contract, preprocessing and runners. No TensorFlow."""
+"""Shipyard's device side: the model-package contract, preprocessing, the variant table and runners. No TensorFlow."""
 
 from edge.bench import BenchResult, bench_model, benchmark
 from edge.errors import (
@@ -17,11 +17,15 @@ from edge.manifest import InputContract, Manifest, VariantInfo, read_manifest, v
 from edge.package import choose_variant, open_package, open_variant_runner
 from edge.preprocess import decode, decode_file
 from edge.runners import OnnxRunner, Runner, TensorSpec, TFLiteRunner, open_runner
+from edge.variants import FORMATS, VARIANTS, Format, Variant
 
 __all__ = [
+    "FORMATS",
+    "VARIANTS",
     "BenchResult",
     "DataError",
     "EvalResult",
+    "Format",
     "ImageError",
     "ImageTooLargeError",
     "InputContract",
@@ -36,6 +40,7 @@ __all__ = [
     "TFLiteRunner",
     "TensorSpec",
     "UnsupportedFormatError",
+    "Variant",
     "VariantInfo",
     "bench_model",
     "benchmark",

@@ -31,9 +31,20 @@ FAST = [
 
 
 def _keys() -> list[str]:
-    from training.optimize import VARIANTS
+    from edge.variants import VARIANTS
 
     return list(VARIANTS)
+
+
+def test_training_builds_exactly_the_variants_of_the_edge_table():
+    """One table in edge says what each variant is; training keeps only how to build it, by the same names."""
+    from edge.variants import FORMATS, VARIANTS
+    from training.optimize import BUILDERS
+
+    assert set(BUILDERS) == set(VARIANTS)
+    for name, variant in VARIANTS.items():
+        assert variant.name == name and variant.format in FORMATS
+        assert name.endswith(variant.file_format.suffix)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +75,7 @@ def _test_images(package: Path, n: int = 16) -> np.ndarray:
 
 @pytest.mark.parametrize("key", _keys())
 def test_variant_builds_loads_and_passes_its_gate(optimized, key):
-    from training.optimize import VARIANTS
+    from edge.variants import VARIANTS
 
     spec = VARIANTS[key]
     row = _row(optimized, key)
@@ -110,7 +121,7 @@ def test_variant_builds_loads_and_passes_its_gate(optimized, key):
         assert meta["shipyard_version"]
         assert runner.input_shape[0] is None  # dynamic batch
         assert runner.predict(x[:3]).shape[0] == 3
-    if "embedding" in spec.outputs:
+    if spec.outputs_embedding:
         outs = runner.run(x)
         assert set(outs) == {"probabilities", "embedding"}
         from training.models import embedding_model
@@ -145,7 +156,7 @@ def test_report_lists_every_variant_and_the_package_stays_verifiable(optimized):
 
 
 def test_int8_variants_fold_batchnorm_and_keep_preprocessing_inside(optimized):
-    from training.optimize import tflite_op_counts
+    from edge.variants import tflite_op_counts
 
     for key in ("int8.tflite", "qat_int8.tflite", "pruned_int8.tflite", "clustered_int8.tflite"):
         ops = tflite_op_counts((optimized.package / "variants" / key).read_bytes())
@@ -217,13 +228,8 @@ def test_plain_tfmot_refuses_the_graph_but_our_qat_and_pruning_handle_it(tmp_pat
     import tensorflow_model_optimization as tfmot
 
     from edge.manifest import InputContract
-    from training.optimize import (
-        fine_tune,
-        fresh_copy,
-        optimize_model,
-        quantize_aware_model,
-        tflite_op_counts,
-    )
+    from edge.variants import tflite_op_counts
+    from training.optimize import fine_tune, fresh_copy, optimize_model, quantize_aware_model
 
     model = _tricky_model()
     data = _synthetic()
@@ -406,7 +412,8 @@ def test_cli_passes_and_register_updates_the_store(package_copy, capsys):
 
 def test_variant_names_and_quantization_configs_are_validated():
     from edge.config import ConfigError
-    from training.optimize import VARIANTS, QuantizationConfig, resolve_variants
+    from edge.variants import VARIANTS
+    from training.optimize import QuantizationConfig, resolve_variants
 
     assert resolve_variants(None) == list(VARIANTS)
     assert resolve_variants(["model.onnx", "fp32.tflite"]) == ["fp32.tflite", "model.onnx"]  # registry order
@@ -435,25 +442,44 @@ def test_a_config_file_replaces_the_optimize_section(tiny_package, tmp_path):
 
 @pytest.mark.slow
 def test_efficientnet_squeeze_excite_variants_build(tmp_path):
-    """EfficientNet-B0 (squeeze-excite Multiply, swish, Normalization) at 32 px: every int8 technique applies."""
+    """EfficientNet-B0 (squeeze-excite Multiply, swish, Normalization) at 32 px: every int8 technique applies,
+    and each variant passes its gate (the squeeze-excite Multiply runs as an integer op)."""
     from edge.manifest import InputContract
+    from edge.variants import tflite_op_counts
     from training.config import ModelConfig
     from training.models import build_model
-    from training.optimize import optimize_model
+    from training.optimize import fine_tune, optimize_model
 
     model = build_model(ModelConfig(base="efficientnet_b0", weights="none", freeze="none"), 3, (32, 32))
-    data = _synthetic(32, 48)
+    data = _synthetic(32, 160)  # 64 training images, 96 test images: one flipped image is about 1 point
+    # an untrained network's near-uniform probabilities would make top-1 agreement a coin toss: train it first
+    fine_tune(model, data.train_x, data.train_y, epochs=10, learning_rate=1e-3, batch_size=16)
     results, _ = optimize_model(
         model,
         labels=["a", "b", "c"],
         contract=InputContract(height=32, width=32),
         data=data,
-        config=_config("optimize.latency=false", "optimize.representative_samples=16"),
+        config=_config(
+            "optimize.latency=false",
+            "optimize.representative_samples=32",
+            "optimize.gates.int8_min_agreement=0.95",
+            "optimize.gates.int8_max_accuracy_drop=0.05",
+        ),
         out_dir=tmp_path,
         variants=["int8.tflite", "qat_int8.tflite", "pruned_int8.tflite", "model.onnx"],
     )
+    rows = {row.key: row for row in results}
     for row in results:
-        assert row.status != "failed_export", (row.key, row.reason)
+        assert row.status == "passed", (row.key, row.reason)
+        assert row.checks and all(check.passed for check in row.checks), row.key
+    for key in ("int8.tflite", "qat_int8.tflite", "pruned_int8.tflite"):
+        ops = tflite_op_counts((tmp_path / key).read_bytes())
+        assert "MUL" in ops and "CUSTOM" not in ops, (key, ops)
+        assert TFLiteRunner(tmp_path / key).input_dtype == np.uint8
+    assert rows["qat_int8.tflite"].details["annotated_layers"] > 0
+    assert any("Multiply" in name for name in rows["qat_int8.tflite"].details["float_layers"])
+    assert rows["pruned_int8.tflite"].details["pruned_layers"]
+    assert rows["pruned_int8.tflite"].details["pruned_layers_sparsity"] == pytest.approx(0.75, abs=0.01)
 
 
 def test_count_macs_matches_the_arithmetic():
@@ -472,12 +498,13 @@ def test_eval_samples_takes_a_random_subset_not_the_first_classes():
     """Splits are ordered by class: the first N test images would all be of the first classes."""
     from edge.manifest import InputContract
     from training.config import OptimizeConfig
-    from training.optimize import OptimizeData, _accuracy_f1, _evaluation_data
+    from training.optimize import OptimizeData
+    from training.optimize.measure import _accuracy_f1, evaluation_data
 
     y = np.repeat(np.arange(5), 40)
     x = np.arange(len(y), dtype=np.uint8).reshape(-1, 1, 1, 1) * np.ones((1, 2, 2, 3), np.uint8)
     data = OptimizeData(test_x=x, test_y=y)
-    out = _evaluation_data(data, InputContract(height=2, width=2), OptimizeConfig(eval_samples=50))
+    out = evaluation_data(data, InputContract(height=2, width=2), OptimizeConfig(eval_samples=50))
     assert len(out.test_y) == 50 and set(out.test_y.tolist()) == set(range(5))
     np.testing.assert_array_equal(out.test_y, y[out.test_x[:, 0, 0, 0]])  # images keep their labels
     # macro F1 as training's evaluation defines it: classes without test images do not count

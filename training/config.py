@@ -158,7 +158,7 @@ class TrainConfig(StrictModel):
 class GateConfig(StrictModel):
     """Pass/fail limits for exported variants against the Keras float reference (on the test split).
 
-    Each variant of ``training.optimize.VARIANTS`` names its gate kind:
+    Each variant of ``edge.variants.VARIANTS`` names its gate kind:
 
     * ``float`` (fp32 TFLite, ONNX, SavedModel): the same top-1 class on every test image and class
       probabilities within ``float_max_prob_diff``; a second ``embedding`` output within
@@ -187,7 +187,7 @@ class GateConfig(StrictModel):
 
 
 class OptimizeConfig(StrictModel):
-    """Quantization, pruning, clustering and export (see training.optimize.VARIANTS)."""
+    """Quantization, pruning, clustering and export (the variants of edge.variants.VARIANTS)."""
 
     variants: list[str] | None = Field(None, description="default: every registered variant")
     representative_samples: int = Field(100, ge=1, description="training images used to calibrate int8 ranges")

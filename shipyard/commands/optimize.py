@@ -6,7 +6,7 @@ import sys
 
 
 def register(sub) -> None:
-    from training.optimize import VARIANTS
+    from edge.variants import VARIANTS
 
     p = sub.add_parser(
         "optimize",
@@ -48,7 +48,7 @@ def register(sub) -> None:
 
 def _optimize(args) -> int:
     from shipyard import api
-    from training.optimize_report import terminal_table
+    from training.optimize import terminal_table
 
     def progress(line: str) -> None:
         if not args.quiet:

@@ -80,7 +80,7 @@ def _pipeline(args) -> int:
     outcome = result.train
     print(outcome.evaluation_table)
     if result.optimize is not None:
-        from training.optimize_report import terminal_table
+        from training.optimize import terminal_table
 
         print()
         print(terminal_table(result.optimize.results, result.optimize.reference))

@@ -40,8 +40,18 @@ def test_benchmark_keeps_running_until_min_time(edge_assets):
 
 def test_benchmark_max_time_caps_the_runs(edge_assets):
     runner = open_runner(edge_assets.fp32, num_threads=1)
-    result = benchmark(runner, runs=10**9, min_time=0, max_time=0.2, warmup_runs=0)
-    assert 1 <= result.runs < 10**9
+    max_time = 0.2
+    start = time.perf_counter()
+    result = benchmark(runner, runs=10**9, min_time=0, max_time=max_time, warmup_runs=0)
+    wall = time.perf_counter() - start
+    # the loop stopped at the cap, not at the requested count: runs x time per run fills about max_time
+    # (the rest is the loop's own bookkeeping), and the whole call took little more than the cap
+    run_s = result.runs * result.mean_ms / 1000
+    assert max_time * 0.5 <= run_s <= max_time + 0.1
+    assert max_time <= wall < max_time + 1.0
+    # the requested count at the measured speed would have taken thousands of times longer
+    assert 10**9 * result.mean_ms / 1000 > 1000 * max_time
+    assert result.runs < 10**9 / 1000
 
 
 def test_benchmark_throughput_counts_the_batch(edge_assets):

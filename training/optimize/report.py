@@ -1,6 +1,6 @@
 """The optimization report: ``report.md``, ``report.html`` (self-contained, inline SVG charts) and ``report.json``.
 
-One row per variant of :data:`training.optimize.VARIANTS` that was requested: status (passed, exported
+One row per variant of :data:`edge.variants.VARIANTS` that was requested: status (passed, exported
 but failed a gate, failed to export, not checked) with the reason, size, gzip size, measured sparsity,
 accuracy and macro F1 on the test split, top-1 agreement with the Keras float reference, the largest
 probability difference, and latency p50/p90/p99 with one thread and with all cores.
@@ -15,8 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from edge.files import write_bytes_atomic
 from edge.manifest import Manifest
-from training.tables import format_table, markdown_table
+from edge.tables import format_table, markdown_table
 
 STATUS_TEXT = {
     "passed": "passed",
@@ -164,6 +165,26 @@ def _svg_scatter(points: list[dict[str, Any]], *, x_label: str, y_label: str, lo
         'role="img" font-family="sans-serif" font-size="11">',
         f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#999"/>',
     ]
+    out += _svg_grid((x0, x1, y0, y1), (left, top, pw, ph), height, log_x, x_label, y_label)
+    placed: list[tuple[float, float, float, float]] = []
+    for p in sorted(pts, key=lambda p: (px(p["x"]), py(p["y"]))):
+        out += _svg_point(p, px(p["x"]), py(p["y"]), placed, width, height)
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _svg_grid(
+    ranges: tuple[float, float, float, float],
+    frame: tuple[float, float, float, float],
+    height: float,
+    log_x: bool,
+    x_label: str,
+    y_label: str,
+) -> list[str]:
+    """Grid lines, tick labels (x in k/M, y in percent) and the axis titles of :func:`_svg_scatter`."""
+    x0, x1, y0, y1 = ranges
+    left, top, pw, ph = frame
+    out = []
     for i in range(5):
         fx = x0 + (x1 - x0) * i / 4
         fy = y0 + (y1 - y0) * i / 4
@@ -182,22 +203,28 @@ def _svg_scatter(points: list[dict[str, Any]], *, x_label: str, y_label: str, lo
         f'<text x="14" y="{top + ph / 2}" text-anchor="middle" transform="rotate(-90 14 {top + ph / 2})">'
         f"{html.escape(y_label)}</text>"
     )
-    placed: list[tuple[float, float, float, float]] = []
-    for p in sorted(pts, key=lambda p: (px(p["x"]), py(p["y"]))):
-        cx, cy = px(p["x"]), py(p["y"])
-        color = STATUS_COLOR.get(p["status"], "#333")
-        out.append(
-            f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{color}" fill-opacity="0.8">'
-            f"<title>{html.escape(p['label'])}</title></circle>"
-        )
-        lx, ly = _place_label(cx, cy, 6.2 * len(p["label"]), placed, width, height)
-        if abs(ly - (cy + 4)) > 1:
-            out.append(
-                f'<line x1="{cx:.1f}" y1="{cy:.1f}" x2="{lx - 2:.1f}" y2="{ly - 4:.1f}" stroke="#bbb"/>'
-            )
-        out.append(f'<text x="{lx:.1f}" y="{ly:.1f}" fill="#222">{html.escape(p["label"])}</text>')
-    out.append("</svg>")
-    return "".join(out)
+    return out
+
+
+def _svg_point(
+    p: dict[str, Any],
+    cx: float,
+    cy: float,
+    placed: list[tuple[float, float, float, float]],
+    width: float,
+    height: float,
+) -> list[str]:
+    """One point of :func:`_svg_scatter` with its label (and a leader line when the label had to move)."""
+    color = STATUS_COLOR.get(p["status"], "#333")
+    out = [
+        f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{color}" fill-opacity="0.8">'
+        f"<title>{html.escape(p['label'])}</title></circle>"
+    ]
+    lx, ly = _place_label(cx, cy, 6.2 * len(p["label"]), placed, width, height)
+    if abs(ly - (cy + 4)) > 1:
+        out.append(f'<line x1="{cx:.1f}" y1="{cy:.1f}" x2="{lx - 2:.1f}" y2="{ly - 4:.1f}" stroke="#bbb"/>')
+    out.append(f'<text x="{lx:.1f}" y="{ly:.1f}" fill="#222">{html.escape(p["label"])}</text>')
+    return out
 
 
 def _place_label(
@@ -222,54 +249,47 @@ def _place_label(
     return cx + 7, cy + 4
 
 
-def render_html(
-    manifest: Manifest, results: list[Any], reference: Any, notes: list[str], config: Any, created: str
-) -> str:
-    """``report.html``: the table, the gates and two trade-off charts, with no external resources."""
-    rows = report_rows(results)
-    headers = list(rows[0]) if rows else []
+_STYLE = (
+    "<style>body{font-family:system-ui,sans-serif;margin:24px;color:#1f2328}"
+    "table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #d0d7de;padding:4px 8px;"
+    "text-align:right;vertical-align:top}th{background:#f6f8fa}td:first-child,td:nth-child(2),"
+    "td:last-child{text-align:left}.charts{display:flex;flex-wrap:wrap;gap:24px}"
+    ".s-passed{color:#1a7f37}.s-failed_gate{color:#bf8700}.s-failed_export{color:#cf222e}"
+    ".s-not_checked{color:#6e7781}code{background:#f6f8fa;padding:1px 4px}</style></head><body>"
+)
+
+
+def _chart_points(
+    manifest: Manifest, results: list[Any], reference: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    """The size and latency charts' points (accuracy, or agreement without labels) and the y-axis title."""
     use_acc = reference.accuracy is not None
     y_label = "test accuracy" if use_acc else "top-1 agreement with Keras"
     ref_size = manifest.files.get("keras/model.keras")
+    shown = [r for r in results if r.status != "failed_export"]
 
-    def yv(r: Any) -> float | None:
-        return r.metrics.get("accuracy" if use_acc else "agreement")
+    def point(r: Any, x: float | None) -> dict[str, Any]:
+        return {
+            "x": x,
+            "y": r.metrics.get("accuracy" if use_acc else "agreement"),
+            "label": r.key,
+            "status": r.status,
+        }
 
-    size_points = [
-        {"x": r.bytes, "y": yv(r), "label": r.key, "status": r.status}
-        for r in results
-        if r.status != "failed_export"
-    ]
+    size_points = [point(r, r.bytes) for r in shown]
     if ref_size is not None and use_acc:
         size_points.append(
             {"x": ref_size.bytes, "y": reference.accuracy, "label": "keras", "status": "passed"}
         )
-    lat_points = [
-        {
-            "x": (r.latency.get("1") or r.latency.get("all") or {}).get("p50"),
-            "y": yv(r),
-            "label": r.key,
-            "status": r.status,
-        }
-        for r in results
-        if r.status != "failed_export"
-    ]
+    lat_points = [point(r, (r.latency.get("1") or r.latency.get("all") or {}).get("p50")) for r in shown]
+    return size_points, lat_points, y_label
+
+
+def _html_table(results: list[Any]) -> list[str]:
+    rows = report_rows(results)
+    headers = list(rows[0]) if rows else []
     body = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>Optimization report: {html.escape(manifest.tag)}</title>",
-        "<style>body{font-family:system-ui,sans-serif;margin:24px;color:#1f2328}"
-        "table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #d0d7de;padding:4px 8px;"
-        "text-align:right;vertical-align:top}th{background:#f6f8fa}td:first-child,td:nth-child(2),"
-        "td:last-child{text-align:left}.charts{display:flex;flex-wrap:wrap;gap:24px}"
-        ".s-passed{color:#1a7f37}.s-failed_gate{color:#bf8700}.s-failed_export{color:#cf222e}"
-        ".s-not_checked{color:#6e7781}code{background:#f6f8fa;padding:1px 4px}</style></head><body>",
-        f"<h1>Optimization report: {html.escape(manifest.tag)}</h1>",
-        f"<p>Created {html.escape(created)}. Input {manifest.input.height}x{manifest.input.width} RGB uint8, "
-        f"{len(manifest.labels)} classes. Keras float reference: accuracy {_pct(reference.accuracy)}, "
-        f"macro F1 {_num(reference.macro_f1, '.4f')} on {len(reference.probabilities)} test images.</p>",
-        "<table><thead><tr>"
-        + "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-        + "</tr></thead><tbody>",
+        "<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr></thead><tbody>"
     ]
     for r, row in zip(results, rows, strict=True):
         cells = []
@@ -278,20 +298,26 @@ def render_html(
             cells.append(f"<td{cls}>{html.escape(row[h])}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     body.append("</tbody></table>")
-    body.append("<h2>Trade-offs</h2><div class='charts'>")
-    body.append(
-        "<figure>"
-        + _svg_scatter(size_points, x_label="file size (bytes, log scale)", y_label=y_label, log_x=True)
-        + "<figcaption>Size against accuracy</figcaption></figure>"
+    return body
+
+
+def _html_charts(manifest: Manifest, results: list[Any], reference: Any) -> list[str]:
+    size_points, lat_points, y_label = _chart_points(manifest, results, reference)
+    size_chart = _svg_scatter(
+        size_points, x_label="file size (bytes, log scale)", y_label=y_label, log_x=True
     )
-    body.append(
-        "<figure>"
-        + _svg_scatter(
-            lat_points, x_label="p50 latency, 1 thread (ms, log scale)", y_label=y_label, log_x=True
-        )
-        + "<figcaption>Latency against accuracy</figcaption></figure>"
+    lat_chart = _svg_scatter(
+        lat_points, x_label="p50 latency, 1 thread (ms, log scale)", y_label=y_label, log_x=True
     )
-    body.append("</div><h2>Gates</h2><ul>")
+    return [
+        "<h2>Trade-offs</h2><div class='charts'>",
+        "<figure>" + size_chart + "<figcaption>Size against accuracy</figcaption></figure>",
+        "<figure>" + lat_chart + "<figcaption>Latency against accuracy</figcaption></figure>",
+    ]
+
+
+def _html_gates(results: list[Any]) -> list[str]:
+    body = ["</div><h2>Gates</h2><ul>"]
     for r in results:
         gate = _gate_text(r)
         reason = f"<br>{html.escape(r.reason)}" if r.reason and gate else ""
@@ -300,6 +326,25 @@ def render_html(
             f"gate <code>{r.spec.gate}</code>: {html.escape(gate or r.reason or '')}{reason}</li>"
         )
     body.append("</ul>")
+    return body
+
+
+def render_html(
+    manifest: Manifest, results: list[Any], reference: Any, notes: list[str], config: Any, created: str
+) -> str:
+    """``report.html``: the table, the gates and two trade-off charts, with no external resources."""
+    body = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>Optimization report: {html.escape(manifest.tag)}</title>",
+        _STYLE,
+        f"<h1>Optimization report: {html.escape(manifest.tag)}</h1>",
+        f"<p>Created {html.escape(created)}. Input {manifest.input.height}x{manifest.input.width} RGB uint8, "
+        f"{len(manifest.labels)} classes. Keras float reference: accuracy {_pct(reference.accuracy)}, "
+        f"macro F1 {_num(reference.macro_f1, '.4f')} on {len(reference.probabilities)} test images.</p>",
+        *_html_table(results),
+        *_html_charts(manifest, results, reference),
+        *_html_gates(results),
+    ]
     if notes:
         body.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     body.append(
@@ -355,9 +400,11 @@ def write_report(
     """Write report.md, report.html and report.json into the package; return their relative paths."""
     created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     package = Path(package)
-    (package / "report.md").write_text(render_markdown(manifest, results, reference, notes, config, created))
-    (package / "report.html").write_text(render_html(manifest, results, reference, notes, config, created))
-    (package / "report.json").write_text(
-        render_json(manifest, results, reference, notes, config, created, seconds)
-    )
-    return ["report.md", "report.html", "report.json"]
+    texts = {
+        "report.md": render_markdown(manifest, results, reference, notes, config, created),
+        "report.html": render_html(manifest, results, reference, notes, config, created),
+        "report.json": render_json(manifest, results, reference, notes, config, created, seconds),
+    }
+    for name, text in texts.items():
+        write_bytes_atomic(package / name, text.encode("utf-8"))
+    return list(texts)
