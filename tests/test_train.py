@@ -237,27 +237,73 @@ def test_transfer_learning_beats_scratch(tmp_path):
     assert statistics.mean(acc["transfer"]) >= statistics.mean(acc["scratch"]) + 0.05, acc
 
 
+def _reloads_and_reproduces_its_reference(package: Path, data: Path) -> None:
+    """The package verifies, its Keras model loads, and it predicts the reference probabilities it was shipped with."""
+    from edge.preprocess import decode_file
+    from training.package import load_package_model
+
+    manifest = verify_package(package)
+    model, _ = load_package_model(package)
+    ref = np.load(package / "reference" / "predictions.npz")
+    images = np.stack([decode_file(data / p, manifest.input) for p in ref["paths"]])
+    probs = model.predict(images.astype("float32"), verbose=0)
+    np.testing.assert_allclose(probs, ref["probabilities"], atol=1e-4)
+
+
+def _learned(package: Path, manifest) -> None:
+    """Training did something: the loss went down over the epochs and test accuracy is well above chance."""
+    history = json.loads((package / "logs" / "history.json").read_text())
+    assert len(history["loss"]) == 2 and history["loss"][-1] < history["loss"][0], history["loss"]
+    chance = 1 / len(manifest.labels)
+    assert manifest.metrics["accuracy"] > chance + 0.2, manifest.metrics["accuracy"]
+
+
 def test_streaming_training_matches_contract(small_demo_dir, tmp_path):
+    """The streamed pipeline yields exactly edge.preprocess's pixels for the same files, and trains a model."""
+    from edge.manifest import InputContract
+    from edge.preprocess import decode_file
+    from training.data import build_datasets
     from training.pipeline import run_train
 
-    cfg = load_training_config(
-        None, [*TINY_TRAIN, "train.epochs=1", "data.loading=stream", "model.name=stream", "train.version=v1"],
-        data=small_demo_dir,
-    )
-    pkg = run_train(cfg, tmp_path, verbose=0).package
-    manifest = read_manifest(pkg)
-    assert manifest.dataset.loading == "stream"
-    assert "stream" in manifest.dataset.loading_reason or "forced" in manifest.dataset.loading_reason.lower()
+    sets = [*TINY_TRAIN, "train.epochs=2", "data.loading=stream", "model.name=stream", "train.version=v1"]
+    cfg = load_training_config(None, sets, data=small_demo_dir)
+    contract = InputContract(height=32, width=32)
+    datasets = build_datasets(cfg.data, contract, augment=False)
+    assert datasets.plan.scheme == "stream"
+    for split in ("val", "test"):  # unshuffled: batches follow scan.splits
+        pixels, labels = zip(*((x.numpy(), y.numpy()) for x, y in getattr(datasets, split)), strict=True)
+        samples = datasets.scan.splits[split]
+        expected = np.stack([decode_file(s.path, contract) for s in samples])
+        streamed = np.concatenate(pixels)
+        assert streamed.dtype == np.uint8 and streamed.shape == expected.shape
+        np.testing.assert_array_equal(streamed, expected)
+        np.testing.assert_array_equal(np.concatenate(labels), [s.label for s in samples])
+    assert datasets.decode_failures == {}
+
+    outcome = run_train(cfg, tmp_path, verbose=0)
+    manifest = outcome.manifest
+    assert manifest.dataset.loading == "stream" and "forces 'stream'" in manifest.dataset.loading_reason
+    _learned(outcome.package, manifest)
+    _reloads_and_reproduces_its_reference(outcome.package, small_demo_dir)
 
 
 def test_mirrored_strategy_trains(small_demo_dir, tmp_path):
+    """train.distribution=mirrored trains under a MirroredStrategy over every GPU (one CPU replica without),
+    the model learns, and the package it writes loads and reproduces its reference predictions."""
+    from training._tf import tf
     from training.pipeline import run_train
+    from training.train import read_state
 
     cfg = load_training_config(
-        None, [*TINY_TRAIN, "train.epochs=1", "train.distribution=mirrored", "model.name=mirror", "train.version=v1"],
+        None, [*TINY_TRAIN, "train.epochs=2", "train.distribution=mirrored", "model.name=mirror", "train.version=v1"],
         data=small_demo_dir,
     )
-    assert run_train(cfg, tmp_path, verbose=0).package.is_dir()
+    outcome = run_train(cfg, tmp_path, verbose=0)
+    state = read_state(outcome.package)
+    assert state["strategy"] == "MirroredStrategy"
+    assert state["replicas"] == max(1, len(tf.config.list_logical_devices("GPU")))
+    _learned(outcome.package, outcome.manifest)
+    _reloads_and_reproduces_its_reference(outcome.package, small_demo_dir)
 
 
 def test_multi_worker_needs_tf_config(small_demo_dir, tmp_path, monkeypatch):

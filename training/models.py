@@ -221,6 +221,19 @@ def build_model(config: ModelConfig, num_classes: int, image_size: tuple[int, in
     """
     if num_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got {num_classes}")
+    inputs, features, base_layers = _base_features(config, image_size)
+    base_names = {layer.name for layer in base_layers}
+    pretrained = config.base_model is not None or config.weights.lower() != "none"
+    outputs = _head(config, features, num_classes)
+    model = keras.Model(inputs, outputs, name=config.name.replace("-", "_").replace(".", "_"))
+    set_base_trainable(model, base_names, config.freeze, freeze_batchnorm=pretrained)
+    model._shipyard_base_layers = sorted(base_names)  # kept for phase 2 on this object
+    model._shipyard_pretrained = pretrained
+    return model
+
+
+def _base_features(config: ModelConfig, image_size: tuple[int, int]):
+    """The model input, the base's output at the cut, and the base layers up to it (without preprocessing)."""
     h, w = image_size
     if config.base_model is not None:
         base = load_keras_model(config.base_model)
@@ -231,17 +244,18 @@ def build_model(config: ModelConfig, num_classes: int, image_size: tuple[int, in
                 f"is {(h, w)}; remove data.image_size or set it to the base's size"
             )
         features = _cut(base, config.cut_at or _default_cut_saved(base))
-        base_layers = _layers_between(base, features)
-    else:
-        spec = _spec(config.base)
-        inputs = keras.Input((h, w, 3), name=INPUT_NAME, dtype="float32")
-        x = _preprocess(inputs, spec.preprocess)
-        base = _build_base(config, x, spec)
-        features = _cut(base, config.cut_at or spec.default_cut)
-        base_layers = [layer for layer in _layers_between(base, features) if not layer.name.startswith(PREPROCESS_PREFIX)]
-    base_names = {layer.name for layer in base_layers}
-    pretrained = config.base_model is not None or config.weights.lower() != "none"
+        return inputs, features, _layers_between(base, features)
+    spec = _spec(config.base)
+    inputs = keras.Input((h, w, 3), name=INPUT_NAME, dtype="float32")
+    x = _preprocess(inputs, spec.preprocess)
+    base = _build_base(config, x, spec)
+    features = _cut(base, config.cut_at or spec.default_cut)
+    base_layers = [layer for layer in _layers_between(base, features) if not layer.name.startswith(PREPROCESS_PREFIX)]
+    return inputs, features, base_layers
 
+
+def _head(config: ModelConfig, features, num_classes: int):
+    """Pooling (for a 4-D cut), the dense layers, dropout and the float32 softmax ``probabilities``."""
     x = features
     if len(x.shape) == 4:
         pool = keras.layers.GlobalAveragePooling2D if config.head.pooling == "avg" else keras.layers.GlobalMaxPooling2D
@@ -253,14 +267,9 @@ def build_model(config: ModelConfig, num_classes: int, image_size: tuple[int, in
         x = keras.layers.Dense(width, activation=config.head.activation, kernel_regularizer=reg, name=f"{HEAD_PREFIX}dense{i}")(x)
     if config.head.dropout:
         x = keras.layers.Dropout(config.head.dropout, name=HEAD_PREFIX + "dropout")(x)
-    outputs = keras.layers.Dense(
+    return keras.layers.Dense(
         num_classes, activation="softmax", kernel_regularizer=reg, dtype="float32", name=OUTPUT_NAME
     )(x)
-    model = keras.Model(inputs, outputs, name=config.name.replace("-", "_").replace(".", "_"))
-    set_base_trainable(model, base_names, config.freeze, freeze_batchnorm=pretrained)
-    model._shipyard_base_layers = sorted(base_names)  # kept for phase 2 on this object
-    model._shipyard_pretrained = pretrained
-    return model
 
 
 def _cut(base, layer_name: str | None):

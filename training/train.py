@@ -6,9 +6,11 @@ state, and in the end the model package. ``resume`` continues an interrupted run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 import yaml
 
 from edge.config import ConfigError
+from edge.files import write_json_atomic
 from edge.manifest import InputContract, check_version_string
 from training._tf import keras, tf
 from training.config import TrainingConfig, load_training_config, require_data_dir
@@ -28,7 +31,7 @@ RUN_CONFIG = "config.yaml"
 
 @dataclass
 class TrainResult:
-    """What a training run produced."""
+    """What a training run produced; ``strategy`` and ``replicas`` name the ``tf.distribute`` strategy it ran under."""
 
     run_dir: Path
     model: Any
@@ -37,6 +40,8 @@ class TrainResult:
     epochs_run: int
     phase_epochs: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    strategy: str = ""
+    replicas: int = 1
 
 
 def new_version() -> str:
@@ -107,7 +112,7 @@ def _update_state(run_dir: Path, **values: Any) -> dict[str, Any]:
     state = json.loads(path.read_text()) if path.is_file() else {}
     state.update(values)
     state["updated"] = datetime.now(UTC).isoformat()
-    path.write_text(json.dumps(state, indent=2))
+    write_json_atomic(path, state)
     return state
 
 
@@ -265,71 +270,94 @@ def train(
     strategy = make_strategy(config.train.distribution)
     configure_determinism(config.train.seed, config.train.deterministic)
     height, width = image_size_for(config.model, config.data.image_size)
-    contract = InputContract(height=height, width=width)
-    datasets = build_datasets(config.data, contract)
+    datasets = build_datasets(config.data, InputContract(height=height, width=width))
     num_classes = len(datasets.scan.labels)
     if run_dir is None:
         run_dir = prepare_run_dir(config, Path(output))
-    state = read_state(run_dir)
-
-    if config.train.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
+    phases = _Phases(run_dir, config, datasets, num_classes, strategy, verbose, extra_callbacks)
+    with _precision_policy(config.train.mixed_precision):
         with strategy.scope():
             model = build_model(config.model, num_classes, (height, width))
             compile_model(model, config.train, num_classes)
         base_names = base_layer_names(model)
-        fit_kwargs = {
-            "validation_data": datasets.val,
-            "class_weight": datasets.class_weights,
-            "verbose": verbose,
-        }
-        phase1_file = run_dir / "checkpoints" / "phase1_final.weights.h5"
-        phases: dict[str, int] = {}
-        if state.get("phase1_epochs") and phase1_file.is_file():
-            model.load_weights(str(phase1_file))
-            phases["head"] = int(state["phase1_epochs"])
-        else:
-            h1 = model.fit(
-                datasets.train,
-                epochs=config.train.epochs,
-                callbacks=callbacks_for(run_dir, config, 1, extra_callbacks, val=datasets.val, num_classes=num_classes),
-                **fit_kwargs,
-            )
-            phases["head"] = _epochs_done(h1)
-            model.save_weights(str(phase1_file))
-            _update_state(run_dir, phase1_epochs=phases["head"])
-        ft = config.train.fine_tune
-        if ft.enabled:
-            with strategy.scope():
-                set_base_trainable(
-                    model, base_names, ft.unfreeze_layers, freeze_batchnorm=getattr(model, "_shipyard_pretrained", True)
-                )
-                compile_model(model, config.train, num_classes, learning_rate=ft.learning_rate)
-            start = phases["head"]
-            h2 = model.fit(
-                datasets.train,
-                initial_epoch=start,
-                epochs=start + ft.epochs,
-                callbacks=callbacks_for(run_dir, config, 2, extra_callbacks, val=datasets.val, num_classes=num_classes),
-                **fit_kwargs,
-            )
-            phases["fine_tune"] = _epochs_done(h2, start)
-    finally:
-        if config.train.mixed_precision:
-            keras.mixed_precision.set_global_policy("float32")
-    history = read_history(run_dir)
-    epochs_run = sum(phases.values())
-    _update_state(run_dir, status="trained", epochs=epochs_run, phases=phases)
+        epochs = {"head": phases.head(model)}
+        if config.train.fine_tune.enabled:
+            epochs["fine_tune"] = phases.fine_tune(model, base_names, start=epochs["head"])
+    where = {"strategy": type(strategy).__name__, "replicas": int(strategy.num_replicas_in_sync)}
+    _update_state(run_dir, status="trained", epochs=sum(epochs.values()), phases=epochs, **where)
     return TrainResult(
         run_dir=run_dir,
         model=model,
-        history=history,
+        history=read_history(run_dir),
         datasets=datasets,
-        epochs_run=epochs_run,
-        phase_epochs=phases,
+        epochs_run=sum(epochs.values()),
+        phase_epochs=epochs,
         seconds=time.perf_counter() - started,
+        **where,
     )
+
+
+@contextlib.contextmanager
+def _precision_policy(mixed: bool) -> Iterator[None]:
+    """Keras' global ``mixed_float16`` policy while the block runs (with ``mixed``), float32 afterwards."""
+    if mixed:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        if mixed:
+            keras.mixed_precision.set_global_policy("float32")
+
+
+@dataclass
+class _Phases:
+    """The two phases of a run: the head on a frozen base, then (optionally) fine-tuning the base's top."""
+
+    run_dir: Path
+    config: TrainingConfig
+    datasets: Any
+    num_classes: int
+    strategy: Any
+    verbose: int | str
+    extra_callbacks: list | None
+
+    def _fit(self, model: Any, phase: int, **epochs: int) -> Any:
+        return model.fit(
+            self.datasets.train,
+            validation_data=self.datasets.val,
+            class_weight=self.datasets.class_weights,
+            verbose=self.verbose,
+            callbacks=callbacks_for(
+                self.run_dir,
+                self.config,
+                phase,
+                self.extra_callbacks,
+                val=self.datasets.val,
+                num_classes=self.num_classes,
+            ),
+            **epochs,
+        )
+
+    def head(self, model: Any) -> int:
+        """Phase 1 (skipped on resume when it finished): train the head; return its epochs."""
+        phase1_file = self.run_dir / "checkpoints" / "phase1_final.weights.h5"
+        state = read_state(self.run_dir)
+        if state.get("phase1_epochs") and phase1_file.is_file():
+            model.load_weights(str(phase1_file))
+            return int(state["phase1_epochs"])
+        epochs = _epochs_done(self._fit(model, 1, epochs=self.config.train.epochs))
+        model.save_weights(str(phase1_file))
+        _update_state(self.run_dir, phase1_epochs=epochs)
+        return epochs
+
+    def fine_tune(self, model: Any, base_names: list[str], start: int) -> int:
+        """Phase 2: unfreeze the top of the base and train on at its learning rate; return its epochs."""
+        ft = self.config.train.fine_tune
+        with self.strategy.scope():
+            pretrained = getattr(model, "_shipyard_pretrained", True)
+            set_base_trainable(model, base_names, ft.unfreeze_layers, freeze_batchnorm=pretrained)
+            compile_model(model, self.config.train, self.num_classes, learning_rate=ft.learning_rate)
+        return _epochs_done(self._fit(model, 2, initial_epoch=start, epochs=start + ft.epochs), start)
 
 
 def _epochs_done(h, start: int = 0) -> int:
