@@ -189,7 +189,10 @@ def pipeline(
 
 
 def register(package: str | Path) -> str:
-    """Put a package into the BentoML model store (``shipyard register``); returns its ``name:version`` tag.
+    """Put a package into the BentoML model store (``shipyard register``).
+
+    Returns:
+        The package's ``name:version`` tag in the store.
 
     Raises:
         PackageError: not a package, or a file whose sha256 differs from the manifest's.
@@ -287,11 +290,14 @@ def serve(
         config: a YAML with a ``serve:`` section (a pipeline config works).
         background: start the server and return once it answers ``/readyz``; the returned
             :class:`~serving.process.ServerProcess` has ``url`` and ``stop()`` and is a context manager.
-            Otherwise run in the foreground until Ctrl+C or SIGTERM and return the exit code.
+            Otherwise run in the foreground until Ctrl+C or SIGTERM.
         ready_timeout_s: how long a background server may take to become ready.
         log: where a background server's output goes (default: a new temporary folder's ``server.log``).
         overrides: dotted keys (``{"serve.max_batch_size": 8}``).
         **settings: :class:`~serving.config.ServeConfig` fields, e.g. ``port=3100``, ``variant="int8.tflite"``.
+
+    Returns:
+        The running :class:`~serving.process.ServerProcess` with ``background``, else the server's exit code.
 
     Raises:
         PackageError: no tag, or a tag the model store does not have. ConfigError: a bad setting.

@@ -136,10 +136,14 @@ def images(small_demo_dir) -> Images:
 
 
 @contextlib.contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the block, restoring the previous values after it."""
+def environment(values: dict[str, str | None]) -> Iterator[None]:
+    """Set environment variables for the block (``None``: unset it), restoring the previous values after it."""
     saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     try:
         yield
     finally:
@@ -150,14 +154,17 @@ def environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = old
 
 
-def service_env(tag: str | None, **settings) -> dict[str, str]:
-    """``SHIPYARD_*`` variables for a :class:`ServeConfig` with ``model=tag`` and ``settings``."""
+def service_env(tag: str | None, **settings) -> dict[str, str | None]:
+    """The environment of a service for a :class:`ServeConfig` with ``model=tag`` and ``settings``: the config
+    as one ``SHIPYARD_SERVE_CONFIG`` JSON, every ``SHIPYARD_<FIELD>`` variable unset (``None``) so that none
+    left by an earlier service in this process (the service pins ``SHIPYARD_MODEL``) can win."""
     from serving.config import ServeConfig
 
-    return ServeConfig(model=tag, **settings).to_env()
+    config = ServeConfig(model=tag, **settings)
+    return {**dict.fromkeys(config.env_names().values()), **config.to_env()}
 
 
-def load_service(env: dict[str, str]):
+def load_service(env: dict[str, str | None]):
     """(Re)import ``serving.service`` under ``env``; return the module."""
     with environment(env):
         if "serving.service" in sys.modules:
