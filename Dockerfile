@@ -1,26 +1,42 @@
 # The Shipyard prediction service: a slim image with the 'serve' extra only (BentoML, ONNX Runtime,
 # LiteRT, Pillow, Prometheus client). No TensorFlow, no training code.
 #
-#   docker build -t shipyard-serve .
+#   docker build -t shipyard-serve .            (or: podman build -t shipyard-serve .)
 #   docker run -p 3000:3000 -e SHIPYARD_MODEL=digits:latest \
 #       -v "$HOME/bentoml/models:/home/shipyard/bentoml/models:ro" shipyard-serve
 #
 # The model store is mounted (read-only is fine: only BENTOML_HOME/models is read), or baked in by
 # copying an exported store into /home/shipyard/bentoml/models in a derived image. Every ServeConfig
 # setting is an environment variable (SHIPYARD_VARIANT, SHIPYARD_MAX_BATCH_SIZE, ...; see README).
+#
+# BASE_IMAGE is any image with Python 3.11 on PATH as python3 and the venv module (useradd too): the
+# official slim image by default; scripts/container-check.sh builds on a Debian base made locally with
+# mmdebstrap where no registry is reachable. PIP_CERT (a CA bundle's path inside the build, e.g. mounted
+# with -v) is for networks whose TLS goes through a proxy with its own certificate authority.
+ARG BASE_IMAGE=python:3.11-slim
 
-FROM python:3.11-slim AS build
+FROM ${BASE_IMAGE} AS build
+ARG PIP_CERT=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
+# Two steps so that the slow one is cached until the pins change: first the serve extra's packages, read
+# from pyproject.toml and pinned by constraints.txt; then the project itself, with the same install step as
+# a user's `pip install -c constraints.txt '.[serve]'` (everything already satisfied, nothing fetched).
+COPY pyproject.toml constraints.txt ./
+RUN if [ -n "$PIP_CERT" ]; then export PIP_CERT; else unset PIP_CERT; fi \
+    && python3 -m venv /opt/venv \
+    && python3 -c "import tomllib; x = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']; \
+f = lambda e: [d for r in x[e] for d in (f(r.split('[')[1].rstrip(']')) if r.startswith('shipyard[') else [r])]; \
+print(chr(10).join(f('serve')))" > /tmp/serve.txt \
+    && /opt/venv/bin/pip install -c constraints.txt -r /tmp/serve.txt
+COPY README.md ./
 COPY edge ./edge
 COPY serving ./serving
-# The same install step as tests/serving/test_serve_install.py: only the serve extra, pinned.
-RUN python -m venv /opt/venv \
+RUN if [ -n "$PIP_CERT" ]; then export PIP_CERT; else unset PIP_CERT; fi \
     && /opt/venv/bin/pip install -c constraints.txt ".[serve]" \
     && /opt/venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('tensorflow') is not None)"
 
-FROM python:3.11-slim
+FROM ${BASE_IMAGE}
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin shipyard \
     && mkdir -p /home/shipyard/bentoml/models \
     && chown -R shipyard:shipyard /home/shipyard/bentoml
