@@ -424,3 +424,22 @@ def test_per_trial_early_stopping_watches_the_objective(small_demo_dir, objectiv
     trial = trial_config(cfg, parse_space(cfg), {})
     assert trial.train.monitor == objective and trial.train.early_stopping_patience == 2
     assert monitor_mode(objective) == OBJECTIVES[objective].direction
+
+
+def test_assign_folds_is_a_stratified_seeded_split_any_stage_can_reuse():
+    """The k-fold split is a plain function: every sample in one fold, each class spread evenly, the same
+    folds for the same seed whatever the input order, and a one-line error naming the setting that asked."""
+    from training.data import Sample
+    from training.tune import assign_folds
+
+    labels = ["cat", "dog"]
+    samples = [Sample(Path(f"/d/{name}/{i}.png"), n) for n, name in enumerate(labels) for i in range(7 + 3 * n)]
+    folds = assign_folds(samples, labels, 3, seed=5)
+    assert set(folds) == {s.path for s in samples} and set(folds.values()) == {0, 1, 2}
+    for n in range(len(labels)):
+        sizes = np.bincount([folds[s.path] for s in samples if s.label == n], minlength=3)
+        assert sizes.max() - sizes.min() <= 1
+    assert assign_folds(samples[::-1], labels, 3, seed=5) == folds
+    assert assign_folds(samples, labels, 3, seed=6) != folds
+    with pytest.raises(ConfigError, match=r"evaluate.folds = 8 needs at least 8 images.*'cat' has 7"):
+        assign_folds(samples, labels, 8, seed=5, setting="evaluate.folds")
