@@ -35,9 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
 def add_config_args(parser: argparse.ArgumentParser, *, config_required: bool = True) -> None:
     """CONFIG plus ``--set key.sub=value`` (repeatable)."""
     parser.add_argument("config", nargs=None if config_required else "?", help="YAML config file")
+    add_overrides(parser)
+
+
+def add_overrides(
+    parser: argparse.ArgumentParser, example: str = "train.epochs=3", what: str = "a config value"
+) -> None:
+    """``--set KEY=VALUE`` (repeatable) into ``args.overrides``; ``example`` and ``what`` go into its help."""
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.epochs=3 (repeatable)",
+        help=f"override {what}, e.g. --set {example} (repeatable)",
     )
 
 

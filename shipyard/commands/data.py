@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from shipyard.cli import add_overrides
+
 
 def register(sub) -> None:
     p = sub.add_parser("data", help="look at a dataset")
@@ -12,7 +14,7 @@ def register(sub) -> None:
     ip = dsub.add_parser("inspect", help="counts, sizes, unreadable files, and the loading plan")
     ip.add_argument("dir", help="image folder")
     ip.add_argument("config", nargs="?", default=None, help="optional config (for image size, budget, batch)")
-    ip.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_overrides(ip, "data.memory_budget_mb=512")
     ip.add_argument("--json", action="store_true")
     ip.set_defaults(handler=_inspect)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from shipyard.cli import add_overrides
+
 
 def register(sub) -> None:
     from edge.variants import VARIANTS
@@ -24,14 +26,7 @@ def register(sub) -> None:
         default=None,
         help="optional YAML whose optimize: section replaces the package's (the data section is the package's)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set optimize.qat_epochs=1 (repeatable)",
-    )
+    add_overrides(p, "optimize.qat_epochs=1", "a config value")
     p.add_argument(
         "--variants",
         nargs="+",

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from edge.config import ConfigError
+from shipyard.cli import add_overrides
 
 
 def _kinds() -> list[str]:
@@ -16,14 +17,7 @@ def _kinds() -> list[str]:
 
 def _common(p) -> None:
     p.add_argument("--data", default=None, help="the training data folder, if it moved since training")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override the package's config, e.g. --set report.embedding_method=pca (repeatable)",
-    )
+    add_overrides(p, "report.embedding_method=pca", "the package's config")
 
 
 def register(sub) -> None:

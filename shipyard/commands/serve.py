@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from shipyard.cli import add_overrides
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -24,14 +26,7 @@ def register(sub) -> None:
         "tag", nargs="?", default=None, help="model tag, e.g. digits:latest (default: serve.model)"
     )
     p.add_argument("--config", default=None, help="YAML with a serve: section (a pipeline config works)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a serve setting, e.g. --set serve.max_batch_size=8 (repeatable)",
-    )
+    add_overrides(p, "serve.max_batch_size=8", "a serve setting")
     p.add_argument("--host", default=None, help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 3000)")
     p.add_argument(
