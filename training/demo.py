@@ -61,32 +61,13 @@ def write_demo_data(
     from sklearn.datasets import load_digits
 
     out = Path(out)
-    if size < 8:
-        raise ShipyardError(f"demo image size {size} is too small; use 8 pixels or more (e.g. 32)")
-    chosen = sorted(set(DIGIT_CLASSES if classes is None else classes))
-    bad = [c for c in chosen if c not in DIGIT_CLASSES]
-    if bad or not chosen:
-        raise ShipyardError(f"demo classes {classes!r} are invalid; pick digits from 0 to 9, e.g. [0, 1, 2]")
-    marker = out / DEMO_MARKER
-    if out.exists() and not out.is_dir():
-        raise ShipyardError(f"{out} is a file; pass a folder (new or empty) for the demo data")
-    if out.is_dir() and any(out.iterdir()):
-        if not marker.is_file():
-            raise ShipyardError(
-                f"{out} is not empty and was not written by write_demo_data (no {DEMO_MARKER}); "
-                "pass a new or empty folder"
-            )
-        previous = json.loads(marker.read_text()).get("classes", list(DIGIT_CLASSES))
-        for c in previous:
-            if (out / str(c)).is_dir():
-                shutil.rmtree(out / str(c))
-
+    chosen = _checked_classes(size, classes)
+    _clear_previous_demo(out)
     digits = load_digits()
     rng = np.random.default_rng(seed)
     counts: dict[str, int] = {str(c): 0 for c in chosen}
-    out.mkdir(parents=True, exist_ok=True)
     for c in chosen:
-        (out / str(c)).mkdir(exist_ok=True)
+        (out / str(c)).mkdir(parents=True, exist_ok=True)
     for i, (image, target) in enumerate(zip(digits.images, digits.target, strict=True)):
         # Draw colours for every image, chosen or not, so a subset has the same pixels as the full set.
         pixels = _colorize(image, size, rng)
@@ -94,19 +75,37 @@ def write_demo_data(
             continue
         Image.fromarray(pixels, mode="RGB").save(out / str(int(target)) / f"{int(target)}_{i:04d}.png")
         counts[str(int(target))] += 1
-    marker.write_text(
-        json.dumps(
-            {
-                "generator": "shipyard demo-data",
-                "size": size,
-                "seed": seed,
-                "classes": chosen,
-                "counts": counts,
-            }
-        )
-        + "\n"
-    )
+    record = {"generator": "shipyard demo-data", "size": size, "seed": seed, "classes": chosen, "counts": counts}
+    (out / DEMO_MARKER).write_text(json.dumps(record) + "\n")
     return counts
+
+
+def _checked_classes(size: int, classes: list[int] | None) -> list[int]:
+    """The sorted digits to write; raises ShipyardError for a size below 8 or classes outside 0-9."""
+    if size < 8:
+        raise ShipyardError(f"demo image size {size} is too small; use 8 pixels or more (e.g. 32)")
+    chosen = sorted(set(DIGIT_CLASSES if classes is None else classes))
+    bad = [c for c in chosen if c not in DIGIT_CLASSES]
+    if bad or not chosen:
+        raise ShipyardError(f"demo classes {classes!r} are invalid; pick digits from 0 to 9, e.g. [0, 1, 2]")
+    return chosen
+
+
+def _clear_previous_demo(out: Path) -> None:
+    """Remove the class folders of an earlier demo in ``out``; refuse a file or a foreign non-empty folder."""
+    marker = out / DEMO_MARKER
+    if out.exists() and not out.is_dir():
+        raise ShipyardError(f"{out} is a file; pass a folder (new or empty) for the demo data")
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    if not marker.is_file():
+        raise ShipyardError(
+            f"{out} is not empty and was not written by write_demo_data (no {DEMO_MARKER}); "
+            "pass a new or empty folder"
+        )
+    for c in json.loads(marker.read_text()).get("classes", list(DIGIT_CLASSES)):
+        if (out / str(c)).is_dir():
+            shutil.rmtree(out / str(c))
 
 
 __all__ = ["DEMO_MARKER", "write_demo_data"]
