@@ -40,6 +40,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -186,20 +187,7 @@ class _ShipyardUser(FastHttpUser):
         """Upload one real image to ``/classify`` and check the result."""
         image = random.choice(IMAGES)
         body, ctype = multipart([(FILE_FIELD, image.name, image.content, image.content_type), *_top_k()])
-        with self.client.post(
-            CLASSIFY, data=body, headers={"Content-Type": ctype}, name=CLASSIFY, catch_response=True
-        ) as resp:
-            if resp.status_code != 200:
-                resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:160]}")
-                return
-            try:
-                payload = resp.json()
-            except Exception:
-                resp.failure(f"200 with a body that is not JSON: {(resp.text or '')[:80]!r}")
-                return
-            problem = check_result(payload, _labels)
-            if problem:
-                resp.failure(f"malformed 200: {problem}")
+        self._post_checked(CLASSIFY, body, ctype, lambda payload: check_result(payload, _labels))
 
     def classify_batch(self) -> None:
         """Upload several real images to ``/classify_batch``; expect one valid result per image, in order."""
@@ -208,12 +196,12 @@ class _ShipyardUser(FastHttpUser):
         body, ctype = multipart(
             [*((BATCH_FIELD, im.name, im.content, im.content_type) for im in images), *_top_k()]
         )
+        self._post_checked(CLASSIFY_BATCH, body, ctype, lambda payload: check_batch(payload, n, _labels))
+
+    def _post_checked(self, path: str, body: bytes, ctype: str, check: Callable[[Any], str | None]) -> None:
+        """POST ``body`` to ``path``; a non-200, a body that is not JSON or a ``check`` problem is a failure."""
         with self.client.post(
-            CLASSIFY_BATCH,
-            data=body,
-            headers={"Content-Type": ctype},
-            name=CLASSIFY_BATCH,
-            catch_response=True,
+            path, data=body, headers={"Content-Type": ctype}, name=path, catch_response=True
         ) as resp:
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:160]}")
@@ -223,7 +211,7 @@ class _ShipyardUser(FastHttpUser):
             except Exception:
                 resp.failure(f"200 with a body that is not JSON: {(resp.text or '')[:80]!r}")
                 return
-            problem = check_batch(payload, n, _labels)
+            problem = check(payload)
             if problem:
                 resp.failure(f"malformed 200: {problem}")
 
