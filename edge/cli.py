@@ -4,7 +4,7 @@ Verbs::
 
     shipyard-edge predict MODEL IMAGE... [--variant V] [--top-k K] [--labels FILE] [--batch-size N] [--json]
     shipyard-edge bench MODEL [--runs N] [--min-time S] [--threads T] [--batch-size N] [--mode M] [--json]
-    shipyard-edge eval PACKAGE DATA_DIR [--variant V] [--split S] [--batch-size N] [--json]
+    shipyard-edge eval PACKAGE DATA_DIR [--variant V] [--split S] [--all-images] [--batch-size N] [--json]
 
 MODEL is a model package (a folder with ``manifest.json``) or a bare ``.tflite``/``.onnx`` file. Every
 error is one line on stderr and exit status 2.
@@ -109,6 +109,50 @@ def _onnx_labels(runner: Runner) -> list[str] | None:
     return [str(x) for x in labels] if isinstance(labels, list) else None
 
 
+def _tflite_labels(runner: Runner) -> list[str] | None:
+    from edge.metadata import read_tflite_metadata
+
+    if runner.path is None:
+        return None
+    meta = read_tflite_metadata(Path(runner.path).read_bytes())
+    return meta.labels if meta is not None else None
+
+
+#: Where a bare model file of each format keeps its labels, and how the CLI names that source.
+EMBEDDED_LABELS = {
+    "onnx": ("onnx metadata", _onnx_labels),
+    "tflite": ("tflite metadata", _tflite_labels),
+}
+
+
+def _embedded_labels(runner: Runner) -> tuple[list[str], str] | None:
+    source, read = EMBEDDED_LABELS.get(runner.format, ("", None))
+    labels = read(runner) if read is not None else None
+    return (labels, source) if labels else None
+
+
+def check_classifier_outputs(runner: Runner, where: str) -> None:
+    """Refuse a model whose output is not one ``[N, classes]`` score tensor (a detector, a segmenter...).
+
+    The scores are the output named ``probabilities``, or the only output.
+
+    Raises:
+        ModelFileError: one line naming the outputs, and that ``bench`` still works on the model.
+    """
+    specs = list(runner.output_specs)
+    named = [s for s in specs if s.name == "probabilities"]
+    scores = named[0] if named else (specs[0] if len(specs) == 1 else None)
+    if scores is not None and len(scores.shape) == 2:
+        return
+    described = "; ".join(
+        f"{s.name} {s.dtype.name} {tuple('N' if d is None else d for d in s.shape)}" for s in specs
+    )
+    raise ModelFileError(
+        f"{where} is not an image classifier: predict needs one [N, classes] score output, it has "
+        f"{len(specs)} output(s): {described}; `shipyard-edge bench` still works on it"
+    )
+
+
 # ---------------------------------------------------------------------------------------------- opening
 class OpenedModel:
     """A runner with what the CLI needs around it: labels, input contract, where they came from."""
@@ -159,10 +203,11 @@ def open_model(
                 f"{path} has an open input height/width {tuple(runner.input_shape)}; shipyard-edge needs a fixed "
                 "input size to resize images to: export the model with a fixed height and width"
             )
+        check_classifier_outputs(runner, str(path))
         contract = InputContract(height=runner.height, width=runner.width)
         source = "file" if labels is not None else "indices"
-        if labels is None and (meta := _onnx_labels(runner)) is not None:
-            labels, source = meta, "onnx metadata"
+        if labels is None and (embedded := _embedded_labels(runner)) is not None:
+            labels, source = embedded
         return OpenedModel(runner, contract, labels, source, None, str(path))
     except Exception:
         runner.close()
@@ -349,6 +394,7 @@ def _print_eval(r: dict[str, Any]) -> None:
         f"package {r['package']} variant {r['variant']} ({r['variant_file']}), data {r['data_dir']} "
         f"(split {r['split']}): {r['images']} images, {r['ms_per_image']:.2f} ms/image"
     )
+    print(f"scored: {r['scope']}")
     if r["skipped"]:
         first = r["skipped"][0]
         print(f"skipped {len(r['skipped'])} file(s), first: {first['path']}: {first['reason']}")
@@ -396,6 +442,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         threads=args.threads,
         batch_size=args.batch_size,
         split=args.split,
+        all_images=args.all_images,
     )
     if args.json:
         _print_json(result.to_dict())
@@ -465,6 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("package", help="a model package folder")
     p.add_argument("data_dir", help="class folders, or train/ val/ test/ holding class folders")
     p.add_argument("--split", help="with split folders: test (default when present), val, train or all")
+    p.add_argument(
+        "--all-images",
+        action="store_true",
+        help="score every image found, not only the package's held-out test split (the output says so)",
+    )
     p.add_argument("--batch-size", type=_positive_int, default=32, help="images per inference (default 32)")
     common(p)
     p.set_defaults(func=cmd_eval)

@@ -69,6 +69,8 @@ class EvalResult:
     weighted: dict[str, float]
     confusion: list[list[int]]
     reference: ReferenceComparison
+    scope: str = ""
+    held_out_only: bool = False
     skipped: list[dict[str, str]] = field(default_factory=list)
     unknown_classes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -386,6 +388,47 @@ def compare_with_reference(
     )
 
 
+def held_out_files(manifest: Manifest, reference: dict[str, np.ndarray] | None) -> tuple[str, list[str]] | None:
+    """(split name, relative paths) of the images the package was evaluated on and never trained on.
+
+    Read from the manifest's ``held_out`` (written by training), else from the reference predictions'
+    paths (the same images); ``None`` when the package records neither.
+    """
+    if manifest.held_out is not None and manifest.held_out.files:
+        return manifest.held_out.split, list(manifest.held_out.files)
+    if reference is not None and len(reference["paths"]):
+        split = str((manifest.metrics or {}).get("evaluated_on") or "test")
+        return split, [str(p) for p in reference["paths"].tolist()]
+    return None
+
+
+def select_held_out(
+    images: list[LabelledImage], held: tuple[str, list[str]] | None, data_dir: str | Path, all_images: bool
+) -> tuple[list[LabelledImage], str, bool]:
+    """Keep the images of the package's held-out split, unless ``all_images``.
+
+    Returns:
+        (images to score, a sentence saying which images they are, whether only held-out ones were kept).
+
+    Raises:
+        DataError: none of the images is in the held-out split (another data folder?).
+    """
+    if all_images:
+        return images, f"all {len(images)} images, including any the model was trained on (--all-images)", False
+    if held is None:
+        return images, f"all {len(images)} images: the package records no held-out split", False
+    split, files = held
+    matches = match_reference([img.relpath for img in images], files)
+    kept = [img for img, m in zip(images, matches, strict=True) if m is not None]
+    if not kept:
+        raise DataError(
+            f"none of the {len(images)} images in {data_dir} is in the package's held-out {split} split "
+            f"({len(files)} images, e.g. {files[0]!r}); pass the data folder the package was trained on, "
+            "or --all-images to score every image"
+        )
+    return kept, f"the package's held-out {split} split: {len(kept)} of {len(images)} images", True
+
+
 def evaluate_package(
     package: str | Path,
     data_dir: str | Path,
@@ -394,8 +437,12 @@ def evaluate_package(
     threads: int | None = None,
     batch_size: int = 32,
     split: str | None = None,
+    all_images: bool = False,
 ) -> EvalResult:
     """Evaluate a variant of a package on a data folder, on this device.
+
+    Only the images of the package's held-out split (recorded in its manifest) are scored, so that the
+    accuracy is not inflated by training images; ``all_images`` scores every image found.
 
     Args:
         package: the package directory.
@@ -403,7 +450,9 @@ def evaluate_package(
         variant: the variant to run (default as :func:`edge.package.choose_variant`).
         threads: inference threads (default: all cores).
         batch_size: images per inference.
-        split: the split folder to read (see :func:`find_images`).
+        split: the split folder to read (see :func:`find_images`); with ``all_images`` and none
+            given, every split.
+        all_images: score every image, not only the held-out ones.
 
     Returns:
         An :class:`EvalResult`.
@@ -416,6 +465,8 @@ def evaluate_package(
         raise ValueError(f"batch_size={batch_size}; use 1 or more")
     runner, manifest, key = open_variant_runner(package, variant, num_threads=threads)
     try:
+        if all_images and split is None:
+            split = "all"
         found, split_read, skipped = find_images(data_dir, split, manifest.labels)
         index = {name: i for i, name in enumerate(manifest.labels)}
         unknown: dict[str, int] = {}
@@ -433,6 +484,9 @@ def evaluate_package(
                 "pass the folder of class subfolders the model was trained on"
             )
         reference = load_reference(package, manifest)
+        usable, scope, held_only = select_held_out(
+            usable, held_out_files(manifest, reference), data_dir, all_images
+        )
         start = time.perf_counter()
         probs, kept, bad = predict_images(runner, [img.path for img in usable], manifest.input, batch_size)
         seconds = time.perf_counter() - start
@@ -464,6 +518,8 @@ def evaluate_package(
         weighted=metrics["weighted"],
         confusion=metrics["confusion"],
         reference=comparison,
+        scope=scope,
+        held_out_only=held_only,
         skipped=skipped,
         unknown_classes=unknown,
         seconds=seconds,

@@ -88,6 +88,13 @@ class DatasetInfo(_Model):
     batch_size_reason: str = ""
 
 
+class HeldOutSplit(_Model):
+    """The images the model never trained on, on which it was evaluated (``shipyard-edge eval`` scores these)."""
+
+    split: str = "test"
+    files: list[str] = Field(default_factory=list, description="paths relative to the data folder, posix")
+
+
 class Manifest(_Model):
     """``manifest.json`` of a model package."""
 
@@ -100,6 +107,7 @@ class Manifest(_Model):
     base_model: dict[str, Any] = Field(default_factory=dict)
     training_config: dict[str, Any] = Field(default_factory=dict)
     dataset: DatasetInfo | None = None
+    held_out: HeldOutSplit | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, FileEntry] = Field(default_factory=dict)
     variants: dict[str, VariantInfo] = Field(default_factory=dict)

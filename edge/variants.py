@@ -306,6 +306,13 @@ VARIANTS: dict[str, Variant] = _variants(
         description="full integer quantization, uint8 input and output",
     ),
     Variant(
+        name="litert_int8.tflite",
+        format="tflite",
+        quantization="litert_int8",
+        **_INT8,
+        description="LiteRT quantizer (litert-quantizer) on fp32.tflite: int8 weights and activations, int8 input and output",
+    ),
+    Variant(
         name="qat_int8.tflite",
         format="tflite",
         quantization="qat_int8",

@@ -75,6 +75,7 @@ class HeadConfig(StrictModel):
     activation: str = "relu"
     dropout: float = Field(0.2, ge=0, lt=1)
     l2: float = Field(0.0, ge=0)
+    batch_norm: bool = Field(False, description="BatchNormalization after the pooling and after each dense layer")
 
     @field_validator("dense")
     @classmethod
@@ -82,6 +83,36 @@ class HeadConfig(StrictModel):
         if any(w <= 0 for w in value):
             raise ValueError(f"dense widths must be positive, got {value}")
         return value
+
+
+class LayerRange(StrictModel):
+    """``{until: LAYER}`` (the base layers before LAYER) or ``{from: LAYER}`` (LAYER and the layers after it)."""
+
+    until: str | None = None
+    from_: str | None = Field(None, alias="from")
+
+    model_config = {**StrictModel.model_config, "populate_by_name": True, "serialize_by_alias": True}
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.until is None) == (self.from_ is None):
+            raise ValueError("give exactly one of until: LAYER or from: LAYER")
+        return self
+
+
+#: Which base layers a freeze or unfreeze rule selects: all, none, a count, a list of names, glob or
+#: ``re:`` patterns or layer types (``BatchNormalization``), or a range (see training.freeze).
+LayerSelection = Literal["all", "none"] | int | list[str] | LayerRange
+
+
+class SpatialTransformerConfig(StrictModel):
+    """A spatial transformer in front of the base: a small localization net predicts an affine transform
+    (identity at the start) and a bilinear sampler warps the image with it (see training.stn)."""
+
+    enabled: bool = False
+    filters: list[int] = Field(default_factory=lambda: [8, 16], description="conv widths of the localization net")
+    dense: int = Field(32, ge=1, description="width of the localization net's dense layer")
+    downsample: int = Field(2, ge=1, description="the localization net sees the image pooled by this factor")
 
 
 class ModelConfig(StrictModel):
@@ -93,10 +124,13 @@ class ModelConfig(StrictModel):
     weights: str = Field("imagenet", description="imagenet | none | path to a .h5/.keras weights file")
     alpha: float | None = Field(None, gt=0, description="width multiplier (MobileNets)")
     cut_at: str | None = Field(None, description="cut the base at this layer's output")
-    freeze: Literal["all", "none"] | int = Field(
-        "all", description="'all' freezes the base, an integer N leaves the last N base layers trainable"
+    freeze: LayerSelection = Field(
+        "all",
+        description="'all' freezes the base, an integer N leaves the last N base layers trainable; or a list of "
+        "layer names, glob patterns, 're:' regexes or layer types to freeze, or {until: LAYER}",
     )
     head: HeadConfig = Field(default_factory=HeadConfig)
+    spatial_transformer: SpatialTransformerConfig = Field(default_factory=SpatialTransformerConfig)
 
     @field_validator("name")
     @classmethod
@@ -122,7 +156,13 @@ class FineTuneConfig(StrictModel):
     enabled: bool = False
     epochs: int = Field(5, ge=1)
     unfreeze_layers: int = Field(20, ge=1)
+    unfreeze: LayerSelection | None = Field(
+        None,
+        description="base layers to unfreeze, like model.freeze (names, patterns, types, {from: LAYER}); "
+        "default: the last unfreeze_layers layers",
+    )
     learning_rate: float = Field(1e-5, gt=0)
+    l2: float = Field(0.0, ge=0, description="L2 penalty on the kernels of the layers unfrozen for fine-tuning")
 
 
 class TrainConfig(StrictModel):
@@ -144,7 +184,16 @@ class TrainConfig(StrictModel):
         description="the log that the best checkpoint, early stopping and learning-rate reduction watch: val_loss, "
         "val_accuracy, val_macro_f1 (costs one more validation pass per epoch) or any other Keras log",
     )
-    reduce_lr_patience: int = Field(3, ge=0, description="0 disables learning-rate reduction")
+    lr_schedule: Literal["constant", "cosine", "step", "exponential"] = Field(
+        "constant", description="learning rate over the epochs of each phase, from that phase's rate"
+    )
+    warmup_epochs: int = Field(0, ge=0, description="ramp the rate up linearly over this many first epochs of a phase")
+    lr_step_epochs: int = Field(3, ge=1, description="step: multiply the rate by lr_decay every this many epochs")
+    lr_decay: float = Field(0.5, gt=0, le=1, description="step: factor per step; exponential: factor per epoch")
+    lr_min_fraction: float = Field(0.0, ge=0, le=1, description="cosine: the rate ends at this fraction of the start")
+    reduce_lr_patience: int = Field(
+        3, ge=0, description="0 disables learning-rate reduction; a reduction scales the schedule from then on"
+    )
     reduce_lr_factor: float = Field(0.2, gt=0, lt=1)
     min_learning_rate: float = Field(1e-7, ge=0)
     checkpoint_every: int = Field(1, ge=1, description="save a checkpoint every N epochs")
@@ -153,6 +202,15 @@ class TrainConfig(StrictModel):
     distribution: Literal["none", "mirrored", "multi_worker"] = "none"
     mixed_precision: bool = False
     version: str | None = Field(None, description="package version; default: a timestamp")
+
+    @model_validator(mode="after")
+    def _multi_worker_version(self):
+        if self.distribution == "multi_worker" and self.version is None:
+            raise ValueError(
+                "distribution: multi_worker needs train.version (the same on every worker), so that all workers "
+                "agree on the run directory; e.g. --set train.version=run1"
+            )
+        return self
 
 
 class GateConfig(StrictModel):
@@ -166,10 +224,10 @@ class GateConfig(StrictModel):
     * ``fp16`` (float16 weights, computed in float32 on CPUs): weights lose about 3 decimal digits, so
       probabilities may move by about 1e-3; the gate allows 1e-2 and 99% top-1 agreement.
     * ``dynamic`` (int8 weights, activations quantized on the fly): behaves like int8, with int8's limits.
-    * ``int8`` (full integer): top-1 agreement and the accuracy lost. For variants that were fine-tuned
-      (QAT, pruning, clustering), agreement is measured against the fine-tuned float model the file was
-      converted from (``int8_agreement_with: parent``: the conversion must be faithful) or against the
-      original Keras model (``reference``); the accuracy drop is always against the original.
+    * ``int8`` (full integer): top-1 agreement and the accuracy lost, against the original Keras model.
+      Variants that were fine-tuned (QAT, pruning, clustering) are gated against the original too; with
+      ``int8_agreement_with: parent`` they must also agree with the fine-tuned float model the file was
+      converted from (the conversion must be faithful); ``reference`` drops that second check.
     """
 
     float_min_agreement: float = Field(1.0, ge=0, le=1)
@@ -182,7 +240,9 @@ class GateConfig(StrictModel):
     int8_min_agreement: float = Field(0.98, ge=0, le=1)
     int8_max_accuracy_drop: float = Field(0.01, ge=0, le=1)
     int8_agreement_with: Literal["parent", "reference"] = Field(
-        "parent", description="fine-tuned variants: agree with the float model they were converted from, or the original"
+        "parent",
+        description="fine-tuned variants: also agree with the float model they were converted from (parent), "
+        "or only with the original (reference)",
     )
 
 
@@ -205,6 +265,9 @@ class OptimizeConfig(StrictModel):
         None, ge=1, description="at most this many training images for QAT/pruning/clustering (default: all)"
     )
     eval_samples: int | None = Field(None, ge=1, description="at most this many test images for the gates (default: all)")
+    tflite_metadata: bool = Field(
+        True, description="write MediaPipe/TFLite metadata (labels, normalization, name) into every TFLite variant"
+    )
     seed: int = 0
     onnx_opset: int = Field(17, ge=13, le=18, description="tf2onnx 1.17 writes opsets 13..18")
     latency: bool = Field(True, description="measure latency (off: faster, the report shows no latency)")

@@ -9,6 +9,7 @@ import numpy as np
 
 from edge.manifest import (
     DatasetInfo,
+    HeldOutSplit,
     InputContract,
     Manifest,
     VariantInfo,
@@ -131,6 +132,7 @@ def write_package(result, config: TrainingConfig, *, top_k: int | None = None) -
         },
         training_config=config.training_dump(),
         dataset=DatasetInfo.model_validate(ds.dataset_info().model_dump()),
+        held_out=HeldOutSplit(split=eval_split, files=rel_paths),
         metrics={
             **evaluation.summary(),
             "evaluated_on": eval_split,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,8 +112,8 @@ def test_eval_measures_mistakes(edge_assets, dataset_factory, tmp_path):
     # two green images filed as red: the model (rightly) calls them green
     for name in ("img_0000.png", "img_0001.png"):
         shutil.move(data / "test" / "green" / name, data / "test" / "red" / f"moved_{name}")
-    result = evaluate_package(edge_assets.package, data, variant="fp32", threads=1)
-    assert result.images == 9
+    result = evaluate_package(edge_assets.package, data, variant="fp32", threads=1, all_images=True)
+    assert result.images == 9 and not result.held_out_only
     assert result.confusion == [[3, 2, 0], [0, 1, 0], [0, 0, 3]]
     assert result.accuracy == pytest.approx(7 / 9)
     red = result.per_class[0]
@@ -127,7 +128,7 @@ def test_eval_reports_unknown_folders_and_bad_files(edge_assets, tmp_path):
     shutil.copy(data / "red" / "img_0000.png", data / "purple" / "p.png")
     (data / "blue" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     (data / "blue" / "notes.txt").write_text("not an image")
-    result = evaluate_package(edge_assets.package, data, variant="onnx", threads=1)
+    result = evaluate_package(edge_assets.package, data, variant="onnx", threads=1, all_images=True)
     assert result.images == 12
     assert result.unknown_classes == {"purple": 1}
     reasons = {item["path"]: item["reason"] for item in result.skipped}
@@ -155,7 +156,11 @@ def test_cli_eval_table(edge_assets, capsys):
 
 
 def test_cli_eval_says_when_nothing_matches(edge_assets, capsys):
-    code = main(["eval", str(edge_assets.package), str(edge_assets.data_dir), "--split", "train", "--json"])
+    args = ["eval", str(edge_assets.package), str(edge_assets.data_dir), "--split", "train"]
+    assert main(args) == 2  # no train image is held out
+    err = capsys.readouterr().err
+    assert "none of the 12 images" in err and "held-out test split" in err and "--all-images" in err
+    code = main([*args, "--all-images", "--json"])
     assert code == 0
     ref = json.loads(capsys.readouterr().out)["reference"]
     assert ref["matched"] == 0 and ref["top1_agreement"] is None
@@ -172,3 +177,26 @@ def test_cli_eval_errors(edge_assets, capsys, tmp_path):
     assert "no image in a folder named after one of the model's labels" in err and "cats" in err
     assert main(["eval", str(edge_assets.fp32), str(edge_assets.data_dir)]) == 2
     assert "eval needs a package" in capsys.readouterr().err
+
+
+def test_eval_scores_only_the_held_out_split_unless_asked(edge_assets, edge_package_copy, capsys):
+    from edge.manifest import HeldOutSplit, read_manifest, write_manifest
+
+    # a flat class-folder dataset holding train and test images, as the demo is
+    flat = Path(shutil.copytree(edge_assets.data_dir / "test", edge_package_copy.parent / "flat"))
+    for src in sorted((edge_assets.data_dir / "train").rglob("*.png")):
+        shutil.copy(src, flat / src.parent.name / f"train_{src.name}")
+    manifest = read_manifest(edge_package_copy)
+    held = [p.removeprefix("test/") for p in edge_assets.test_paths[:6]]
+    manifest.held_out = HeldOutSplit(split="test", files=held)
+    write_manifest(edge_package_copy, manifest)
+    everything = len([p for p in flat.rglob("*") if p.is_file()])
+
+    result = evaluate_package(edge_package_copy, flat, variant="fp32", threads=1)
+    assert result.held_out_only and result.images == 6
+    assert "held-out test split: 6 of" in result.scope
+
+    assert main(["eval", str(edge_package_copy), str(flat), "--all-images"]) == 0
+    out = capsys.readouterr().out
+    assert f"(split all): {everything} images" in out
+    assert "including any the model was trained on (--all-images)" in out

@@ -27,6 +27,7 @@ from training.optimize.conversion import (
     convert_to_onnx,
     convert_to_tflite,
     export_saved_model,
+    quantize_with_litert,
 )
 from training.optimize.errors import OptimizeError
 from training.optimize.transforms import cluster_model, fine_tune, prune_model, quantize_aware_model
@@ -66,6 +67,7 @@ class BuildContext:
     data: OptimizeData
     representative: np.ndarray | None
     metadata: dict[str, str]
+    info: dict[str, str] = field(default_factory=dict)  # name, version, description (TFLite metadata)
 
     def require_train(self, what: str) -> tuple[np.ndarray, np.ndarray]:
         """The fine-tuning images and labels, or a clear error when there are none."""
@@ -111,6 +113,12 @@ def _build_tflite(quant: Callable[[BuildContext], QuantizationConfig]) -> Builde
 
 def _int8(ctx: BuildContext) -> QuantizationConfig:
     return QuantizationConfig.for_int8(ctx.config.representative_samples)
+
+
+def _build_litert_int8(ctx: BuildContext) -> Built:
+    rep = ctx.require_representative()
+    float_tflite = convert_to_tflite(ctx.model, QuantizationConfig.for_float32())
+    return Built(content=quantize_with_litert(float_tflite, rep), details={"quantizer": "litert-quantizer"})
 
 
 def _build_qat(ctx: BuildContext) -> Built:
@@ -244,6 +252,7 @@ BUILDERS: dict[str, Builder] = {
     "fp16.tflite": _build_tflite(lambda ctx: QuantizationConfig.for_float16()),
     "dynamic.tflite": _build_tflite(lambda ctx: QuantizationConfig.for_dynamic()),
     "int8.tflite": _build_tflite(_int8),
+    "litert_int8.tflite": _build_litert_int8,
     "qat_int8.tflite": _build_qat,
     "pruned_int8.tflite": _build_pruned,
     "clustered_int8.tflite": _build_clustered,

@@ -57,7 +57,7 @@ class Limit:
         op: ``">="`` or ``"<="``.
         optional: checked only when the metric exists (the embedding of a variant that outputs one).
         parent_name, parent_metric: for fine-tuned variants with ``int8_agreement_with: parent``, the
-            limit is checked on this metric (against the float model the file was converted from).
+            limit is also checked on this metric (against the float model the file was converted from).
     """
 
     name: str
@@ -70,7 +70,7 @@ class Limit:
 
 
 def _agreement(setting: str, **parent: str) -> Limit:
-    return Limit("top-1 agreement", "agreement", setting, ">=", **parent)  # type: ignore[arg-type]
+    return Limit("top-1 agreement with Keras", "agreement", setting, ">=", **parent)  # type: ignore[arg-type]
 
 
 def _prob_diff(setting: str) -> Limit:
@@ -112,19 +112,25 @@ def gate_checks(
 ) -> list[GateCheck]:
     """The checks of a gate kind for a variant's metrics (see :class:`training.config.GateConfig`).
 
+    Every limit is checked against the original Keras model (the model that was trained and evaluated).
+    A fine-tuned variant (``retrained``) with ``int8_agreement_with: parent`` must also agree with the
+    fine-tuned float model it was converted from (the conversion was faithful); so "agreement >= 98%"
+    always means agreement with the trained model, and the parent check comes on top.
+
     Args:
         kind: a key of :data:`GATES`.
-        metrics: the variant's metrics (``agreement``, ``max_prob_diff``, ...).
+        metrics: the variant's metrics (``agreement``, ``max_prob_diff``, ``agreement_parent``...).
         gates: the :class:`~training.config.GateConfig` holding the limits.
-        retrained: the variant was fine-tuned (its agreement may be measured against its parent).
+        retrained: the variant was fine-tuned (QAT, pruning, clustering).
     """
     use_parent = retrained and gates.int8_agreement_with == "parent"
     checks = []
     for limit in GATES[kind]:
         if limit.optional and limit.metric not in metrics:
             continue
-        name, metric = limit.name, limit.metric
+        limit_value = getattr(gates, limit.setting)
+        checks.append(GateCheck(limit.name, metrics.get(limit.metric), limit_value, limit.op))
         if use_parent and limit.parent_metric is not None:
-            name, metric = limit.parent_name or name, limit.parent_metric
-        checks.append(GateCheck(name, metrics.get(metric), getattr(gates, limit.setting), limit.op))
+            name = limit.parent_name or limit.name
+            checks.append(GateCheck(name, metrics.get(limit.parent_metric), limit_value, limit.op))
     return checks

@@ -67,6 +67,7 @@ def report_rows(results: list[Any]) -> list[dict[str, str]]:
                 "accuracy": _pct(m.get("accuracy")),
                 "macro F1": _num(m.get("macro_f1"), ".4f"),
                 "agreement": _pct(m.get("agreement")),
+                "agreement w/ fine-tuned": _pct(m.get("agreement_parent")) if r.spec.needs_fine_tuning else "",
                 "max |Δp|": _num(m.get("max_prob_diff"), ".2e"),
                 "p50/p90/p99 ms (1 thread)": _lat(r, "1"),
                 "p50/p90/p99 ms (all cores)": _lat(r, "all"),

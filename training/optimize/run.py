@@ -30,6 +30,7 @@ from training.optimize.measure import (
     reference_outputs,
     representative,
 )
+from training.optimize.metadata import FINISHERS
 from training.optimize.results import VariantResult, result_from_manifest
 
 VARIANTS_DIR = "variants"
@@ -81,6 +82,16 @@ def _failed(result: VariantResult, status: str, reason: str) -> VariantResult:
     return result
 
 
+def _finish(result: VariantResult, built: Built, ctx: BuildContext) -> Built:
+    """The format's finishing step (TFLite metadata), so that the file written and hashed is the final one."""
+    finisher = FINISHERS.get(result.spec.format)
+    if finisher is None or built.content is None or not ctx.config.tflite_metadata:
+        return built
+    built.content, details = finisher(built.content, ctx.labels, ctx.info)
+    built.details.update(details)
+    return built
+
+
 def _build_one(ctx: BuildContext, result: VariantResult, target: Path) -> Built | None:
     """Build and write one variant; ``None`` (and a ``failed_export`` row) when it cannot be built."""
     from training._tf import keras
@@ -88,7 +99,7 @@ def _build_one(ctx: BuildContext, result: VariantResult, target: Path) -> Built 
     keras.utils.set_random_seed(ctx.config.seed)
     started = time.perf_counter()
     try:
-        built = BUILDERS[result.key](ctx)
+        built = _finish(result, BUILDERS[result.key](ctx), ctx)
         _write_output(built, target)
     except Exception as exc:  # a failed variant is a row, not a crash
         _failed(result, "failed_export", _first_line(exc))
@@ -121,8 +132,14 @@ def _check_one(
 
 
 def _context(
-    model: Any, labels: list[str], contract: InputContract, data: OptimizeData, config: Any, metadata
-):
+    model: Any,
+    labels: list[str],
+    contract: InputContract,
+    data: OptimizeData,
+    config: Any,
+    metadata: dict[str, str] | None,
+    info: dict[str, str] | None,
+) -> BuildContext:
     return BuildContext(
         model=model,
         labels=labels,
@@ -131,6 +148,7 @@ def _context(
         data=data,
         representative=representative(data, config.representative_samples, config.seed),
         metadata=metadata or onnx_metadata(labels, contract),
+        info=info or {},
     )
 
 
@@ -144,6 +162,7 @@ def optimize_model(
     out_dir: Path,
     variants: list[str] | None = None,
     metadata: dict[str, str] | None = None,
+    info: dict[str, str] | None = None,
     progress: Progress | None = None,
 ) -> tuple[list[VariantResult], Reference]:
     """Build, evaluate and time every requested variant of ``model`` into ``out_dir/<variant name>``.
@@ -162,6 +181,7 @@ def optimize_model(
         out_dir: where the variant files go.
         variants: names of :data:`edge.variants.VARIANTS` (default: ``config.variants`` or all).
         metadata: ONNX metadata_props (default: labels, input contract, shipyard version).
+        info: name, version and description for the TFLite metadata.
         progress: called with one line per step (for the CLI).
 
     Returns:
@@ -176,7 +196,7 @@ def optimize_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     data = evaluation_data(data, contract, config)
     reference = reference_outputs(model, data, len(labels))
-    ctx = _context(model, labels, contract, data, config, metadata)
+    ctx = _context(model, labels, contract, data, config, metadata, info)
     results = []
     for key in keys:
         result = VariantResult(key=key, spec=VARIANTS[key])
@@ -258,6 +278,20 @@ def _report_rows(manifest: Manifest, results: list[VariantResult], keys: list[st
     return [fresh[k] if k in keys else earlier[k] for k in VARIANTS if k in keys or k in earlier]
 
 
+def package_info(manifest: Manifest) -> dict[str, str]:
+    """Name, version and description of a package, for the TFLite metadata."""
+    base = manifest.base_model.get("name") or "a small CNN"
+    return {
+        "name": manifest.name,
+        "version": manifest.version,
+        "description": (
+            f"Image classifier of {len(manifest.labels)} classes ({', '.join(manifest.labels[:8])}"
+            f"{', ...' if len(manifest.labels) > 8 else ''}) on {base}, trained with Shipyard; "
+            f"input RGB {manifest.input.height}x{manifest.input.width}, pixels 0..255"
+        ),
+    }
+
+
 def _with_data_path(config: Any, data: str | Path | None) -> Any:
     if data is None:
         return config
@@ -309,6 +343,7 @@ def run_optimize(
         config=config.optimize,
         out_dir=package / VARIANTS_DIR,
         variants=keys,
+        info=package_info(manifest),
         progress=progress,
     )
     notes = ([loaded.problem] if loaded.problem else []) + list(reference.notes)
