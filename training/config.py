@@ -42,8 +42,16 @@ class DataConfig(StrictModel):
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
     seed: int = 42
-    batch_size: int | None = Field(None, gt=0, description="default: chosen from the memory budget and dataset size")
+    batch_size: int | None = Field(
+        None, gt=0, description="per replica; default: chosen from the model's step memory and the dataset size"
+    )
     memory_budget_mb: int = Field(2048, gt=0, description="decoded data up to this size is cached in memory")
+    step_memory_mb: int | None = Field(
+        None,
+        gt=0,
+        description="memory one training step may use (batch, activations, weights, gradients, optimizer slots); "
+        "the automatic batch size is the largest that fits; default: memory_budget_mb",
+    )
     loading: Literal["auto", "memory", "stream"] = "auto"
     class_weights: bool = False
     max_pixels: int = Field(50_000_000, gt=0)

@@ -18,6 +18,7 @@ from typing import Any
 from edge.config import ConfigError
 from training._tf import keras, tf
 from training.config import ModelConfig, TrainConfig
+from training.freeze import apply_trainable, select_layers
 from training.layers import ReverseChannels
 from training.losses import SparseFocalLoss, SparseSmoothedCrossentropy
 
@@ -25,6 +26,9 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 PREPROCESS_PREFIX = "preprocess_"
 HEAD_PREFIX = "head_"
+STN_PREFIX = "stn_"
+#: Layers of these prefixes are never part of the base (so never frozen by model.freeze).
+NOT_BASE = (HEAD_PREFIX, PREPROCESS_PREFIX, STN_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -243,28 +247,40 @@ def _base_features(config: ModelConfig, image_size: tuple[int, int]):
                 f"model.base_model {config.base_model} takes {tuple(inputs.shape[1:3])} images but data.image_size "
                 f"is {(h, w)}; remove data.image_size or set it to the base's size"
             )
+        if config.spatial_transformer.enabled:
+            raise ConfigError("model.spatial_transformer works with a registered model.base, not with model.base_model")
         features = _cut(base, config.cut_at or _default_cut_saved(base))
         return inputs, features, _layers_between(base, features)
     spec = _spec(config.base)
     inputs = keras.Input((h, w, 3), name=INPUT_NAME, dtype="float32")
-    x = _preprocess(inputs, spec.preprocess)
+    x = inputs
+    if config.spatial_transformer.enabled:
+        from training.stn import spatial_transformer
+
+        x = spatial_transformer(x, config.spatial_transformer)
+    x = _preprocess(x, spec.preprocess)
     base = _build_base(config, x, spec)
     features = _cut(base, config.cut_at or spec.default_cut)
-    base_layers = [layer for layer in _layers_between(base, features) if not layer.name.startswith(PREPROCESS_PREFIX)]
+    base_layers = [layer for layer in _layers_between(base, features) if not layer.name.startswith(NOT_BASE)]
     return inputs, features, base_layers
 
 
 def _head(config: ModelConfig, features, num_classes: int):
-    """Pooling (for a 4-D cut), the dense layers, dropout and the float32 softmax ``probabilities``."""
+    """Pooling (for a 4-D cut), the dense layers (each followed by BatchNormalization with
+    ``head.batch_norm``, as is the pooling), dropout and the float32 softmax ``probabilities``."""
     x = features
     if len(x.shape) == 4:
         pool = keras.layers.GlobalAveragePooling2D if config.head.pooling == "avg" else keras.layers.GlobalMaxPooling2D
         x = pool(name=HEAD_PREFIX + "pool")(x)
     elif len(x.shape) != 2:
         raise ConfigError(f"the base's output at the cut has shape {tuple(x.shape)}; cut at a 4-D or 2-D layer")
+    if config.head.batch_norm:
+        x = keras.layers.BatchNormalization(name=HEAD_PREFIX + "bn0")(x)
     reg = keras.regularizers.l2(config.head.l2) if config.head.l2 else None
     for i, width in enumerate(config.head.dense, start=1):
         x = keras.layers.Dense(width, activation=config.head.activation, kernel_regularizer=reg, name=f"{HEAD_PREFIX}dense{i}")(x)
+        if config.head.batch_norm:
+            x = keras.layers.BatchNormalization(name=f"{HEAD_PREFIX}bn{i}")(x)
     if config.head.dropout:
         x = keras.layers.Dropout(config.head.dropout, name=HEAD_PREFIX + "dropout")(x)
     return keras.layers.Dense(
@@ -307,7 +323,7 @@ def base_layer_names(model) -> list[str]:
         names = {
             layer.name
             for layer in model.layers
-            if not layer.name.startswith((HEAD_PREFIX, PREPROCESS_PREFIX))
+            if not layer.name.startswith(NOT_BASE)
             and layer.name != OUTPUT_NAME
             and not isinstance(layer, keras.layers.InputLayer)
         }
@@ -315,30 +331,48 @@ def base_layer_names(model) -> list[str]:
 
 
 def set_base_trainable(
-    model, base_names: set[str] | list[str], freeze: str | int, *, freeze_batchnorm: bool = True
+    model, base_names: set[str] | list[str], freeze, *, freeze_batchnorm: bool = True, what: str = "model.freeze"
 ) -> int:
-    """Freeze the base: ``"all"``, ``"none"`` or all but the last N layers.
+    """Freeze base layers as ``model.freeze`` says (see :mod:`training.freeze`): ``"all"``, ``"none"``,
+    all but the last N layers, or a list of names, patterns and types, or ``{until: LAYER}``.
 
     With ``freeze_batchnorm`` (a pretrained base) BatchNormalization layers stay frozen, so they run in
     inference mode and keep their pretrained statistics; a base trained from scratch trains them.
 
-    Returns the number of trainable base layers.
+    Returns the number of trainable base layers (with weights).
+
+    Raises:
+        ConfigError: a name or pattern that matches no base layer.
     """
     ordered = [layer for layer in model.layers if layer.name in set(base_names)]
-    if freeze == "all":
-        keep = 0
-    elif freeze == "none":
-        keep = len(ordered)
-    else:
-        keep = int(freeze)
-    trainable = 0
-    for i, layer in enumerate(ordered):
-        on = i >= len(ordered) - keep
-        # Frozen BatchNormalization runs in inference mode in Keras 2: keep the pretrained statistics.
-        is_bn = isinstance(layer, keras.layers.BatchNormalization)
-        layer.trainable = on and not (is_bn and freeze_batchnorm)
-        trainable += int(layer.trainable and bool(layer.weights))
-    return trainable
+    frozen = select_layers(ordered, freeze, what=what, count_means="all_but_last")
+    apply_trainable(ordered, {layer.name for layer in ordered} - frozen, freeze_batchnorm=freeze_batchnorm)
+    return sum(int(layer.trainable and bool(layer.weights)) for layer in ordered)
+
+
+def set_fine_tune_trainable(model, base_names: set[str] | list[str], fine_tune, *, freeze_batchnorm: bool) -> list:
+    """Phase 2: make the base layers ``fine_tune.unfreeze`` selects (default: the last ``unfreeze_layers``)
+    trainable and freeze the rest of the base; return the base layers now trainable.
+
+    Raises:
+        ConfigError: a name or pattern that matches no base layer.
+    """
+    ordered = [layer for layer in model.layers if layer.name in set(base_names)]
+    selection = fine_tune.unfreeze if fine_tune.unfreeze is not None else fine_tune.unfreeze_layers
+    chosen = select_layers(ordered, selection, what="train.fine_tune.unfreeze", count_means="last")
+    apply_trainable(ordered, chosen, freeze_batchnorm=freeze_batchnorm)
+    return [layer for layer in ordered if layer.trainable and layer.weights]
+
+
+def add_kernel_l2(model, layers: list, l2: float) -> int:
+    """Add an L2 penalty ``l2 * sum(kernel**2)`` on the kernels of ``layers`` to the model's losses
+    (weights of a built model cannot take a ``kernel_regularizer`` any more); return how many kernels."""
+    kernels = [
+        getattr(layer, attr) for layer in layers for attr in ("kernel", "depthwise_kernel") if hasattr(layer, attr)
+    ]
+    for kernel in kernels:
+        model.add_loss(lambda k=kernel: l2 * tf.reduce_sum(tf.square(tf.cast(k, tf.float32))))
+    return len(kernels)
 
 
 def embedding_model(model):

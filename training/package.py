@@ -140,6 +140,7 @@ def write_package(result, config: TrainingConfig, *, top_k: int | None = None) -
             "epochs": result.epochs_run,
             "phase_epochs": result.phase_epochs,
             "train_seconds": round(result.seconds, 2),
+            **_batch_memory(ds.plan),
         },
     )
     manifest.variants["keras"] = VariantInfo(file=KERAS_FILE, format="keras", status="passed", quantization="none")
@@ -150,6 +151,13 @@ def write_package(result, config: TrainingConfig, *, top_k: int | None = None) -
     manifest.variants["keras"].sha256, manifest.variants["keras"].bytes = entry.sha256, entry.bytes
     write_manifest(pkg, manifest)
     return pkg, manifest
+
+
+def _batch_memory(plan) -> dict:
+    """The batch size's memory arithmetic (``metrics.batch_memory``), when the model was measured."""
+    if getattr(plan, "memory", None) is None:
+        return {}
+    return {"batch_memory": {**plan.memory.to_dict(plan.batch_per_replica), "replicas": plan.replicas}}
 
 
 def load_package_model(package: Path | str):

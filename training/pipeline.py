@@ -18,7 +18,7 @@ class TrainOutcome:
     """What :func:`run_train` made: the package folder, its manifest, the evaluation table and the run's length."""
 
     package: Path
-    manifest: Manifest
+    manifest: Manifest | None  # None on the non-chief workers of a multi-worker run
     evaluation_table: str
     epochs: int
     seconds: float
@@ -70,6 +70,9 @@ def run_train(
     check_kinds(config.report.kinds)
     recorders = recording_callbacks(config, run_dir or Path(output) / config.model.name / str(config.train.version))
     result = train(config, output, run_dir=run_dir, verbose=verbose, extra_callbacks=recorders)
+    if not result.chief:  # another worker of a multi-worker run: the chief writes the package
+        note = "(not the chief of the multi-worker run: the chief writes the package)"
+        return TrainOutcome(result.run_dir, None, note, result.epochs_run, result.seconds)
     pkg, manifest = write_package(result, config)
     if config.report.plots:
         write_plots(pkg, manifest, config, model=result.model, scan=result.datasets.scan)

@@ -23,7 +23,17 @@ from edge.files import write_json_atomic
 from edge.manifest import InputContract, check_version_string
 from training._tf import keras, tf
 from training.config import TrainingConfig, load_training_config, require_data_dir
-from training.models import base_layer_names, build_model, compile_model, image_size_for, set_base_trainable
+from training.distributed import Writer, make_strategy
+from training.freeze import describe, trainable_summary
+from training.models import (
+    add_kernel_l2,
+    base_layer_names,
+    build_model,
+    compile_model,
+    image_size_for,
+    set_fine_tune_trainable,
+)
+from training.schedules import ScheduledLearningRate
 
 RUN_STATE = "run_state.json"
 RUN_CONFIG = "config.yaml"
@@ -31,7 +41,8 @@ RUN_CONFIG = "config.yaml"
 
 @dataclass
 class TrainResult:
-    """What a training run produced; ``strategy`` and ``replicas`` name the ``tf.distribute`` strategy it ran under."""
+    """What a training run produced; ``strategy`` and ``replicas`` name the ``tf.distribute`` strategy it ran under,
+    ``chief`` whether this process writes the run (false on the other workers of a multi-worker run)."""
 
     run_dir: Path
     model: Any
@@ -42,6 +53,7 @@ class TrainResult:
     seconds: float = 0.0
     strategy: str = ""
     replicas: int = 1
+    chief: bool = True
 
 
 def new_version() -> str:
@@ -55,20 +67,6 @@ def configure_determinism(seed: int, deterministic: bool) -> None:
     if deterministic:
         os.environ["TF_DETERMINISTIC_OPS"] = "1"
         tf.config.experimental.enable_op_determinism()
-
-
-def make_strategy(distribution: str):
-    """The ``tf.distribute`` strategy for ``train.distribution``; multi_worker reads ``TF_CONFIG``."""
-    if distribution == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if distribution == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ConfigError(
-                "train.distribution = 'multi_worker' needs the TF_CONFIG environment variable "
-                "(cluster and task) on every worker; see the tf.distribute MultiWorkerMirroredStrategy docs"
-            )
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
 
 
 class _RunInfo(keras.callbacks.Callback):
@@ -97,7 +95,7 @@ class _PeriodicCheckpoint(keras.callbacks.Callback):
 
 
 class _StateWriter(keras.callbacks.Callback):
-    """Keeps ``run_state.json`` current so that ``--resume`` and users can see how far a run got."""
+    """Keeps ``run_state.json`` current so that ``--resume`` and users can see how far a run got (the chief only)."""
 
     def __init__(self, run_dir: Path, phase: int):
         super().__init__()
@@ -105,6 +103,16 @@ class _StateWriter(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         _update_state(self.run_dir, status="running", phase=self.phase, last_epoch=epoch + 1)
+
+
+def _plateau_saver(writer: Writer, phase: int):
+    """Saves the learning-rate plateau state of a phase into ``run_state.json`` (a no-op off the chief)."""
+
+    def save(state: dict[str, Any]) -> None:
+        if writer.chief:
+            _update_state(writer.run_dir, **{f"lr_plateau_phase{phase}": state})
+
+    return save
 
 
 def _update_state(run_dir: Path, **values: Any) -> dict[str, Any]:
@@ -153,6 +161,15 @@ def monitor_mode(monitor: str) -> str:
     return "min" if "loss" in monitor else "max"
 
 
+@dataclass(frozen=True)
+class PhaseSpan:
+    """The epochs of one phase: its starting rate, its length and its first (global) epoch."""
+
+    rate: float
+    epochs: int
+    start: int = 0
+
+
 def callbacks_for(
     run_dir: Path,
     config: TrainingConfig,
@@ -161,23 +178,31 @@ def callbacks_for(
     *,
     val: Any = None,
     num_classes: int | None = None,
+    span: PhaseSpan | None = None,
+    writer: Writer | None = None,
 ) -> list:
-    """The callbacks of one phase: run info, checkpoints, CSV and TensorBoard logs, early stopping,
-    learning-rate reduction, BackupAndRestore and the state file (plus ``val_macro_f1`` when
-    ``train.monitor`` watches it: then ``val`` and ``num_classes`` are needed)."""
+    """The callbacks of one phase: run info, checkpoints, CSV and TensorBoard logs, early stopping, the
+    learning-rate schedule with plateau reduction (:mod:`training.schedules`), BackupAndRestore and the
+    state file (plus ``val_macro_f1`` when ``train.monitor`` watches it: then ``val`` and ``num_classes``
+    are needed). ``writer`` says where this process writes (a non-chief worker: a temporary folder, and no
+    state file); BackupAndRestore always uses ``run_dir``."""
     t = config.train
-    ckpt = run_dir / "checkpoints"
+    writer = writer or Writer(run_dir, run_dir, True)
+    ckpt = writer.write_dir / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
-    logs = run_dir / "logs"
+    logs = writer.write_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     mode = monitor_mode(t.monitor)
+    span = span or PhaseSpan(t.learning_rate, t.epochs)
     cbs: list = []
     if t.monitor == VAL_MACRO_F1:
         if val is None or num_classes is None:
             raise ConfigError("train.monitor=val_macro_f1 needs the validation split to compute it")
         cbs.append(_ValMacroF1(val, num_classes))
+    saved = read_state(run_dir).get(f"lr_plateau_phase{phase}") or {}
     cbs += [
         _RunInfo(phase),
+        ScheduledLearningRate(t, span.rate, span.epochs, span.start, saved, _plateau_saver(writer, phase)),
         _PeriodicCheckpoint(ckpt, t.checkpoint_every),
         keras.callbacks.ModelCheckpoint(
             str(ckpt / "best.weights.h5"), monitor=t.monitor, mode=mode, save_best_only=True, save_weights_only=True
@@ -185,22 +210,13 @@ def callbacks_for(
         keras.callbacks.CSVLogger(str(logs / "history.csv"), append=True),
         keras.callbacks.TensorBoard(log_dir=str(logs / "tensorboard"), histogram_freq=0, write_graph=False),
         keras.callbacks.BackupAndRestore(backup_dir=str(run_dir / "backup" / f"phase{phase}")),
-        _StateWriter(run_dir, phase),
     ]
+    if writer.chief:
+        cbs.append(_StateWriter(run_dir, phase))
     if t.early_stopping_patience:
         cbs.append(
             keras.callbacks.EarlyStopping(
                 monitor=t.monitor, mode=mode, patience=t.early_stopping_patience, restore_best_weights=True
-            )
-        )
-    if t.reduce_lr_patience:
-        cbs.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor=t.monitor,
-                mode=mode,
-                patience=t.reduce_lr_patience,
-                factor=t.reduce_lr_factor,
-                min_lr=t.min_learning_rate,
             )
         )
     return cbs + list(extra or [])
@@ -262,39 +278,79 @@ def train(
     Raises:
         ConfigError / ShipyardError: bad data folder, config or weights.
     """
-    from training.data import build_datasets
-
     started = time.perf_counter()
     require_data_dir(config)
     # Multi-worker collectives must be configured before TensorFlow runs any op: make the strategy first.
     strategy = make_strategy(config.train.distribution)
-    configure_determinism(config.train.seed, config.train.deterministic)
     height, width = image_size_for(config.model, config.data.image_size)
-    datasets = build_datasets(config.data, InputContract(height=height, width=width))
+    datasets = _datasets(config, (height, width), int(strategy.num_replicas_in_sync))
+    configure_determinism(config.train.seed, config.train.deterministic)
     num_classes = len(datasets.scan.labels)
-    if run_dir is None:
-        run_dir = prepare_run_dir(config, Path(output))
-    phases = _Phases(run_dir, config, datasets, num_classes, strategy, verbose, extra_callbacks)
+    writer = _writer(config, Path(output), run_dir)
+    _say(verbose, writer, f"batch size {datasets.plan.batch_size}: {datasets.plan.batch_reason}")
+    phases = _Phases(writer, config, datasets, num_classes, strategy, verbose, extra_callbacks)
     with _precision_policy(config.train.mixed_precision):
         with strategy.scope():
             model = build_model(config.model, num_classes, (height, width))
             compile_model(model, config.train, num_classes)
         base_names = base_layer_names(model)
+        _say(verbose, writer, describe(trainable_summary(model, base_names), "phase 1 (head)"))
         epochs = {"head": phases.head(model)}
         if config.train.fine_tune.enabled:
             epochs["fine_tune"] = phases.fine_tune(model, base_names, start=epochs["head"])
+        if config.train.distribution == "multi_worker":
+            model = _local_copy(model)
     where = {"strategy": type(strategy).__name__, "replicas": int(strategy.num_replicas_in_sync)}
-    _update_state(run_dir, status="trained", epochs=sum(epochs.values()), phases=epochs, **where)
+    if writer.chief:
+        _update_state(writer.run_dir, status="trained", epochs=sum(epochs.values()), phases=epochs, **where)
+    writer.close()
     return TrainResult(
-        run_dir=run_dir,
+        run_dir=writer.run_dir,
         model=model,
-        history=read_history(run_dir),
+        history=read_history(writer.run_dir),
         datasets=datasets,
         epochs_run=sum(epochs.values()),
         phase_epochs=epochs,
         seconds=time.perf_counter() - started,
+        chief=writer.chief,
         **where,
     )
+
+
+def _datasets(config: TrainingConfig, size: tuple[int, int], replicas: int) -> Any:
+    """The data pipelines, batched by the configured model's measured step memory times the replicas."""
+    from training.data import build_datasets
+    from training.step_memory import measure_step_memory
+
+    def memory(num_classes: int):
+        return measure_step_memory(config, num_classes, size)
+
+    contract = InputContract(height=size[0], width=size[1])
+    return build_datasets(config.data, contract, memory=memory, replicas=replicas)
+
+
+def _writer(config: TrainingConfig, output: Path, run_dir: Path | None) -> Writer:
+    """Who writes this run where: the chief creates a new run directory (when not resuming one)."""
+    if run_dir is None:
+        path = output / config.model.name / str(config.train.version)
+        writer = Writer.for_run(path, config.train.distribution)
+        if writer.chief:
+            writer.run_dir = prepare_run_dir(config, output)
+        return writer
+    return Writer.for_run(Path(run_dir), config.train.distribution)
+
+
+def _say(verbose: int | str, writer: Writer, line: str) -> None:
+    """Print a line about the run (on the chief, unless Keras is quiet)."""
+    if verbose != 0 and writer.chief:
+        print(line, flush=True)
+
+
+def _local_copy(model: Any) -> Any:
+    """The trained model outside the multi-worker strategy (its ``predict`` would wait for the other workers)."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 @contextlib.contextmanager
@@ -313,7 +369,7 @@ def _precision_policy(mixed: bool) -> Iterator[None]:
 class _Phases:
     """The two phases of a run: the head on a frozen base, then (optionally) fine-tuning the base's top."""
 
-    run_dir: Path
+    writer: Writer
     config: TrainingConfig
     datasets: Any
     num_classes: int
@@ -321,43 +377,53 @@ class _Phases:
     verbose: int | str
     extra_callbacks: list | None
 
-    def _fit(self, model: Any, phase: int, **epochs: int) -> Any:
+    def _fit(self, model: Any, phase: int, span: PhaseSpan) -> Any:
         return model.fit(
             self.datasets.train,
             validation_data=self.datasets.val,
             class_weight=self.datasets.class_weights,
             verbose=self.verbose,
             callbacks=callbacks_for(
-                self.run_dir,
+                self.writer.run_dir,
                 self.config,
                 phase,
                 self.extra_callbacks,
                 val=self.datasets.val,
                 num_classes=self.num_classes,
+                span=span,
+                writer=self.writer,
             ),
-            **epochs,
+            initial_epoch=span.start,
+            epochs=span.start + span.epochs,
         )
 
     def head(self, model: Any) -> int:
         """Phase 1 (skipped on resume when it finished): train the head; return its epochs."""
-        phase1_file = self.run_dir / "checkpoints" / "phase1_final.weights.h5"
-        state = read_state(self.run_dir)
+        run_dir = self.writer.run_dir
+        phase1_file = run_dir / "checkpoints" / "phase1_final.weights.h5"
+        state = read_state(run_dir)
         if state.get("phase1_epochs") and phase1_file.is_file():
             model.load_weights(str(phase1_file))
             return int(state["phase1_epochs"])
-        epochs = _epochs_done(self._fit(model, 1, epochs=self.config.train.epochs))
-        model.save_weights(str(phase1_file))
-        _update_state(self.run_dir, phase1_epochs=epochs)
+        t = self.config.train
+        epochs = _epochs_done(self._fit(model, 1, PhaseSpan(t.learning_rate, t.epochs)))
+        model.save_weights(str(self.writer.write_dir / "checkpoints" / "phase1_final.weights.h5"))
+        if self.writer.chief:
+            _update_state(run_dir, phase1_epochs=epochs)
         return epochs
 
     def fine_tune(self, model: Any, base_names: list[str], start: int) -> int:
-        """Phase 2: unfreeze the top of the base and train on at its learning rate; return its epochs."""
+        """Phase 2: unfreeze ``fine_tune.unfreeze`` (default: the base's top layers), with ``fine_tune.l2`` on
+        their kernels, and train on at its learning rate; return its epochs."""
         ft = self.config.train.fine_tune
         with self.strategy.scope():
             pretrained = getattr(model, "_shipyard_pretrained", True)
-            set_base_trainable(model, base_names, ft.unfreeze_layers, freeze_batchnorm=pretrained)
+            unfrozen = set_fine_tune_trainable(model, base_names, ft, freeze_batchnorm=pretrained)
+            if ft.l2:
+                add_kernel_l2(model, unfrozen, ft.l2)
             compile_model(model, self.config.train, self.num_classes, learning_rate=ft.learning_rate)
-        return _epochs_done(self._fit(model, 2, initial_epoch=start, epochs=start + ft.epochs), start)
+        _say(self.verbose, self.writer, describe(trainable_summary(model, base_names), "phase 2 (fine-tuning)"))
+        return _epochs_done(self._fit(model, 2, PhaseSpan(ft.learning_rate, ft.epochs, start)), start)
 
 
 def _epochs_done(h, start: int = 0) -> int:

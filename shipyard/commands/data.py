@@ -31,7 +31,7 @@ def _inspect(args) -> int:
 
     config = load_training_config(args.config, args.overrides, data=args.dir)
     size = image_size_for(config.model, config.data.image_size)
-    report = inspect_dataset(Path(args.dir), config.data, size)
+    report = inspect_dataset(Path(args.dir), config.data, size, training=config)
     print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else report.to_table())
     return 0
 

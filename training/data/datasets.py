@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from training._tf import keras, tf
 from training.config import DataConfig
 from training.data.augment import augment_fn, make_augmenter
 from training.data.memory import decode_into, memory_pipeline
-from training.data.plan import LoadingPlan, plan_loading
+from training.data.plan import LoadingPlan, StepMemory, plan_loading
 from training.data.scan import SPLITS, DatasetScan, scan_dataset
 from training.data.stream import stream_pipeline
 
@@ -77,7 +77,14 @@ def balanced_class_weights(labels: Iterable[int], num_classes: int) -> dict[int,
     return {c: (total / (present * counts[c]) if counts.get(c) else 1.0) for c in range(num_classes)}
 
 
-def build_datasets(config: DataConfig, contract: InputContract, *, augment: bool = True) -> Datasets:
+def build_datasets(
+    config: DataConfig,
+    contract: InputContract,
+    *,
+    augment: bool = True,
+    memory: Callable[[int], StepMemory] | None = None,
+    replicas: int = 1,
+) -> Datasets:
     """Scan ``config.path``, plan the loading and build batched train/val/test pipelines.
 
     Memory scheme: all splits are decoded once with a thread pool (files that fail are moved to
@@ -91,6 +98,9 @@ def build_datasets(config: DataConfig, contract: InputContract, *, augment: bool
         config: the data options; ``config.path`` must be set.
         contract: the model input contract (height and width of the decoded images).
         augment: ``False`` turns augmentation off whatever ``config.augment`` says.
+        memory: ``memory(num_classes)`` measures the model's step memory for the batch size (see
+            :func:`plan_loading`); ``None`` counts the input batch only.
+        replicas: ``tf.distribute`` replicas in sync; the batch is per replica times this.
 
     Returns:
         :class:`Datasets` yielding ``(uint8 images NHWC, int32 labels)`` batches.
@@ -103,7 +113,8 @@ def build_datasets(config: DataConfig, contract: InputContract, *, augment: bool
     if config.path is None:
         raise ConfigError("data.path is not set; set it in the config or pass --data DIR")
     scan = scan_dataset(config.path, config)
-    plan = plan_loading(scan, config, (contract.height, contract.width))
+    step = memory(len(scan.labels)) if memory is not None else None
+    plan = plan_loading(scan, config, (contract.height, contract.width), memory=step, replicas=replicas)
     fingerprint = scan.fingerprint()  # of what a later scan of the folder sees, before decode failures
     failures: dict[Path, str] = {}
     if plan.scheme == "memory":

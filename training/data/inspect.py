@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import DataError
-from training.config import DataConfig
+from training.config import DataConfig, TrainingConfig
 from training.data.plan import choose_batch, choose_scheme, image_size_hw, mb
 from training.data.scan import SPLITS, DatasetScan, scan_dataset
 from training.tables import format_table
@@ -42,6 +42,7 @@ class InspectReport:
     fingerprint: str
     warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    step_memory: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict of every field."""
@@ -64,6 +65,7 @@ class InspectReport:
                 "decoded_bytes": self.decoded_bytes,
                 "batch_size": self.batch_size,
                 "batch_reason": self.batch_reason,
+                "step_memory": self.step_memory,
             },
             "fingerprint": self.fingerprint,
             "warnings": list(self.warnings),
@@ -110,13 +112,22 @@ class InspectReport:
         return "\n".join(out)
 
 
-def inspect_dataset(root: str | Path, config: DataConfig, image_size: int | tuple[int, int]) -> InspectReport:
+def inspect_dataset(
+    root: str | Path,
+    config: DataConfig,
+    image_size: int | tuple[int, int],
+    *,
+    training: TrainingConfig | None = None,
+) -> InspectReport:
     """Scan a data folder and report what training would see and how it would load it.
 
     Args:
         root: the data folder (``config.path`` is ignored).
         config: the data options (split fractions, seed, memory budget, loading, batch size).
         image_size: the model input ``(height, width)`` (or one int for a square input).
+        training: the whole training config: the batch size then comes from the configured model's
+            measured step memory, as in ``shipyard train`` (see ``training.step_memory``); without it,
+            from the input batch only.
 
     Returns:
         An :class:`InspectReport`. A configured batch size larger than the training split is listed
@@ -129,9 +140,14 @@ def inspect_dataset(root: str | Path, config: DataConfig, image_size: int | tupl
     hw = image_size_hw(image_size)
     scheme, scheme_reason, decoded = choose_scheme(scan, config, hw)
     problems: list[str] = []
+    memory = None
+    if training is not None:
+        from training.step_memory import measure_step_memory
+
+        memory = measure_step_memory(training, len(scan.labels), hw)
     batch: int | None
     try:
-        batch, batch_reason = choose_batch(scan, config, hw)
+        batch, batch_reason = choose_batch(scan, config, hw, memory)
     except DataError as exc:
         batch, batch_reason = None, str(exc)
         problems.append(str(exc))
@@ -157,6 +173,7 @@ def inspect_dataset(root: str | Path, config: DataConfig, image_size: int | tupl
         fingerprint=scan.fingerprint(),
         warnings=warnings,
         problems=problems,
+        step_memory=memory.to_dict(batch) if memory is not None and batch is not None else None,
     )
 
 
