@@ -42,4 +42,30 @@ if [ ! -f "$kv_venv/.installed" ]; then
         && touch "$kv_venv/.installed"; } >/tmp/shipyard-system-deps-pip.log 2>&1 \
         || { rm -rf "$kv_venv"; echo "system-deps: kubernetes-validate failed to install (see /tmp/shipyard-system-deps-pip.log); the manifest test will skip" >&2; }
 fi
+# ---- ARM64 emulation (tests/edge/test_arm64.py) -----------------------------------------------------------
+# qemu-user-static, binfmt-support, arch-test and mmdebstrap; binfmt_misc mounted and qemu-aarch64 enabled.
+# The arm64 Debian root itself is built and cached on first use by scripts/arm64-rootfs.sh.
+arm=()
+command -v qemu-aarch64-static >/dev/null 2>&1 || arm+=(qemu-user-static)
+command -v update-binfmts >/dev/null 2>&1 || arm+=(binfmt-support)
+command -v arch-test >/dev/null 2>&1 || arm+=(arch-test)
+command -v mmdebstrap >/dev/null 2>&1 || arm+=(mmdebstrap)
+if [ "$(id -u)" != "0" ]; then
+    [ ${#arm[@]} -gt 0 ] && echo "system-deps: not root; the arm64 test will skip (needs ${arm[*]})" >&2
+else
+    if [ ${#arm[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "system-deps: installing ${arm[*]}" >&2
+        (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${arm[@]}" \
+            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${arm[@]}"; }) \
+            >/tmp/shipyard-system-deps-arm64.log 2>&1 \
+            || echo "system-deps: apt-get failed (see /tmp/shipyard-system-deps-arm64.log); the arm64 test will skip" >&2
+    fi
+    [ -f /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null \
+        || echo "system-deps: cannot mount binfmt_misc (not permitted here); the arm64 test will skip" >&2
+    if command -v update-binfmts >/dev/null 2>&1 && [ -f /proc/sys/fs/binfmt_misc/register ]; then
+        update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 \
+            || echo "system-deps: update-binfmts --enable qemu-aarch64 failed; the arm64 test will skip" >&2
+    fi
+fi
+# ---- end ARM64 emulation ------------------------------------------------------------------------------------
 exit 0

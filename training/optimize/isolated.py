@@ -118,13 +118,24 @@ class IsolatedEnv:
         base = getattr(sys, "_base_executable", sys.executable)
         steps = (
             [base, "-m", "venv", str(staging)],
-            [str(staging / "bin" / "python"), "-m", "pip", "install", "-q", "--no-input", "-r", str(requirements)],
+            [
+                str(staging / "bin" / "python"),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-input",
+                "-r",
+                str(requirements),
+            ],
         )
         for cmd in steps:
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
             except subprocess.TimeoutExpired as exc:
-                raise IsolatedEnvError(f"creating the {self.name} environment timed out: {' '.join(cmd)}") from exc
+                raise IsolatedEnvError(
+                    f"creating the {self.name} environment timed out: {' '.join(cmd)}"
+                ) from exc
             if done.returncode != 0:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise IsolatedEnvError(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.metadata import LABEL_FILE, NORM_MEAN, NORM_STD
-from training.optimize.isolated import MEDIAPIPE
+from training.optimize.isolated import MEDIAPIPE, IsolatedEnvError
 
 WRITER_SCRIPT = Path(__file__).with_name("tflite_metadata_writer.py")
 WRITER = "mediapipe 0.10.21 metadata_writers (isolated environment)"
@@ -54,9 +54,14 @@ def add_tflite_metadata(content: bytes, labels: list[str], info: dict[str, str])
 
 
 def _finish_tflite(content: bytes, labels: list[str], info: dict[str, str]) -> tuple[bytes, dict[str, Any]]:
-    with_metadata = add_tflite_metadata(content, labels, info)
+    """The file with metadata; without the writer (offline, no environment) the file as it is, and why."""
+    try:
+        with_metadata = add_tflite_metadata(content, labels, info)
+    except IsolatedEnvError as exc:
+        return content, {"metadata": {"written": False, "reason": str(exc)}}
     return with_metadata, {
         "metadata": {
+            "written": True,
             "writer": WRITER,
             "bytes_added": len(with_metadata) - len(content),
             "label_file": LABEL_FILE,

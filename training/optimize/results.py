@@ -82,6 +82,7 @@ class VariantResult:
             "sparsity": self.sparsity,
             "latency_ms": self.latency,
             "gate": [c.to_dict() for c in self.checks],
+            **({"metadata": self.details["metadata"]} if "metadata" in self.details else {}),
         }
         return VariantInfo(
             file=relfile,
