@@ -42,11 +42,15 @@ class MonitorConfig(StrictModel):
     sink_enabled: bool = Field(True, description="log every request's features and prediction via bentoml.monitor")
     sink_class: str | None = Field(
         None,
-        description="bentoml.monitor class: 'default', 'otlp' or a dotted path to a MonitorBase subclass; "
-        "None uses BentoML's monitoring.type setting",
+        description="bentoml.monitor class: 'default' (None), 'otlp' or a dotted path to a MonitorBase subclass",
     )
     sink_options: dict[str, Any] | None = Field(
-        None, description="options of the sink class (e.g. {log_path: ...}); None uses BentoML's monitoring.options"
+        None, description="options of the sink class (the default sink's log_path is log_dir unless given here)"
+    )
+    log_dir: str | None = Field(
+        None,
+        description="folder of the default sink's request logs (default: monitoring/ in the BentoML home, "
+        "$BENTOML_HOME or ~/bentoml); never the server's working directory",
     )
     queue_size: int = Field(
         1_000,
@@ -80,6 +84,11 @@ class ServeConfig(StrictModel):
         True,
         description="when serving model.onnx and the package has a passing model_embedding.onnx, serve that: "
         "the same probabilities plus the embedding the drift monitor compares",
+    )
+    allow_failed_gate: bool = Field(
+        False,
+        description="serve a variant that failed its gate (its parity or accuracy check); off, the server refuses "
+        "to start with it",
     )
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535)

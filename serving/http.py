@@ -12,8 +12,11 @@ keeps BentoML from logging a traceback for each one.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ import anyio
 from bentoml.exceptions import BentoMLException
 
 from edge.errors import InputError
+from serving.errors import begin_request, kind_for_status, note_error
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -33,6 +37,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
+OCTET_STREAM = "application/octet-stream"
 PICKLE = "application/vnd.bentoml+pickle"
 #: Cap on the JSON bodies of the small endpoints (/feedback, /metadata, /drift).
 MAX_JSON_BYTES = 64 * 1024
@@ -227,84 +232,198 @@ def normalize_error(status: int, body: bytes, method: str, path: str) -> str:
     return text or HTTPStatus(status).phrase
 
 
+@dataclass(frozen=True)
+class Route:
+    """What the guard checks on ``POST`` to one path (or to every path matching ``pattern``).
+
+    Attributes:
+        media: the Content-Types the endpoint takes; ``""`` allows a body sent without one.
+        limit: most body bytes (413 above).
+        example: how to call it, quoted in the 415 message.
+        pattern: a regular expression of the paths this rule covers (when not one fixed path).
+    """
+
+    media: tuple[str, ...]
+    limit: int
+    example: str = ""
+    pattern: str | None = None
+
+
+#: Paths that bypass the concurrency limit and the timeout (health checks and metrics), as BentoML's do.
+BYPASS_PATHS = frozenset({"/metrics", "/healthz", "/livez", "/readyz", "/v2/health/live", "/v2/health/ready"})
+
+
 class RequestGuard:
-    """ASGI middleware: content type and size checks in front, ``{"error": ...}`` bodies behind.
+    """ASGI middleware in front of every route of the API service.
+
+    In front: the concurrency limit (429), the timeout (504), the pickle refusal, and for each ``POST``
+    route its content types (415) and body cap (413, from ``Content-Length`` before anything is read; a
+    body without one is read up to the cap and no further). Behind: every 4xx/5xx body rewritten into
+    ``{"error": "..."}``. Every error response, its own and the app's, is counted once with ``count_error``
+    (the kind noted with :func:`serving.errors.note_error`, else its status's kind).
 
     Args:
         app: the wrapped ASGI app.
-        routes: ``{path: media type}`` of the POST endpoints (``multipart/form-data`` or ``application/json``);
-            other paths get only the pickle check and the error rewriting.
-        max_request_bytes: cap of a multipart body (413 above).
-        examples: ``{path: how to call it}``, quoted in the 415 message.
+        routes: ``{path: Route}`` of the POST endpoints; a key starting with ``^`` is a regular expression.
+        max_concurrency: requests in progress (429 above); ``None``: no limit.
+        timeout_s: seconds until the answer must start (504 after); ``None``: no timeout.
+        count_error: called with the kind of each error response (must not raise).
+        own: ``{path: ASGI app}`` answered here for ``GET`` before BentoML's routes (``/docs.json``).
     """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        routes: Mapping[str, str],
-        max_request_bytes: int,
-        examples: Mapping[str, str] | None = None,
+        routes: Mapping[str, Route],
+        max_concurrency: int | None = None,
+        timeout_s: float | None = None,
+        count_error: Callable[[str], None] | None = None,
+        own: Mapping[str, ASGIApp] | None = None,
     ) -> None:
         self.app = app
-        self.routes = dict(routes)
-        self.max_request_bytes = int(max_request_bytes)
-        self.examples = dict(examples or {})
+        self.own = dict(own or {})
+        self.routes = {path: rule for path, rule in routes.items() if rule.pattern is None}
+        self.patterns = [(re.compile(rule.pattern), rule) for rule in routes.values() if rule.pattern is not None]
+        self.max_concurrency = max_concurrency
+        self.timeout_s = timeout_s
+        self.count_error = count_error or (lambda kind: None)
+        self._semaphore: asyncio.Semaphore | None = None
+
+    def rule_for(self, path: str) -> Route | None:
+        """The POST rule of ``path``, if any."""
+        rule = self.routes.get(path)
+        if rule is None:
+            rule = next((r for rx, r in self.patterns if rx.fullmatch(path)), None)
+        return rule
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         scope.setdefault("state", {})["shipyard_start"] = time.perf_counter()
+        holder = begin_request()
+        counted = _Counted(send, holder, self.count_error)
+        if scope.get("path", "") in BYPASS_PATHS:
+            await self._checked(scope, receive, counted)
+            return
+        if scope.get("method") == "GET" and scope.get("path", "") in self.own:
+            await self.own[scope["path"]](scope, receive, counted)
+            return
+        if self.max_concurrency is not None:
+            if self._semaphore is None:
+                self._semaphore = asyncio.Semaphore(self.max_concurrency)
+            if self._semaphore.locked():
+                await send_error(counted, 429, "Too many requests: the server is at its limit of "
+                                 f"{self.max_concurrency} requests in progress (serve.max_concurrency); retry later")
+                return
+            async with self._semaphore:
+                await self._timed(scope, receive, counted)
+        else:
+            await self._timed(scope, receive, counted)
+
+    async def _timed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the request; answer 504 when it has not started its answer within ``timeout_s``."""
+        if self.timeout_s is None:
+            await self._checked(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.create_future()
+        timer = loop.call_later(self.timeout_s, lambda: started.done() or started.set_result(False))
+
+        async def tracked(message: Message) -> None:
+            if not started.done():
+                started.set_result(True)
+            await send(message)
+
+        task = asyncio.ensure_future(self._checked(scope, receive, tracked))
+        task.add_done_callback(lambda _t: started.done() or started.set_result(True))
+        try:
+            answered = await started
+        finally:
+            timer.cancel()
+        if not answered and task.cancel():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            note_error("timeout")
+            await send_error(
+                send, 504, f"Not able to process the request in {self.timeout_s:g} seconds (serve.timeout_s)"
+            )
+            return
+        await task
+
+    async def _checked(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The content-type and size checks, then the app with its error bodies rewritten."""
         method, path = scope.get("method", "GET"), scope.get("path", "")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         media = headers.get("content-type", "").split(";")[0].strip().lower()
         if media == PICKLE:
-            await send_error(
-                send, 415, f"content type {PICKLE} is not accepted; send multipart/form-data or JSON"
-            )
+            note_error("unsupported_media_type")
+            await send_error(send, 415, f"content type {PICKLE} is not accepted; send multipart/form-data or JSON")
             return
-        expected = self.routes.get(path)
-        if method == "POST" and expected is not None:
-            if media != expected:
-                how = self.examples.get(path, "")
-                await send_error(
-                    send,
-                    415,
-                    f"POST {path} takes {expected}, not {media or 'a body without a Content-Type'}"
-                    + (f"; e.g. {how}" if how else ""),
-                )
+        rule = self.rule_for(path) if method == "POST" else None
+        if rule is not None:
+            problem = self._refusal(rule, media, headers.get("content-length"), path)
+            if problem is not None:
+                status, kind, message = problem
+                note_error(kind)
+                await send_error(send, status, message, [(b"connection", b"close")] if status == 413 else None)
                 return
-            limit = self.max_request_bytes if expected == MULTIPART else MAX_JSON_BYTES
-            length = headers.get("content-length")
-            if length is not None:
-                try:
-                    declared = int(length)
-                except ValueError:
-                    await send_error(send, 400, f"Content-Length {length[:20]!r} is not a number")
-                    return
-                if declared > limit:
-                    await send_error(
-                        send,
-                        413,
-                        f"the request body is {declared:,} bytes, over the limit of {limit:,}; send smaller "
-                        "images or fewer per request",
-                        [(b"connection", b"close")],
-                    )
-                    return
-            else:
-                body, complete = await _read_capped(receive, limit)
+            if headers.get("content-length") is None:
+                body, complete = await _read_capped(receive, rule.limit)
                 if not complete:
+                    note_error("too_large")
                     await send_error(
                         send,
                         413,
-                        f"the request body is over the limit of {limit:,} bytes; send smaller images or fewer "
+                        f"the request body is over the limit of {rule.limit:,} bytes; send smaller images or fewer "
                         "per request",
                         [(b"connection", b"close")],
                     )
                     return
                 receive = _replay(body, receive)
         await self.app(scope, receive, _ErrorRewriter(send, method, path))
+
+    @staticmethod
+    def _refusal(rule: Route, media: str, length: str | None, path: str) -> tuple[int, str, str] | None:
+        """``(status, kind, message)`` when the content type or the declared length is refused."""
+        if media not in rule.media:
+            takes = " or ".join(m or "no Content-Type" for m in rule.media)
+            return (
+                415,
+                "unsupported_media_type",
+                f"POST {path} takes {takes}, not {media or 'a body without a Content-Type'}"
+                + (f"; e.g. {rule.example}" if rule.example else ""),
+            )
+        if length is None:
+            return None
+        try:
+            declared = int(length)
+        except ValueError:
+            return 400, "bad_request", f"Content-Length {length[:20]!r} is not a number"
+        if declared > rule.limit:
+            return (
+                413,
+                "too_large",
+                f"the request body is {declared:,} bytes, over the limit of {rule.limit:,}; send smaller images or "
+                "fewer per request",
+            )
+        return None
+
+
+class _Counted:
+    """A ``send`` that counts the response once when its status is an error."""
+
+    def __init__(self, send: Send, holder: dict[str, str], count: Callable[[str], None]) -> None:
+        self.send, self.holder, self.count = send, holder, count
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            try:
+                self.count(self.holder.get("kind") or kind_for_status(message["status"]))
+            except Exception:  # counting must never fail a response
+                logging.getLogger("shipyard.serving").debug("counting an error failed", exc_info=True)
+        await self.send(message)
 
 
 async def _read_capped(receive: Receive, limit: int) -> tuple[bytes, bool]:
@@ -393,15 +512,14 @@ class _ErrorRewriter:
 # ------------------------------------------------------------------------------------------ GET routes
 
 
-def info_app(routes: Mapping[str, str]) -> Any:
-    """A Starlette app answering ``GET path`` with the JSON of ``current_service.<method>()``.
+def info_routes(routes: Mapping[str, str]) -> list[Any]:
+    """Starlette routes answering ``GET path`` with the JSON of ``current_service.<method>()``.
 
     Mounted on the API service for the read-only endpoints (BentoML's own APIs are POST only). The
     method runs in a worker thread; a :class:`ClientError` becomes its status.
     """
-    from starlette.applications import Starlette
     from starlette.responses import JSONResponse
-    from starlette.routing import Route
+    from starlette.routing import Route as StarletteRoute
 
     def endpoint(method_name: str) -> Callable[[Any], Awaitable[Any]]:
         async def handle(_request: Any) -> Any:
@@ -410,9 +528,8 @@ def info_app(routes: Mapping[str, str]) -> Any:
             try:
                 service = bentoml.get_current_service()
             except BentoMLException:
-                return JSONResponse(
-                    {"error": "the service is still starting; retry shortly"}, status_code=503
-                )
+                note_error("unavailable")
+                return JSONResponse({"error": "the service is still starting; retry shortly"}, status_code=503)
             try:
                 payload = await anyio.to_thread.run_sync(getattr(service, method_name))
             except ClientError as exc:
@@ -421,4 +538,4 @@ def info_app(routes: Mapping[str, str]) -> Any:
 
         return handle
 
-    return Starlette(routes=[Route(path, endpoint(name), methods=["GET"]) for path, name in routes.items()])
+    return [StarletteRoute(path, endpoint(name), methods=["GET"]) for path, name in routes.items()]

@@ -63,7 +63,7 @@ def unpack(rows: np.ndarray, num_classes: int) -> list[Unpacked]:
     ]
 
 
-def served_variant(manifest: Manifest, requested: str, embeddings: bool) -> str:
+def served_variant(manifest: Manifest, requested: str, embeddings: bool, allow_failed_gate: bool = False) -> str:
     """The variant key to serve for ``requested``.
 
     When ``embeddings`` is on and the requested variant has no embedding output, it is swapped for a
@@ -72,9 +72,22 @@ def served_variant(manifest: Manifest, requested: str, embeddings: bool) -> str:
     so the drift monitor gets the embedding at no extra inference.
 
     Raises:
-        PackageError: the requested variant is unknown or not runnable (the message lists the runnable ones).
+        PackageError: the requested variant is unknown or not runnable (the message lists the runnable ones),
+            or it failed its gate and ``allow_failed_gate`` is off.
     """
-    key = choose_variant(manifest, requested)
+    key = _swap_for_embedding(manifest, choose_variant(manifest, requested), embeddings)
+    info = manifest.variants[key]
+    if info.status == "failed_gate" and not allow_failed_gate:
+        passing = ", ".join(PurePosixPath(v.file).name for v in manifest.variants.values() if v.status == "passed")
+        raise PackageError(
+            f"variant {PurePosixPath(info.file).name} of {manifest.tag} failed its gate "
+            f"({info.reason or 'no reason recorded'}); serve a passing variant ({passing or 'none'}) or set "
+            "serve.allow_failed_gate=true to serve it anyway"
+        )
+    return key
+
+
+def _swap_for_embedding(manifest: Manifest, key: str, embeddings: bool) -> str:
     chosen = variant_of(manifest.variants[key].file)
     if not embeddings or chosen is None or chosen.outputs_embedding:
         return key
@@ -96,6 +109,7 @@ class Predictor:
         threads: int | None = None,
         embeddings: bool = True,
         warmup_batches: tuple[int, ...] = (1,),
+        allow_failed_gate: bool = False,
     ) -> None:
         """Open the variant after verifying its sha256, and run a warm-up inference per batch size.
 
@@ -104,7 +118,7 @@ class Predictor:
         """
         self.package_dir = Path(package_dir)
         manifest = open_package(self.package_dir)
-        key = served_variant(manifest, variant or served_by_default(), embeddings)
+        key = served_variant(manifest, variant or served_by_default(), embeddings, allow_failed_gate)
         self.runner: Runner
         # a server waits between batches: ONNX Runtime's threads must not spin there (a core each)
         self.runner, self.manifest, self.variant = open_variant_runner(self.package_dir, key, threads, spin=False)

@@ -200,3 +200,18 @@ class GuardedMonitor:
                 self.monitor.close()
             except Exception:
                 logger.debug("monitor close failed", exc_info=True)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One image's prediction: the id ``/feedback`` takes, its input, the model's share of the batch, and the
+    seconds it spent waiting for and travelling to the model."""
+
+    request_id: str
+    decoded: Decoded
+    out: Any
+    queue_s: float
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return self.out.probabilities

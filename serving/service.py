@@ -24,19 +24,20 @@ from starlette.responses import JSONResponse
 
 from edge.runners import default_threads
 from serving.batching import LocalModel, Overloaded, RemoteModel
-from serving.http import JSON, MULTIPART, ClientError, RequestGuard, Upload, info_app, quiet_client_errors
-from serving.inference import Predictor, Unpacked, unpack
+from serving.errors import note_error
+from serving.http import ClientError, RequestGuard, Upload, quiet_client_errors
+from serving.inference import Predictor, unpack
 from serving.processing import (
     Decoded,
     GuardedMonitor,
+    Scored,
     decode_opened,
     limit_blas_threads,
     open_uploads,
     rank,
 )
+from serving.routing import guard_options, mounted_app
 from serving.schemas import (
-    BATCH_EXAMPLE,
-    CLASSIFY_EXAMPLE,
     BatchResult,
     ClassifyBatchInput,
     ClassifyInput,
@@ -45,9 +46,10 @@ from serving.schemas import (
     Metadata,
     Timing,
 )
-from serving.settings import load_settings, package_dir
+from serving.settings import package_dir, startup
 
-SETTINGS = load_settings()
+#: What to serve; a model that cannot be served ends ``bentoml serve`` here with one line (no worker restarts).
+SETTINGS, SERVED_VARIANT = startup()
 CONFIG = SETTINGS.config
 BATCHING = CONFIG.batching and CONFIG.max_batch_size > 1
 #: Inference threads per model: as configured, else the cores split over the models of this server.
@@ -80,6 +82,7 @@ class ShipyardModel:
             CONFIG.variant,
             threads=THREADS,
             embeddings=CONFIG.embeddings,
+            allow_failed_gate=CONFIG.allow_failed_gate,
             warmup_batches=(1, CONFIG.max_batch_size) if BATCHING else (1,),
         )
 
@@ -104,11 +107,13 @@ class ShipyardModel:
 ShipyardModel.apis["predict"].output_spec.media_type = ShipyardModel.apis["predict"].output_spec.mime_type()
 
 
-@bentoml.asgi_app(info_app({"/metadata": "describe", "/drift": "drift_report"}), path="/")
+@bentoml.asgi_app(mounted_app(), path="/")
 @bentoml.service(
     name="shipyard",
     workers=CONFIG.workers,
-    traffic={"timeout": CONFIG.timeout_s, "max_concurrency": CONFIG.max_concurrency},
+    # The request guard answers 429 over max_concurrency and 504 after timeout_s (and counts them);
+    # BentoML's own timeout is only a backstop behind it.
+    traffic={"timeout": CONFIG.timeout_s * 2 + 10},
     # BentoML records a span for each request and for each message of its body, even when it samples
     # none of them for export: serve.tracing turns that on, and leaving it off excludes every URL.
     **({} if CONFIG.tracing else {"tracing": {"excluded_urls": [".*"]}}),
@@ -130,10 +135,12 @@ class Shipyard:
         self.tag = SETTINGS.require_tag()
         self.package_dir = package_dir(self.tag)
         self.manifest = read_manifest(self.package_dir)
-        self.variant = served_variant(self.manifest, CONFIG.variant, CONFIG.embeddings)
+        self.variant = served_variant(self.manifest, CONFIG.variant, CONFIG.embeddings, CONFIG.allow_failed_gate)
         self.variant_info = self.manifest.variants[self.variant]
         self.variant_file = self.variant_info.file.rsplit("/", 1)[-1]
         self.labels = list(self.manifest.labels)
+        self.default_top_k = CONFIG.top_k
+        self.max_batch_images = CONFIG.max_batch_images
         if CONFIG.model_service:
             self.model: LocalModel | RemoteModel = RemoteModel(self.model_service)
         else:
@@ -244,33 +251,21 @@ class Shipyard:
         self, uploads: list[Upload], field: str, top_k: int | None, started: float
     ) -> list[ClassifyResult] | JSONResponse:
         """Decode, predict, answer and monitor the images of one request."""
-        decoded = await self._decode(uploads, field)
-        sent = time.perf_counter()
-        rows = await self._predict(np.stack([d.pixels for d in decoded]))
-        if isinstance(rows, JSONResponse):
-            return rows
-        roundtrip = time.perf_counter() - sent
+        scored = await self.score(await self.decode(uploads, field), started)
+        if isinstance(scored, JSONResponse):
+            return scored
         k = top_k or CONFIG.top_k
-        results = [
-            self._answer(d, out, roundtrip, k)
-            for d, out in zip(decoded, unpack(rows, len(self.labels)), strict=True)
-        ]
-        total = time.perf_counter() - started
-        for result, d in zip(results, decoded, strict=True):
-            result.latency_ms = total * 1000
-            self.monitor.timings(
-                decode=d.seconds,
-                queue=result.timing.queue_ms / 1000,
-                inference=result.timing.inference_ms / 1000,
-                total=total,
-            )
+        results = [self._answer(s, k) for s in scored]
+        latency_ms = (time.perf_counter() - started) * 1000
+        for result in results:
+            result.latency_ms = latency_ms
         return results
 
-    async def _decode(self, uploads: list[Upload], field: str) -> list[Decoded]:
+    async def decode(self, uploads: list[Upload], field: str) -> list[Decoded]:
         """The uploads as model inputs: small ones decoded on the event loop, bigger ones in a thread.
 
         Raises:
-            ClientError: a file is empty, not an image, of an unsupported format or too large (counted).
+            ClientError: a file is empty, not an image, of an unsupported format or too large (its kind noted).
         """
         contract = self.manifest.input
         try:
@@ -279,15 +274,35 @@ class Shipyard:
                 return decode_opened(opened, contract)
             return await anyio.to_thread.run_sync(decode_opened, opened, contract, limiter=self._decode_limiter)
         except ClientError as exc:
-            self.monitor.error({413: "too_large", 415: "unsupported_format"}.get(exc.status, "bad_image"))
+            note_error({413: "too_large", 415: "unsupported_format"}.get(exc.status, "bad_image"))
             raise
+
+    async def score(self, decoded: list[Decoded], started: float) -> list[Scored] | JSONResponse:
+        """Predict a request's images in one batch and hand each to the monitor under a new request id;
+        a 503 answer when the batch queue is overloaded. Shared by ``/classify*`` and the V2 ``infer``."""
+        sent = time.perf_counter()
+        rows = await self._predict(np.stack([d.pixels for d in decoded]))
+        if isinstance(rows, JSONResponse):
+            return rows
+        roundtrip = time.perf_counter() - sent
+        scored = []
+        for d, out in zip(decoded, unpack(rows, len(self.labels)), strict=True):
+            request_id = uuid.uuid4().hex
+            self.monitor.prediction(
+                request_id, d.pixels, (d.info.width, d.info.height), out.probabilities, out.embedding, self.variant
+            )
+            scored.append(Scored(request_id, d, out, max(0.0, roundtrip - out.inference_s)))
+        total = time.perf_counter() - started
+        for s in scored:
+            self.monitor.timings(decode=s.decoded.seconds, queue=s.queue_s, inference=s.out.inference_s, total=total)
+        return scored
 
     async def _predict(self, pixels: np.ndarray) -> np.ndarray | JSONResponse:
         """The model's packed output rows, or a 503 answer when the batch queue is overloaded."""
         try:
             return await self.model.predict(pixels)
         except Overloaded:
-            self.monitor.error("overloaded")
+            note_error("overloaded")
             return JSONResponse(
                 {
                     "error": f"the model is overloaded: the request waited longer than max_latency_ms "
@@ -295,29 +310,21 @@ class Shipyard:
                 },
                 status_code=503,
             )
-        except Exception:
-            self.monitor.error("internal")
-            raise
 
-    def _answer(self, d: Decoded, out: Unpacked, roundtrip: float, k: int) -> ClassifyResult:
-        """One image's result (latency filled in by the caller), after handing it to the monitor."""
-        request_id = uuid.uuid4().hex
-        queue_s = max(0.0, roundtrip - out.inference_s)
-        self.monitor.prediction(
-            request_id, d.pixels, (d.info.width, d.info.height), out.probabilities, out.embedding, self.variant
-        )
+    def _answer(self, s: Scored, k: int) -> ClassifyResult:
+        """One image's result (latency filled in by the caller)."""
         return ClassifyResult(
-            request_id=request_id,
+            request_id=s.request_id,
             model=self.tag,
             variant=self.variant_file,
-            predictions=rank(out.probabilities, self.labels, k),
+            predictions=rank(s.probabilities, self.labels, k),
             latency_ms=0.0,
-            image=d.info,
+            image=s.decoded.info,
             timing=Timing(
-                decode_ms=d.seconds * 1000,
-                queue_ms=queue_s * 1000,
-                inference_ms=out.inference_s * 1000,
-                batch_size=out.batch_size,
+                decode_ms=s.decoded.seconds * 1000,
+                queue_ms=s.queue_s * 1000,
+                inference_ms=s.out.inference_s * 1000,
+                batch_size=s.out.batch_size,
             ),
         )
 
@@ -330,13 +337,4 @@ def _request_start(ctx: Any) -> float:
         return time.perf_counter()
 
 
-Shipyard.add_asgi_middleware(
-    RequestGuard,
-    routes={"/classify": MULTIPART, "/classify_batch": MULTIPART, "/feedback": JSON},
-    max_request_bytes=CONFIG.max_request_bytes,
-    examples={
-        "/classify": CLASSIFY_EXAMPLE,
-        "/classify_batch": BATCH_EXAMPLE,
-        "/feedback": 'curl -H "Content-Type: application/json" -d \'{"request_id": "...", "label": "cat"}\'',
-    },
-)
+Shipyard.add_asgi_middleware(RequestGuard, **guard_options(CONFIG))

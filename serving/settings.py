@@ -10,11 +10,12 @@ worker) serves the same version even if another one is registered meanwhile.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import MutableMapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from edge.errors import PackageError
+from edge.errors import PackageError, ShipyardError
 from edge.manifest import MANIFEST_NAME
 from serving.config import ServeConfig
 
@@ -94,3 +95,65 @@ def load_settings(environ: MutableMapping[str, str] | None = None, *, pin: bool 
     if tag is not None and pin:
         env[MODEL_ENV] = tag
     return Settings(config=config, tag=tag)
+
+
+def preflight(settings: Settings) -> str:
+    """Check, before any worker loads it, that the configured model can be served: the tag is in the store,
+    the variant is runnable, passed its gate (unless ``serve.allow_failed_gate``) and its file's sha256
+    matches. Returns the file name of the variant that will be served (``model_embedding.onnx`` when the
+    embedding variant replaces ``model.onnx``).
+
+    Raises:
+        PackageError / IntegrityError: what is wrong, and how to fix it.
+    """
+    from edge.manifest import read_manifest, verify_file
+    from serving.inference import served_variant
+
+    config = settings.config
+    folder = package_dir(settings.require_tag())
+    manifest = read_manifest(folder)
+    key = served_variant(manifest, config.variant, config.embeddings, config.allow_failed_gate)
+    verify_file(folder, manifest, manifest.variants[key].file)
+    return PurePosixPath(manifest.variants[key].file).name
+
+
+def under_bentoml_serve(argv: list[str] | None = None) -> bool:
+    """Whether this process is ``bentoml serve`` (or one of the workers it starts), where a model that cannot
+    be served must stop the server with one line instead of a traceback in a restarting worker."""
+    argv = sys.argv if argv is None else argv
+    if not argv:
+        return False
+    first = Path(argv[0])
+    serving = first.name == "bentoml" or (first.name == "__main__.py" and first.parent.name == "bentoml")
+    return (serving and "serve" in argv[1:2]) or "_bentoml_impl" in first.parts
+
+
+def startup(environ: MutableMapping[str, str] | None = None) -> tuple[Settings, str | None]:
+    """:func:`load_settings` and, when a model is named or this is ``bentoml serve``, :func:`preflight`.
+
+    Under ``bentoml serve`` a problem ends the process with exit status 1 and one line on stderr
+    (``shipyard: cannot serve ...``); elsewhere (an import in a test or a build) it raises.
+
+    Returns:
+        The settings, and the served variant's file name (``None`` without a model).
+    """
+    serving = under_bentoml_serve()
+    try:
+        settings = load_settings(environ)
+        variant = preflight(settings) if settings.tag is not None or serving else None
+    except ShipyardError as exc:
+        if serving:
+            raise SystemExit(f"shipyard: cannot serve: {exc}") from None
+        raise
+    if serving:
+        print(f"shipyard: serving {settings.tag}, variant {variant}", file=sys.stderr, flush=True)
+    return settings, variant
+
+
+def served_variant_file(config: ServeConfig) -> str:
+    """The file name of the variant a server for ``config`` serves.
+
+    Raises:
+        PackageError / IntegrityError: as :func:`preflight`.
+    """
+    return preflight(Settings(config=config, tag=resolve_tag(config.model) if config.model else None))

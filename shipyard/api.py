@@ -174,32 +174,41 @@ def pipeline(
     verbose: int = 0,
     progress: Progress | None = None,
     overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    allow_failed_gates: bool = False,
     **sections: Mapping[str, Any],
 ) -> PipelineOutcome:
     """Train, evaluate, package, optimize and register in one go (``shipyard pipeline``).
 
+    A package whose default serving variant failed its gate is not registered unless ``allow_failed_gates``.
+
     Returns:
-        :class:`~training.pipeline.PipelineOutcome`: ``package``, ``tag`` (in the model store), ``train``,
-        ``optimize`` and ``exit_code``.
+        :class:`~training.pipeline.PipelineOutcome`: ``package``, ``tag`` (in the model store; ``None`` when a
+        failed gate blocked it, with the reason in ``blocked``), ``train``, ``optimize`` and ``exit_code``.
     """
     from training.pipeline import run_pipeline
 
     cfg = load_config(config, data=data, overrides=overrides, **sections)
-    return run_pipeline(cfg, output, verbose=verbose, optimize=optimize, progress=progress)
+    return run_pipeline(
+        cfg, output, verbose=verbose, optimize=optimize, progress=progress, allow_failed_gates=allow_failed_gates
+    )
 
 
-def register(package: str | Path) -> str:
+def register(package: str | Path, *, require_runnable: bool = True) -> str:
     """Put a package into the BentoML model store (``shipyard register``).
+
+    Args:
+        package: the package folder.
+        require_runnable: refuse a package with no TFLite/ONNX variant to run (nothing could serve it).
 
     Returns:
         The package's ``name:version`` tag in the store.
 
     Raises:
-        PackageError: not a package, or a file whose sha256 differs from the manifest's.
+        PackageError: not a package, a file whose sha256 differs from the manifest's, or no runnable variant.
     """
     from training.registry import register as register_package
 
-    return register_package(package)
+    return register_package(package, require_runnable=require_runnable)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from edge.config import ConfigError
-from edge.manifest import Manifest
+from edge.manifest import Manifest, read_manifest
 from training.config import DataConfig, TrainingConfig, saved_training_config
 
 
@@ -38,13 +38,17 @@ class PipelineOutcome:
     optimization outcome (``None`` when optimization was skipped)."""
 
     package: Path
-    tag: str
+    tag: str | None
     train: TrainOutcome
     optimize: Any | None
+    blocked: str | None = None
 
     @property
     def exit_code(self) -> int:
-        """0, or the optimization's exit code (1 when a variant failed to export or failed its gate)."""
+        """0, or the optimization's exit code (1 when a variant failed to export or failed its gate; 1 as well
+        when the package was not registered because of it)."""
+        if self.blocked is not None:
+            return 1
         return 0 if self.optimize is None else int(self.optimize.exit_code)
 
 
@@ -176,22 +180,38 @@ def run_pipeline(
     verbose: int | str = "auto",
     optimize: bool = True,
     progress=None,
+    allow_failed_gates: bool = False,
 ) -> PipelineOutcome:
     """Train, evaluate, package, optimize (build and check the edge variants) and register.
 
-    The package is registered even when a variant failed its gate, so it can be inspected; the caller
-    decides the exit code (:attr:`PipelineOutcome.exit_code`).
+    A package whose default serving variant failed its gate (or its export) is not registered, so it cannot
+    be deployed by accident: :attr:`PipelineOutcome.tag` is ``None`` and :attr:`PipelineOutcome.blocked` says
+    why; ``allow_failed_gates`` registers it anyway (with a warning through ``progress``). The caller decides
+    the exit code (:attr:`PipelineOutcome.exit_code`).
     """
-    from training.registry import register
+    from training.registry import gate_problem, register
 
     outcome = run_train(config, output, verbose=verbose)
     optimized = None
+    blocked = None
     if optimize:
         from training.optimize import run_optimize
 
         optimized = run_optimize(outcome.package, config, progress=progress)
-    tag = register(outcome.package)
-    return PipelineOutcome(package=outcome.package, tag=tag, train=outcome, optimize=optimized)
+        blocked = gate_problem(read_manifest(outcome.package))
+    if blocked is not None and allow_failed_gates:
+        _say(progress, f"WARNING: registering despite a failed gate (--allow-failed-gates): {blocked}")
+        blocked = None
+    tag = register(outcome.package) if blocked is None else None
+    return PipelineOutcome(package=outcome.package, tag=tag, train=outcome, optimize=optimized, blocked=blocked)
+
+
+def _say(progress, line: str) -> None:
+    import logging
+
+    logging.getLogger("shipyard.pipeline").warning(line)
+    if progress is not None:
+        progress(line)
 
 
 __all__ = ["EvaluateOutcome", "PipelineOutcome", "TrainOutcome", "run_evaluate", "run_pipeline", "run_train"]

@@ -5,27 +5,63 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edge.errors import PackageError
-from edge.manifest import MANIFEST_NAME, read_manifest, verify_package
+from edge.manifest import MANIFEST_NAME, Manifest, read_manifest, verify_package
 
 
-def register(package: str | Path) -> str:
+def runnable_problem(manifest: Manifest) -> str | None:
+    """Why no server or device could run the package (no TFLite/ONNX variant that exported), or ``None``."""
+    from edge.package import runnable_variants
+    from edge.variants import runnable_labels
+
+    if runnable_variants(manifest):
+        return None
+    listing = ", ".join(f"{k} ({v.status})" for k, v in manifest.variants.items()) or "none"
+    return (
+        f"package {manifest.tag} has no {runnable_labels()} variant to run (variants: {listing}); run "
+        "'shipyard optimize PACKAGE' on it first"
+    )
+
+
+def gate_problem(manifest: Manifest) -> str | None:
+    """Why the variant the server serves by default may not be deployed (missing, failed its gate or its
+    export), or ``None`` when it passed."""
+    from edge.variants import served_by_default
+
+    name = served_by_default()
+    key = next((k for k, v in manifest.variants.items() if PurePosixPath(v.file).name == name or k == name), None)
+    if key is None:
+        return f"package {manifest.tag} has no {name}, the variant the server serves by default"
+    info = manifest.variants[key]
+    if info.status == "passed":
+        return None
+    return f"{name}, the variant the server serves by default, is {info.status}: {info.reason or 'no reason recorded'}"
+
+
+def register(package: str | Path, *, require_runnable: bool = False) -> str:
     """Put a verified package into the BentoML model store as ``name:version``; return the tag.
 
     Only the files listed in the manifest (plus the manifest) are copied: checkpoints and backup state
     stay in the run directory. Registering the same package twice returns the existing tag.
 
+    Args:
+        package: the package folder.
+        require_runnable: refuse a package without a runnable variant (``shipyard register`` does).
+
     Raises:
-        PackageError / IntegrityError: not a package, or a file's hash does not match.
+        PackageError / IntegrityError: not a package, a file's hash does not match, or (``require_runnable``)
+            nothing in it can be served.
     """
     import bentoml
     from bentoml.exceptions import NotFound
 
     package = Path(package)
     manifest = verify_package(package)
+    if require_runnable and (problem := runnable_problem(manifest)) is not None:
+        raise PackageError(f"not registered: {problem}")
     tag = manifest.tag
     try:
         existing = bentoml.models.get(tag)

@@ -23,6 +23,11 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 #: The request stages :meth:`serving.monitoring.Monitor.observe_timing` accepts.
 STAGES: tuple[str, ...] = ("decode", "queue", "inference", "total")
+#: The stages of monitoring whose own errors ``shipyard_monitoring_errors_total{stage}`` counts.
+MONITORING_STAGES: tuple[str, ...] = (
+    "count_error", "drift", "feedback", "feedback_store", "image_stats", "metrics", "observe", "original_size",
+    "sink", "timing", "window", "worker",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -123,3 +128,14 @@ def metrics_for(registry: Any | None = None) -> MonitorMetrics:
         )
         _CACHE[registry] = m
         return m
+
+
+def zero_series(m: MonitorMetrics) -> None:
+    """Create every error series at 0 (each kind of :data:`serving.errors.ERROR_KINDS`, each monitoring stage),
+    so that an alert on their rate sees 0 from the start instead of no data."""
+    from serving.errors import ERROR_KINDS
+
+    for kind in ERROR_KINDS:
+        m.errors.labels(kind=kind)
+    for stage in MONITORING_STAGES:
+        m.monitoring_errors.labels(stage=stage)

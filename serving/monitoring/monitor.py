@@ -27,7 +27,7 @@ from edge.preprocess import image_stats_batch, stats_grid
 from serving.config import MonitorConfig
 from serving.monitoring.drift import DriftWindow, load_reference
 from serving.monitoring.feedback import FeedbackNotFoundError, FeedbackStore, shared_path
-from serving.monitoring.metrics import STAGES, MonitorMetrics, metrics_for
+from serving.monitoring.metrics import STAGES, MonitorMetrics, metrics_for, zero_series
 from serving.monitoring.signals import FEATURES, SIGNALS, Observation
 
 logger = logging.getLogger("serving.monitoring")
@@ -37,6 +37,25 @@ _STOP = object()
 _LOG_EVERY = 100
 #: Most observations the monitor's thread takes from its queue at once.
 _BATCH = 64
+
+
+def request_log_dir(config: MonitorConfig) -> Path:
+    """Where the default ``bentoml.monitor`` sink writes the request logs: ``serve.monitor.log_dir``, else
+    ``monitoring/`` in the BentoML home (``$BENTOML_HOME``, default ``~/bentoml``); never the working directory
+    that ``bentoml serve`` runs in (the checkout, or site-packages)."""
+    if config.log_dir is not None:
+        return Path(config.log_dir).expanduser().absolute()
+    return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml").expanduser().absolute() / "monitoring"
+
+
+def sink_kwargs(config: MonitorConfig) -> dict[str, Any]:
+    """``bentoml.monitor``'s ``monitor_class``/``monitor_options`` for ``config``: the default sink writes under
+    :func:`request_log_dir`; another class gets its options as configured."""
+    cls = config.sink_class or "default"
+    options = dict(config.sink_options or {})
+    if cls == "default":
+        options.setdefault("log_path", str(request_log_dir(config)))
+    return {"monitor_class": cls, "monitor_options": options}
 
 
 class Monitor:
@@ -105,6 +124,7 @@ class Monitor:
         try:
             self._metrics = metrics_for(registry)
             self._timing_children = {stage: self._metrics.latency.labels(stage=stage) for stage in STAGES}
+            zero_series(self._metrics)
             self._publish_drift(self.window.snapshot()["signals"])
             self._metrics.live_accuracy.set(float("nan"))
         except Exception as exc:
@@ -418,11 +438,7 @@ class Monitor:
         if self._sink is None:
             import bentoml
 
-            kwargs: dict[str, Any] = {}
-            if self.config.sink_class is not None:
-                kwargs["monitor_class"] = self.config.sink_class
-            if self.config.sink_options is not None:
-                kwargs["monitor_options"] = dict(self.config.sink_options)
+            kwargs = sink_kwargs(self.config)
             # The first record defines the schema: log it row by row (log_batch would repeat columns).
             manager = bentoml.monitor(self.config.sink, **kwargs)
             mon = manager.__enter__()

@@ -8,6 +8,11 @@ import json
 def register(sub) -> None:
     p = sub.add_parser("register", help="put a package into the BentoML model store")
     p.add_argument("package", help="model package folder")
+    p.add_argument(
+        "--allow-unrunnable",
+        action="store_true",
+        help="register a package with no TFLite/ONNX variant (nothing can serve it until it is optimized)",
+    )
     p.set_defaults(handler=_register)
 
     p = sub.add_parser("models", help="the model store")
@@ -21,7 +26,7 @@ def register(sub) -> None:
 def _register(args) -> int:
     from shipyard import api
 
-    print(api.register(args.package))
+    print(api.register(args.package, require_runnable=not args.allow_unrunnable))
     return 0
 
 

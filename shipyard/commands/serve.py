@@ -63,6 +63,7 @@ def serve_config(args: Any) -> Any:
 
 def _serve(args) -> int:
     from serving.process import run_foreground, serve_command
+    from serving.settings import served_variant_file
 
     config = serve_config(args)
     if args.dry_run:
@@ -71,7 +72,7 @@ def _serve(args) -> int:
             print(f"{key}={value}")
         return 0
     print(
-        f"serving {config.model} (variant {config.variant}) on http://{config.host}:{config.port}; Ctrl+C stops",
+        f"serving {config.model} (variant {served_variant_file(config)}) on http://{config.host}:{config.port}; Ctrl+C stops",
         flush=True,
     )
     return run_foreground(config)

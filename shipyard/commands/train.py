@@ -32,6 +32,11 @@ def register(sub) -> None:
     add_config_args(p)
     _common(p)
     p.add_argument("--no-optimize", action="store_true", help="skip building the TFLite/ONNX variants")
+    p.add_argument(
+        "--allow-failed-gates",
+        action="store_true",
+        help="register the package even when its default serving variant failed its gate (not recommended)",
+    )
     p.set_defaults(handler=_pipeline)
 
 
@@ -75,7 +80,7 @@ def _pipeline(args) -> int:
 
     result = api.pipeline(
         args.config, data=args.data, output=args.output, verbose=_verbosity(args), optimize=not args.no_optimize,
-        progress=progress, overrides=args.overrides,
+        progress=progress, overrides=args.overrides, allow_failed_gates=args.allow_failed_gates,
     )
     outcome = result.train
     print(outcome.evaluation_table)
@@ -84,6 +89,13 @@ def _pipeline(args) -> int:
 
         print()
         print(terminal_table(result.optimize.results, result.optimize.reference))
-    print(f"\ntrained {outcome.epochs} epochs in {outcome.seconds:.1f}s; registered as {result.tag}")
+    if result.tag is None:
+        print(
+            f"\ntrained {outcome.epochs} epochs in {outcome.seconds:.1f}s; NOT registered: {result.blocked}. Fix the "
+            "variant (shipyard optimize), or pass --allow-failed-gates to register it anyway",
+            file=sys.stderr,
+        )
+    else:
+        print(f"\ntrained {outcome.epochs} epochs in {outcome.seconds:.1f}s; registered as {result.tag}")
     print(result.package)
     return result.exit_code
