@@ -15,7 +15,9 @@ The ``shipyard`` command line (:mod:`shipyard.cli`) is a thin layer over these s
 
 from shipyard.api import (
     RegisteredModel,
+    cross_validate,
     demo_data,
+    ensemble,
     evaluate,
     load_config,
     loadtest,
@@ -35,7 +37,9 @@ __version__ = "0.2.0"
 __all__ = [
     "PipelineConfig",
     "RegisteredModel",
+    "cross_validate",
     "demo_data",
+    "ensemble",
     "evaluate",
     "load_config",
     "loadtest",

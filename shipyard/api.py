@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # pragma: no cover - types only
     from serving.loadtest.runner import LoadTestOutcome
     from serving.process import ServerProcess
     from shipyard.config import PipelineConfig
+    from training.crossval import CrossValOutcome
+    from training.ensemble import EnsembleOutcome
     from training.optimize import OptimizeOutcome
     from training.pipeline import EvaluateOutcome, PipelineOutcome, TrainOutcome
     from training.report import ReportOutcome
@@ -252,6 +254,63 @@ def tune(
 
     cfg = load_config(config, data=data, overrides=overrides, **sections)
     return run_tune(cfg, output, fresh=fresh, progress=progress)
+
+
+def ensemble(
+    packages: Sequence[str | Path],
+    output: str | Path,
+    *,
+    name: str | None = None,
+    progress: Progress | None = None,
+) -> EnsembleOutcome:
+    """Build one model averaging the probabilities of ``packages`` and write it as a package (``shipyard ensemble``).
+
+    Args:
+        packages: two or more package folders with the same labels, input size and test split.
+        output: the new package folder (its name becomes the version).
+        name: the model name (default: the first member's name with ``-ensemble``).
+        progress: called with one line per step.
+
+    Returns:
+        :class:`~training.ensemble.EnsembleOutcome`: ``package``, ``manifest``, ``table`` (the ensemble beside
+        each member on the test split) and ``metrics`` by name.
+
+    Raises:
+        ConfigError: members that differ (labels, input, test split), an output folder that is taken.
+    """
+    from training.ensemble import run_ensemble
+
+    return run_ensemble([Path(p) for p in packages], output, name=name, progress=progress)
+
+
+def cross_validate(
+    config: Any = None,
+    *,
+    folds: int = 5,
+    data: str | Path | None = None,
+    output: str | Path = "runs",
+    verbose: int = 0,
+    progress: Progress | None = None,
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    **sections: Mapping[str, Any],
+) -> CrossValOutcome:
+    """K-fold cross-validation of a config (``shipyard evaluate --folds K CONFIG``).
+
+    Args:
+        config, data, overrides, sections: as :func:`load_config`.
+        folds: K, the number of stratified folds (>= 2).
+        output: the parent folder of runs (``<output>/<model.name>/cv-<version>/``).
+        verbose: Keras progress for each fold's training.
+        progress: called with one line per step.
+
+    Returns:
+        :class:`~training.crossval.CrossValOutcome`: ``metrics`` (per fold, mean and standard deviation of
+        each metric), ``table``, ``packages`` (one per fold) and ``folder``.
+    """
+    from training.crossval import cross_validate as run_cross_validation
+
+    cfg = load_config(config, data=data, overrides=overrides, **sections)
+    return run_cross_validation(cfg, folds, output, verbose=verbose, progress=progress)
 
 
 def report(

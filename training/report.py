@@ -28,7 +28,14 @@ from edge.manifest import Manifest, read_manifest
 
 PAGE_FILE = "index.html"
 OPTIMIZATION_JSON = "report.json"
-GROUPS = {"data": "The data", "network": "The network", "training": "The training"}
+GROUPS = {
+    "data": "The data",
+    "network": "The network",
+    "training": "The training",
+    "explanations": "Explanations",
+}
+#: The media type of each picture file type (``PlotSpec.suffix``).
+MEDIA_TYPES = {"png": "image/png", "gif": "image/gif"}
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 
@@ -256,7 +263,8 @@ def metrics_section(package: Path, manifest: Manifest) -> str:
 
 def _img(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f"<img alt='{_e(alt)}' src='data:image/png;base64,{data}'>"
+    media = MEDIA_TYPES.get(path.suffix.lstrip(".").lower(), "image/png")
+    return f"<img alt='{_e(alt)}' src='data:{media};base64,{data}'>"
 
 
 def _layer_details(summary: dict[str, Any]) -> str:
@@ -275,7 +283,7 @@ def _layer_details(summary: dict[str, Any]) -> str:
 
 
 def pictures_section(package: Path, manifest: Manifest, rows: list[dict[str, Any]]) -> tuple[str, int]:
-    """Every picture, grouped (data, network, training), each embedded as a base64 PNG.
+    """Every picture, grouped (data, network, training, explanations), each embedded as a base64 image.
 
     Returns:
         (the HTML, the number of images embedded).

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from shipyard.cli import add_config_args
+from shipyard.commands.crossval import add_folds_args, check_plain, run_folds
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -22,10 +23,11 @@ def register(sub) -> None:
                    help="continue an interrupted run (default: the newest unfinished run of this model)")
     p.set_defaults(handler=_train)
 
-    p = sub.add_parser("evaluate", help="evaluate a package on its test split or another folder")
-    p.add_argument("package", help="model package folder")
+    p = sub.add_parser("evaluate", help="evaluate a package on its test split or another folder (or --folds K CONFIG)")
+    p.add_argument("package", help="model package folder (with --folds: the config file)")
     p.add_argument("data", nargs="?", default=None, help="folder of class folders to evaluate on")
     p.add_argument("--compare", default=None, metavar="OTHER", help="another package to compare with")
+    add_folds_args(p)
     p.set_defaults(handler=_evaluate)
 
     p = sub.add_parser("pipeline", help="train, evaluate, package, optimize and register in one go")
@@ -65,6 +67,9 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     from shipyard import api
 
+    if args.folds is not None:
+        return run_folds(args)
+    check_plain(args)
     print(api.evaluate(Path(args.package), args.data, compare=args.compare).table)
     return 0
 

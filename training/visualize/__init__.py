@@ -1,8 +1,9 @@
-"""Pictures of the data, the network and the training: PNG files in the package's ``plots/`` folder.
+"""Pictures of the data, the network and the training: PNG files (a GIF for the grand tour's animation) in the
+package's ``plots/`` folder.
 
 One registry, :data:`PLOTS`, names every picture; :func:`write_plots` (called at the end of
 ``shipyard train``), ``shipyard plot`` and ``shipyard report`` loop over it and look entries up by
-name. Each entry's ``make(ctx, path)`` draws one PNG with matplotlib (Agg backend) and returns the
+name. Each entry's ``make(ctx, path)`` draws one picture (matplotlib, Agg backend) and returns the
 data it plotted (the confusion matrix, the 2-D embedding coordinates, the histograms...), so that tests
 and the report can check what a picture shows. A picture that cannot be made is a row with the reason
 (``skipped``: something it needs is not there; ``failed``: an error), never a crash.
@@ -22,9 +23,10 @@ Both save their file after every record (atomically), so a killed run keeps what
 resumed run continues it.
 
 Modules: :mod:`.drawing` (matplotlib helpers, data and training pictures, shared with the evaluation),
-:mod:`.embedding` (the 2-D embedding map), :mod:`.network` (structure, filters, activation maximization,
-recorded histograms), :mod:`.recording` (the recorders and their callback), :mod:`.context`
-(:class:`PlotContext`), :mod:`.registry` (:data:`PLOTS`, :func:`make_plot`, :func:`write_plots`).
+:mod:`.embedding` (the 2-D embedding map), :mod:`.tour` (the grand tour), :mod:`.explain` (Grad-CAM),
+:mod:`.network` (structure, filters, activation maximization, recorded histograms), :mod:`.recording`
+(the recorders and their callback), :mod:`.context` (:class:`PlotContext`), :mod:`.registry`
+(:data:`PLOTS`, :func:`make_plot`, :func:`write_plots`).
 """
 
 from training.visualize.common import PlotSkipped
@@ -39,6 +41,7 @@ from training.visualize.drawing import (
     plot_val_predictions,
 )
 from training.visualize.embedding import plot_embedding, project_2d
+from training.visualize.explain import explain_predictions, explanation_layers, grad_cam
 from training.visualize.network import (
     graphviz_available,
     maximize_activation,
@@ -61,6 +64,7 @@ from training.visualize.registry import (
     read_index,
     write_plots,
 )
+from training.visualize.tour import plot_grand_tour, tour_bases
 
 __all__ = [
     "DEMO_AUGMENT",
@@ -73,6 +77,9 @@ __all__ = [
     "PredictionRecorder",
     "ValidationSample",
     "check_kinds",
+    "explain_predictions",
+    "explanation_layers",
+    "grad_cam",
     "graphviz_available",
     "make_plot",
     "maximize_activation",
@@ -80,6 +87,7 @@ __all__ = [
     "plot_confusion_matrix",
     "plot_embedding",
     "plot_filters",
+    "plot_grand_tour",
     "plot_learning_curves",
     "plot_misclassified",
     "plot_per_class",
@@ -89,5 +97,6 @@ __all__ = [
     "project_2d",
     "read_index",
     "recording_callbacks",
+    "tour_bases",
     "write_plots",
 ]

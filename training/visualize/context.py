@@ -176,7 +176,7 @@ class PlotContext:
         return self.cached("eval_images", load)
 
     def embedding(self) -> dict[str, Any]:
-        """2-D coordinates of the penultimate-layer embeddings of (at most ``embedding_points``) test images."""
+        """The penultimate-layer embeddings of (at most ``embedding_points``) test images and their 2-D map."""
 
         def make():
             from training.models import embedding_model
@@ -195,6 +195,7 @@ class PlotContext:
                 "coords": coords,
                 "labels": labels[keep],
                 "predicted": probs.argmax(axis=1),
+                "embeddings": emb,
                 "method": method,
                 "indices": keep,
                 "of": len(images),

@@ -46,7 +46,9 @@ from training.visualize.drawing import (
     row_normalized,
 )
 from training.visualize.embedding import plot_embedding
+from training.visualize.explain import explain_predictions
 from training.visualize.network import plot_filters, plot_maximized, plot_recorded_histograms, plot_structure
+from training.visualize.tour import plot_grand_tour
 
 # ------------------------------------------------------------------------- making each picture from a context
 
@@ -117,10 +119,34 @@ def _embedding_correct(ctx: PlotContext, path: Path) -> dict[str, Any]:
     return {**out, "of": e["of"], "note": _subset_note(e)}
 
 
+def _grand_tour(ctx: PlotContext, path: Path) -> dict[str, Any]:
+    e = ctx.embedding()
+    out = plot_grand_tour(e["embeddings"], e["labels"], e["predicted"], ctx.labels, path, seed=ctx.report.seed)
+    kept = f"the tour turns through the top {out['dims']} principal components ({out['variance_kept']:.0%} of the variance)"
+    subset = _subset_note(e)
+    return {**out, "of": e["of"], "note": f"{kept}; {subset}" if subset else kept}
+
+
 def _subset_note(e: dict[str, Any]) -> str | None:
     if e["of"] > len(e["coords"]):
         return f"{len(e['coords'])} of {e['of']} images (report.embedding_points), chosen at random with a fixed seed"
     return None
+
+
+def _gradcam(ctx: PlotContext, path: Path) -> dict[str, Any]:
+    pred = ctx.predictions()
+    out = explain_predictions(
+        ctx.model,
+        ctx.eval_images(),
+        pred["labels"],
+        pred["probabilities"],
+        ctx.labels,
+        path,
+        wrong=min(ctx.report.misclassified, 12),
+        seed=ctx.report.seed,
+    )
+    out["paths"] = [str(pred["paths"][i]) for i in out["indices"]]
+    return out
 
 
 def _structure(ctx: PlotContext, path: Path) -> dict[str, Any]:
@@ -199,17 +225,23 @@ class PlotSpec:
     """One picture: its group on the report page, its title and how to make it.
 
     Attributes:
-        group: ``data``, ``network`` or ``training``.
+        group: ``data``, ``network``, ``training`` or ``explanations`` (a section of the report page).
         title: the heading on the report page.
         description: one line under it.
-        make: ``make(ctx, path) -> data``: writes the PNG at ``path``, returns what it plotted (a
+        make: ``make(ctx, path) -> data``: writes the picture at ``path``, returns what it plotted (a
             ``title`` or ``note`` key there overrides or adds to the page's text).
+        suffix: the picture's file type (``png``, or ``gif`` for an animation).
     """
 
-    group: Literal["data", "network", "training"]
+    group: Literal["data", "network", "training", "explanations"]
     title: str
     description: str
     make: Callable[[PlotContext, Path], dict[str, Any]]
+    suffix: str = "png"
+
+    def file_name(self, kind: str) -> str:
+        """The picture's path inside the package: ``plots/<kind>.<suffix>``."""
+        return f"{PLOTS_DIR}/{kind}.{self.suffix}"
 
 
 PLOTS: dict[str, PlotSpec] = {
@@ -233,6 +265,13 @@ PLOTS: dict[str, PlotSpec] = {
         "Embedding map, right and wrong",
         "The same map, coloured by correctly classified.",
         _embedding_correct,
+    ),
+    "grand_tour": PlotSpec(
+        "data",
+        "Grand tour of the embeddings",
+        "A smooth sequence of random 2-D projections of the same embeddings (animated), by class and right or wrong.",
+        _grand_tour,
+        suffix="gif",
     ),
     "structure": PlotSpec(
         "network", "Structure", "The layers of the network and how they connect.", _structure
@@ -277,6 +316,12 @@ PLOTS: dict[str, PlotSpec] = {
     "per_class": PlotSpec("training", "Per-class metrics", "Precision, recall and F1 per class.", _per_class),
     "misclassified": PlotSpec(
         "training", "Misclassified images", "Wrong predictions with true and predicted label.", _misclassified
+    ),
+    "gradcam": PlotSpec(
+        "explanations",
+        "Explanations (Grad-CAM)",
+        "Where the model looked for its prediction: the mistakes and a sample of right answers.",
+        _gradcam,
     ),
 }
 
@@ -392,7 +437,7 @@ def read_index(package: Path | str) -> dict[str, dict[str, Any]]:
 #: Computations started in a worker thread while the main thread draws (they release the GIL: TensorFlow,
 #: NumPy); the pictures that need them are drawn last.
 _PREFETCH: dict[str, tuple[str, ...]] = {
-    "embedding": ("embedding_class", "embedding_correct"),
+    "embedding": ("embedding_class", "embedding_correct", "grand_tour"),
     "maximized": ("maximize",),
 }
 
@@ -451,10 +496,11 @@ def _make_all(
         for name in prefetch:  # errors reach the picture that needs the value, through ctx.cached
             pool.submit(_warm, ctx, name)
         for kind in sorted(kinds, key=lambda k: k in deferred):
-            target = ctx.package / PLOTS_DIR / f"{kind}.png"
+            rel = PLOTS[kind].file_name(kind)
+            target = ctx.package / rel
             result = make_plot(ctx, kind, target)
             if result.ok:
-                result.file = f"{PLOTS_DIR}/{kind}.png"
+                result.file = rel
             elif target.exists():
                 target.unlink()  # no stale picture next to a row that says it could not be made
             by_kind[kind] = result
