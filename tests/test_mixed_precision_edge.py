@@ -14,7 +14,13 @@ def test_a_mixed_precision_package_builds_every_variant(small_demo_dir, tmp_path
     from training.optimize import run_optimize
     from training.pipeline import run_train
 
-    sets = [*TINY_TRAIN, "model.name=mixed", "train.epochs=1", "train.mixed_precision=true", "train.version=v1"]
+    sets = [
+        *TINY_TRAIN,
+        "model.name=mixed",
+        "train.epochs=1",
+        "train.mixed_precision=true",
+        "train.version=v1",
+    ]
     cfg = load_training_config(None, sets, data=small_demo_dir)
     package = run_train(cfg, tmp_path, verbose=0).package
     cfg = cfg.model_copy(

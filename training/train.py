@@ -374,7 +374,7 @@ def float32_model(model: Any) -> Any:
     nor a flex op``). The copy is rebuilt from the model's config with every policy set to float32 (same
     layers, names and trainable flags) and gets the trained weights.
     """
-    import training.layers  # noqa: F401 - custom layers registered for from_config
+    import training.layers
     import training.losses  # noqa: F401
 
     copy = keras.Model.from_config(_float32_config(model.get_config()))

@@ -50,7 +50,9 @@ def _mediapipe(model: Path, images: list[str]) -> list[dict]:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_mediapipe_image_classifier_agrees_with_shipyard_edge(optimized_demo, small_demo_dir, capsys, variant):
+def test_mediapipe_image_classifier_agrees_with_shipyard_edge(
+    optimized_demo, small_demo_dir, capsys, variant
+):
     manifest = read_manifest(optimized_demo)
     assert manifest.held_out is not None and manifest.held_out.files
     images = [str(small_demo_dir / rel) for rel in manifest.held_out.files]
@@ -59,10 +61,14 @@ def test_mediapipe_image_classifier_agrees_with_shipyard_edge(optimized_demo, sm
     meta = read_tflite_metadata(model.read_bytes())
     assert meta is not None and meta.labels == manifest.labels
     assert (meta.name, meta.version) == (manifest.name, manifest.version)
-    assert manifest.variants[variant].metrics["metadata"]["written"] is True  # the sha256 is of this final file
+    assert (
+        manifest.variants[variant].metrics["metadata"]["written"] is True
+    )  # the sha256 is of this final file
 
     theirs = _mediapipe(model, images)
-    assert main(["predict", str(optimized_demo), *images, "--variant", variant, "--top-k", "1", "--json"]) == 0
+    assert (
+        main(["predict", str(optimized_demo), *images, "--variant", variant, "--top-k", "1", "--json"]) == 0
+    )
     ours = [p["top_k"][0]["label"] for p in json.loads(capsys.readouterr().out)["predictions"]]
     assert [t["name"] for t in theirs] == ours  # 100% top-1 agreement, by name
     assert all(t["names"] == [[i, label] for i, label in enumerate(manifest.labels)] for t in theirs)
