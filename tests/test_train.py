@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -313,7 +312,11 @@ def test_multi_worker_needs_tf_config(small_demo_dir, tmp_path, monkeypatch):
     from training.pipeline import run_train
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    cfg = load_training_config(None, [*TINY_TRAIN, "train.distribution=multi_worker"], data=small_demo_dir)
+    with pytest.raises(ConfigError, match=r"needs train\.version"):  # the workers must agree on the run directory
+        load_training_config(None, [*TINY_TRAIN, "train.distribution=multi_worker"], data=small_demo_dir)
+    cfg = load_training_config(
+        None, [*TINY_TRAIN, "train.distribution=multi_worker", "train.version=v1"], data=small_demo_dir
+    )
     with pytest.raises(ConfigError, match="TF_CONFIG"):
         run_train(cfg, tmp_path, verbose=0)
 
@@ -345,8 +348,6 @@ def test_multi_worker_cluster_and_mixed_precision(small_demo_dir, tmp_path):
     assert all(layer.dtype_policy.name == "float32" for layer in model.layers if hasattr(layer, "dtype_policy"))
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(pytest.main([__file__, "-q"]))
 
 
 def test_evaluating_on_a_subset_of_classes_keeps_the_model_label_space(tiny_package, small_demo_dir, tmp_path):
@@ -366,3 +367,198 @@ def test_evaluating_on_a_subset_of_classes_keeps_the_model_label_space(tiny_pack
     _, samples, train_labels = _samples_for(read_manifest(tiny_package), tmp_path)
     assert sorted(s.label for s in samples) == [1, 1, 2, 2]
     assert sorted(train_labels) == [1, 2, 2, 2]
+
+
+# ------------------------------------------------------------------------------- schedules (issue 18)
+
+
+@pytest.mark.parametrize(
+    ("sets", "factors"),
+    [
+        ({"lr_schedule": "constant"}, [1, 1, 1, 1]),
+        ({"lr_schedule": "step", "lr_step_epochs": 2, "lr_decay": 0.5}, [1, 1, 0.5, 0.5]),
+        ({"lr_schedule": "exponential", "lr_decay": 0.5}, [1, 0.5, 0.25, 0.125]),
+        ({"lr_schedule": "cosine"}, [1, 0.5 * (1 + np.cos(np.pi / 4)), 0.5, 0.5 * (1 + np.cos(3 * np.pi / 4))]),
+        ({"lr_schedule": "cosine", "warmup_epochs": 2}, [1 / 3, 2 / 3, 1, 0.5]),
+    ],
+)
+def test_schedule_factors(sets, factors):
+    from training.config import TrainConfig
+    from training.schedules import schedule_factor
+
+    config = TrainConfig(**sets)
+    np.testing.assert_allclose([schedule_factor(config, e, 4) for e in range(4)], factors, rtol=1e-6)
+
+
+def test_plateau_reduction_scales_the_schedule():
+    """No improvement for reduce_lr_patience epochs multiplies the schedule by reduce_lr_factor (not a reset
+    to a fixed rate); the state is saved for --resume and picked up again."""
+    from training._tf import keras
+    from training.config import TrainConfig
+    from training.schedules import ScheduledLearningRate
+
+    config = TrainConfig(lr_schedule="exponential", lr_decay=0.9, reduce_lr_patience=2, reduce_lr_factor=0.1)
+    saved: list[dict] = []
+    cb = ScheduledLearningRate(config, 1.0, 10, 0, {}, saved.append)
+    cb.set_model(type("M", (), {"optimizer": keras.optimizers.Adam(1.0)})())
+    rates = []
+    for epoch, val_loss in enumerate([1.0, 0.9, 0.95, 0.95, 0.8, 0.7]):
+        cb.on_epoch_begin(epoch)
+        rates.append(float(keras.backend.get_value(cb.model.optimizer.learning_rate)))
+        cb.on_epoch_end(epoch, {"val_loss": val_loss})
+    # epochs 2 and 3 did not improve on 0.9: from epoch 4 on the schedule runs at a tenth
+    np.testing.assert_allclose(rates, [0.9**e * (0.1 if e >= 4 else 1) for e in range(6)], rtol=1e-6)
+    assert saved[-1]["scale"] == pytest.approx(0.1) and saved[-1]["best"] == pytest.approx(0.7)
+    again = ScheduledLearningRate(config, 1.0, 10, 0, saved[-1], saved.append)
+    assert again.rate_for(6) == pytest.approx(0.1 * 0.9**6)
+
+
+def test_schedules_in_both_phases_recorded_drawn_and_freezing_printed(small_demo_dir, tmp_path, capsys):
+    """A step schedule with warm-up in the head phase and again, from its own lower rate, in fine-tuning:
+    history.csv records the rate of every epoch, the learning curves draw it, and the start of each phase
+    prints its trainable/frozen counts and the batch arithmetic."""
+    from training.schedules import planned_rates
+    from training.train import train
+    from training.visualize.drawing import plot_learning_curves
+
+    sets = [*TINY_TRAIN, "model.freeze={until: conv2}", "train.epochs=3", "train.lr_schedule=step",
+            "train.lr_step_epochs=1", "train.lr_decay=0.5", "train.warmup_epochs=1", "train.fine_tune.enabled=true",
+            "train.fine_tune.epochs=2", "train.fine_tune.learning_rate=0.0005", "train.fine_tune.unfreeze=[conv3]",
+            "train.fine_tune.l2=0.001", "model.head.batch_norm=true", "train.version=s1"]
+    config = load_training_config(None, sets, data=small_demo_dir)
+    result = train(config, tmp_path, verbose=2)
+    out = capsys.readouterr().out
+    assert "phase 1 (head): base layers 4 trainable / 2 frozen" in out
+    assert "phase 2 (fine-tuning): base layers 1 trainable / 5 frozen" in out
+    assert "batch size 32:" in out and "optimizer slots" in out
+    expected = planned_rates(config.train, 0.003, 3) + planned_rates(config.train, 0.0005, 2)
+    np.testing.assert_allclose(expected, [0.0015, 0.003, 0.0015, 0.00025, 0.0005])
+    np.testing.assert_allclose(result.history["learning_rate"], expected, rtol=1e-5)
+    assert result.history["phase"] == [1, 1, 1, 2, 2]
+    import csv
+
+    with open(result.run_dir / "logs" / "history.csv") as fh:
+        assert [float(r["learning_rate"]) for r in csv.DictReader(fh)] == pytest.approx(expected, rel=1e-5)
+    drawn = plot_learning_curves(result.history, tmp_path / "curves.png")
+    assert "learning rate" in drawn["panels"] and drawn["learning_rate"] == pytest.approx(expected, rel=1e-5)
+    assert result.datasets.plan.memory is not None and result.datasets.plan.memory.gradients > 0
+
+
+def test_batch_arithmetic_is_recorded_in_the_manifest(tiny_package):
+    memory = read_manifest(tiny_package).metrics["batch_memory"]
+    assert memory["batch_per_replica"] == read_manifest(tiny_package).dataset.batch_size
+    assert memory["total_bytes"] == memory["weights"] + memory["gradients"] + memory["optimizer_slots"] + memory[
+        "batch_per_replica"
+    ] * (memory["input_per_image"] + memory["activations_per_image"])
+    assert "step memory" in read_manifest(tiny_package).dataset.batch_size_reason
+
+
+# ------------------------------------------------------------------------- multi-worker training (issue 18)
+
+
+def read_state(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "run_state.json").read_text())
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _start_workers(data: Path, output: Path, sets: list[str], ports: list[int], *, resume: bool = False) -> list:
+    """Two `shipyard train` processes, one TF_CONFIG task each, on 127.0.0.1."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    cmd = [str(BIN / "shipyard"), "train", str(Path(__file__).parents[1] / "configs" / "demo.yaml"), "--data",
+           str(data), "--output", str(output), "--quiet"]
+    for item in sets:
+        cmd += ["--set", item]
+    if resume:
+        cmd.append("--resume")
+    procs = []
+    for index in range(len(ports)):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+               "OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                      start_new_session=True))
+    return procs
+
+
+def _finish(procs: list, timeout: float = 400) -> list[str]:
+    outs = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                os.killpg(p.pid, signal.SIGKILL)
+            pytest.fail("a worker did not finish")
+        assert proc.returncode == 0, err[-3000:]
+        outs.append(out)
+    return outs
+
+
+MW_SETS = [*TINY_TRAIN, "train.epochs=4", "model.name=mw", "report.plots=false", "data.augment.rotation=0",
+           "data.augment.translation=0"]
+
+
+def test_two_worker_training_matches_one_worker_and_only_the_chief_writes(small_demo_dir, tmp_path):
+    from training.pipeline import run_train
+
+    single = run_train(load_training_config(None, [*MW_SETS, "train.version=one"], data=small_demo_dir),
+                       tmp_path / "one", verbose=0)
+    procs = _start_workers(small_demo_dir, tmp_path / "two", [*MW_SETS, "train.distribution=multi_worker",
+                                                              "train.version=two"], _free_ports(2))
+    chief_out, worker_out = _finish(procs)
+    package = Path(chief_out.strip().splitlines()[-1])
+    manifest = read_manifest(package)
+    assert "not the chief" in worker_out and "majority baseline" in chief_out
+    assert read_state(package)["replicas"] == 2  # MultiWorkerMirroredStrategy (class CollectiveAllReduceStrategy)
+    assert read_state(package)["strategy"] in ("MultiWorkerMirroredStrategy", "CollectiveAllReduceStrategy")
+    # the global batch is the per-replica batch (chosen from memory) times the two replicas
+    assert manifest.dataset.batch_size == 2 * manifest.metrics["batch_memory"]["batch_per_replica"]
+    assert "x 2 replicas" in manifest.dataset.batch_size_reason
+    assert manifest.metrics["epochs"] == 4 and manifest.metrics["accuracy"] > 0.8
+    assert abs(manifest.metrics["accuracy"] - single.manifest.metrics["accuracy"]) < 0.1
+    # one run directory, written by the chief alone: no worker's temporary copies left behind
+    assert [p.name for p in (tmp_path / "two" / "mw").iterdir()] == ["two"]
+    assert not [p for p in package.rglob("*") if "workertemp" in p.name or "shipyard-worker" in p.name]
+    with open(package / "logs" / "history.csv") as fh:
+        assert len(fh.read().strip().splitlines()) == 1 + 4  # one header, one row per epoch: one writer
+
+
+def test_two_worker_training_resumes_after_a_worker_is_killed(small_demo_dir, tmp_path):
+    sets = [*MW_SETS, "train.epochs=6", "train.distribution=multi_worker", "train.version=k1"]
+    procs = _start_workers(small_demo_dir, tmp_path, sets, _free_ports(2))
+    state = tmp_path / "mw" / "k1" / "run_state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if state.is_file() and json.loads(state.read_text() or "{}").get("last_epoch", 0) >= 2:
+            break
+        if any(p.poll() is not None for p in procs):
+            pytest.fail(f"training ended before a worker could be killed: {procs[0].stderr.read()[-1500:]}")
+        time.sleep(0.1)
+    else:
+        pytest.fail("no epoch finished in time")
+    os.killpg(procs[1].pid, signal.SIGKILL)  # the non-chief worker dies; the chief is stuck in a collective
+    procs[1].wait()
+    os.killpg(procs[0].pid, signal.SIGKILL)
+    procs[0].wait()
+    done_before = read_state(tmp_path / "mw" / "k1")["last_epoch"]
+    assert 2 <= done_before < 6
+
+    chief_out, _ = _finish(_start_workers(small_demo_dir, tmp_path, sets, _free_ports(2), resume=True))
+    package = Path(chief_out.strip().splitlines()[-1])
+    manifest = read_manifest(package)
+    assert manifest.metrics["epochs"] == 6 and manifest.metrics["accuracy"] > 0.8
+    hist = json.loads((package / "logs" / "history.json").read_text())
+    assert len(hist["loss"]) == 6, "each epoch appears once in the history"
+    rows = len((package / "logs" / "history.csv").read_text().strip().splitlines()) - 1
+    assert rows <= 6 + 1, "resumed from the last backed-up epoch, not from the start"  # +1: killed between log and backup
