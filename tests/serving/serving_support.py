@@ -263,3 +263,59 @@ def assert_error(resp, status: int | tuple[int, ...], *words: str) -> str:
     for word in words:
         assert word.lower() in message.lower(), (word, message)
     return message
+
+
+# ------------------------------------------------------------------------------------------ client venvs
+
+CLIENTS = Path(__file__).resolve().parent / "clients"
+
+
+def client_venv(requirements: str, *, timeout: float = 900) -> Path:
+    """The python of a venv with exactly ``clients/<requirements>`` installed, for a tool whose pins conflict
+    with ours. Built once per content of that file and kept in ``$SHIPYARD_TEST_VENVS`` (default
+    ``~/.cache/shipyard-test-venvs``), so later runs start at once; a half-built venv is rebuilt."""
+    import hashlib
+    import subprocess
+
+    from _support import env_outside_checkout
+
+    spec = CLIENTS / requirements
+    digest = hashlib.sha256(spec.read_bytes()).hexdigest()[:12]
+    cache = Path(os.environ.get("SHIPYARD_TEST_VENVS") or Path.home() / ".cache" / "shipyard-test-venvs")
+    folder = cache / f"{spec.stem}-{digest}"
+    python, done = folder / "bin" / "python", folder / ".complete"
+    if done.is_file():
+        return python
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, timeout=300)
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(spec)],
+        capture_output=True,
+        text=True,
+        env=env_outside_checkout(),
+        timeout=timeout,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    done.write_text(spec.read_text())
+    return python
+
+
+def run_in(python: Path, script: str, *args: str, timeout: float = 600) -> dict:
+    """Run ``clients/<script>`` with ``python`` outside the checkout; return the JSON of its ``RESULT=`` line."""
+    import json
+    import subprocess
+
+    from _support import env_outside_checkout
+
+    done = subprocess.run(
+        [str(python), str(CLIENTS / script), *args],
+        capture_output=True,
+        text=True,
+        env=env_outside_checkout(),
+        cwd=CLIENTS,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT="))
+    return json.loads(line.removeprefix("RESULT="))
