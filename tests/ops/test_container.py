@@ -36,3 +36,27 @@ def test_image_builds_serves_and_is_healthy(ops_model, digit_pngs, tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     for line in ("--- classified:", "--- runs as: shipyard", "--- no TensorFlow", "--- HEALTHCHECK: healthy"):
         assert line in proc.stdout, (line, proc.stdout)
+
+
+def test_bento_containerized_with_podman_serves(ops_model, digit_pngs, tmp_path):
+    """The other route to an image: ``bentoml build`` then ``bentoml containerize --backend podman``."""
+    import os
+    import sys
+
+    image = tmp_path / "digit.png"
+    image.write_bytes(digit_pngs[0])
+    os.environ.setdefault("PYTHON", sys.executable)
+    proc = run_check(
+        "container-check.sh",
+        "--bento",
+        "--store",
+        str(ops_model.store),
+        "--model",
+        ops_model.tag,
+        "--image",
+        str(image),
+    )
+    print(proc.stdout)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    for line in ("--- classified:", "--- runs as: bentoml", "--- no TensorFlow"):
+        assert line in proc.stdout, (line, proc.stdout)
