@@ -19,6 +19,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/shipyard demo-data demo_data
 	$(BIN)/shipyard pipeline configs/demo.yaml
+	@echo "Open the report page in a browser: $$(ls -t runs/digits/*/index.html | head -n 1)"
 
 test: $(STAMP)
 	bash scripts/system-deps.sh

@@ -41,6 +41,13 @@ def _kinds() -> list[str]:
     return list(PLOTS)
 
 
+def _file(kind: str) -> str:
+    """The picture's path in a package (``plots/<kind>.png``, ``.gif`` for an animation)."""
+    from training.visualize import PLOTS
+
+    return PLOTS[kind].file_name(kind)
+
+
 def _pixels(source: Path | bytes) -> np.ndarray:
     from PIL import Image
 
@@ -66,7 +73,7 @@ def remade(tiny_package, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("plots")
     ctx = PlotContext(tiny_package)
-    return {kind: make_plot(ctx, kind, out / f"{kind}.png") for kind in _kinds()}
+    return {kind: make_plot(ctx, kind, out / Path(_file(kind)).name) for kind in _kinds()}
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +181,7 @@ def test_every_picture_is_made_at_the_end_of_training(tiny_package, kind):
     manifest = read_manifest(tiny_package)
     row = read_index(tiny_package)[kind]
     assert row["status"] == "ok", row
-    assert row["file"] == f"plots/{kind}.png"
+    assert row["file"] == _file(kind)
     path = verify_file(tiny_package, manifest, row["file"])  # recorded with its sha256
     if kind == "misclassified" and row["summary"]["total_wrong"] == 0:  # a line of text: no mistakes
         assert_not_blank(path, min_std=2, min_colors=5)
@@ -228,7 +235,7 @@ def test_embedding_maps_have_one_point_per_test_image(remade, tiny_package):
     np.testing.assert_array_equal(by_class["labels"], ref["labels"])
     np.testing.assert_array_equal(by_right["correct"], ref["probabilities"].argmax(axis=1) == ref["labels"])
     assert by_right["correct"].mean() == pytest.approx(manifest.metrics["accuracy"])
-    assert by_class["method"] in ("t-SNE", "umap")
+    assert by_class["method"] == "umap"  # the default map (report.embedding_method=auto)
     # a trained model separates the classes: each point's nearest neighbour is mostly of its class
     c = by_class["coords"]
     d = np.linalg.norm(c[:, None] - c[None], axis=-1) + np.eye(len(c)) * 1e9
@@ -289,6 +296,56 @@ def test_activation_maximization_raises_each_class_score_with_a_fixed_seed(remad
     np.testing.assert_array_equal(a["images"], b["images"])
     channel = maximize_activation(model, layer="conv3", units=[5], steps=6)
     assert channel["after"][0] > channel["before"][0]
+
+
+def test_grand_tour_is_a_smooth_looping_animation_of_the_embeddings(remade, tiny_package):
+    from PIL import Image
+
+    tour = remade["grand_tour"]
+    data, n_test = tour.data, read_manifest(tiny_package).metrics["test_count"]
+    assert data["points"] == n_test and data["coords"].shape == (data["frames"], n_test, 2)
+    bases = data["bases"]
+    for b in bases:  # every frame is an orthonormal 2-D projection
+        np.testing.assert_allclose(b.T @ b, np.eye(2), atol=1e-9)
+    steps = np.linalg.norm(np.diff(bases, axis=0, append=bases[:1]), axis=(1, 2))
+    assert steps.max() < 0.5, "a jump between consecutive frames (the last wraps to the first)"
+    spread = max(np.linalg.norm(b - bases[0]) for b in bases)
+    assert spread > 1.0, "the tour hardly moves"
+    assert "principal components" in tour.note
+    path = Path(tour.file)
+    with Image.open(path) as gif:
+        assert gif.format == "GIF" and gif.n_frames == data["frames"] and gif.info.get("loop") == 0
+        first = np.asarray(gif.convert("RGB"))
+        gif.seek(data["frames"] // 2)
+        middle = np.asarray(gif.convert("RGB"))
+    assert first.shape == middle.shape and np.mean(np.any(first != middle, axis=-1)) > 0.002  # it moves
+    assert_not_blank(path, min_std=5, min_colors=5)
+
+
+def test_tour_bases_are_deterministic_and_visit_random_planes():
+    from training.visualize import tour_bases
+
+    a, b = tour_bases(6, stops=4, steps=5, seed=1), tour_bases(6, stops=4, steps=5, seed=1)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (20, 6, 2)
+    assert not np.allclose(tour_bases(6, stops=4, steps=5, seed=2), a)
+
+
+def test_gradcam_explains_the_mistakes_and_a_sample_of_right_answers(remade, tiny_package):
+    ref = np.load(tiny_package / "reference" / "predictions.npz")
+    preds = ref["probabilities"].argmax(axis=1)
+    wrong = int(np.sum(preds != ref["labels"]))
+    data = remade["gradcam"].data
+    assert data["layers"] == ["relu3"]  # the last convolution before global pooling
+    assert data["total_wrong"] == wrong and data["wrong_shown"] == min(wrong, 12)
+    correct = [e["correct"] for e in data["entries"]]
+    assert correct == sorted(correct)  # the mistakes first
+    assert sum(correct) == min(6, len(preds) - wrong)
+    for entry, index in zip(data["entries"], data["indices"], strict=True):
+        assert entry["correct"] == bool(preds[index] == ref["labels"][index])
+    cams = data["cams"]
+    assert cams.shape == (len(data["indices"]), 32, 32) and cams.min() >= 0 and np.allclose(cams.max(axis=(1, 2)), 1)
+    assert_not_blank(Path(remade["gradcam"].file))
 
 
 @pytest.mark.parametrize("kind", ["weights", "activations", "gradients"])
@@ -369,14 +426,16 @@ def test_pictures_that_need_missing_data_are_rows_not_crashes(package_copy):
     from training.visualize import read_index, write_plots
 
     results = {r.kind: r for r in write_plots(package_copy, data="/nonexistent/data")}
-    needs_data = {"samples", "augmented", "embedding_class", "embedding_correct", "misclassified"}
+    needs_data = {
+        "samples", "augmented", "embedding_class", "embedding_correct", "grand_tour", "misclassified", "gradcam"
+    }
     for kind, r in results.items():
         if kind in needs_data and not (kind == "misclassified" and r.data.get("total_wrong") == 0):
             assert r.status == "skipped" and "/nonexistent/data" in r.reason and "--data" in r.reason, (
                 kind,
                 r,
             )
-            assert not (package_copy / "plots" / f"{kind}.png").exists()
+            assert not (package_copy / _file(kind)).exists()
         else:
             assert r.ok, (kind, r.reason)
     assert read_index(package_copy)["samples"]["status"] == "skipped"
@@ -387,7 +446,7 @@ def test_pictures_that_need_missing_data_are_rows_not_crashes(package_copy):
 
 
 def _page_images(page: str) -> list[bytes]:
-    return [base64.b64decode(m) for m in re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)]
+    return [base64.b64decode(m) for m in re.findall(r"src='data:image/(?:png|gif);base64,([A-Za-z0-9+/=]+)'", page)]
 
 
 def test_report_page_is_self_contained_and_complete(report_package):
@@ -398,7 +457,7 @@ def test_report_page_is_self_contained_and_complete(report_package):
     assert not re.search(r"""(src|href)\s*=\s*['"]?(https?:)?//""", page), "the page must not load anything"
     images = _page_images(page)
     assert len(images) == len(_kinds())
-    files = {hashlib.sha256((report_package / f"plots/{k}.png").read_bytes()).hexdigest() for k in _kinds()}
+    files = {hashlib.sha256((report_package / _file(k)).read_bytes()).hexdigest() for k in _kinds()}
     assert {hashlib.sha256(i).hexdigest() for i in images} == files
     # the model card and the metrics
     for text in (
@@ -415,6 +474,7 @@ def test_report_page_is_self_contained_and_complete(report_package):
     for kind in _kinds():
         assert f"id='plot-{kind}'" in page
     assert "id='optimization'" not in page  # no optimization report yet
+    assert "id='explanations'" in page and "src='data:image/gif;base64," in page  # Grad-CAM, the tour
 
 
 def test_report_page_includes_the_optimization_report(package_copy):

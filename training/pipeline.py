@@ -34,14 +34,15 @@ class EvaluateOutcome:
 
 @dataclass
 class PipelineOutcome:
-    """What :func:`run_pipeline` made: the package, its registry tag, the training outcome and the
-    optimization outcome (``None`` when optimization was skipped)."""
+    """What :func:`run_pipeline` made: the package, its registry tag, the training outcome, the
+    optimization outcome (``None`` when optimization was skipped) and the report page (``index.html``)."""
 
     package: Path
     tag: str | None
     train: TrainOutcome
     optimize: Any | None
     blocked: str | None = None
+    report_page: Path | None = None
 
     @property
     def exit_code(self) -> int:
@@ -182,7 +183,8 @@ def run_pipeline(
     progress=None,
     allow_failed_gates: bool = False,
 ) -> PipelineOutcome:
-    """Train, evaluate, package, optimize (build and check the edge variants) and register.
+    """Train, evaluate, package, optimize (build and check the edge variants), write the report page
+    (``index.html``) and register.
 
     A package whose default serving variant failed its gate (or its export) is not registered, so it cannot
     be deployed by accident: :attr:`PipelineOutcome.tag` is ``None`` and :attr:`PipelineOutcome.blocked` says
@@ -198,12 +200,27 @@ def run_pipeline(
         from training.optimize import run_optimize
 
         optimized = run_optimize(outcome.package, config, progress=progress)
+    page = _report_page(outcome.package, config, progress)
+    if optimize:
         blocked = gate_problem(read_manifest(outcome.package))
     if blocked is not None and allow_failed_gates:
         _say(progress, f"WARNING: registering despite a failed gate (--allow-failed-gates): {blocked}")
         blocked = None
     tag = register(outcome.package) if blocked is None else None
-    return PipelineOutcome(package=outcome.package, tag=tag, train=outcome, optimize=optimized, blocked=blocked)
+    return PipelineOutcome(
+        package=outcome.package, tag=tag, train=outcome, optimize=optimized, blocked=blocked, report_page=page
+    )
+
+
+def _report_page(package: Path, config: TrainingConfig, progress) -> Path:
+    """Write the package's report page (``index.html``: the pictures made at the end of training, metrics,
+    optimization), before registering so that the registered package carries it."""
+    from training.report import write_report
+
+    page = write_report(package, only=config.report.kinds if config.report.plots else []).path
+    if progress is not None:
+        progress(f"report page: {page}")
+    return page
 
 
 def _say(progress, line: str) -> None:

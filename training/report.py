@@ -261,6 +261,27 @@ def metrics_section(package: Path, manifest: Manifest) -> str:
     )
 
 
+def ensemble_section(package: Path) -> str:
+    """The ensemble beside its members (``eval/ensemble.json`` of ``shipyard ensemble``), or ``""``."""
+    try:
+        payload = json.loads((package / "eval" / "ensemble.json").read_text())
+        metrics = payload["metrics"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    names = list(metrics)
+    keys = ["accuracy", "loss"] + [f"{avg} {m}" for avg in ("macro", "weighted") for m in ("precision", "recall", "f1")]
+
+    def value(name: str, key: str) -> str:
+        avg, _, m = key.partition(" ")
+        return _num(metrics[name].get(avg, {}).get(m) if m else metrics[name].get(key))
+
+    rows = [[key, *(value(n, key) for n in names)] for key in keys]
+    return (
+        f"<h3>The ensemble and its {len(names) - 1} members</h3><p>Averaged probabilities against each member on "
+        "the same test images.</p>" + _table(["metric", *names], rows)
+    )
+
+
 def _img(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     media = MEDIA_TYPES.get(path.suffix.lstrip(".").lower(), "image/png")
@@ -414,6 +435,7 @@ def render_page(package: Path, manifest: Manifest, rows: list[dict[str, Any]]) -
         model_card(manifest),
         "<h2 id='metrics'>Metrics</h2>",
         metrics_section(package, manifest),
+        ensemble_section(package),
         pictures,
     ]
     if optimization is not None:

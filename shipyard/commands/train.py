@@ -102,5 +102,7 @@ def _pipeline(args) -> int:
         )
     else:
         print(f"\ntrained {outcome.epochs} epochs in {outcome.seconds:.1f}s; registered as {result.tag}")
+    if result.report_page is not None:
+        print(f"report page (open it in a browser): {result.report_page}")
     print(result.package)
     return result.exit_code
