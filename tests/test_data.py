@@ -571,3 +571,19 @@ def test_the_pixel_cap_is_the_callers_from_the_header() -> None:
         assert open_image(header, max_pixels=150_000_000).size == (12_000, 12_000)
     with pytest.raises(ImageTooLargeError, match="too large"):
         open_image(huge_png_header(), max_pixels=10**11)  # 10 gigapixels: Pillow refuses it first
+
+
+def test_inspect_with_the_training_config_prints_the_step_memory_arithmetic(mixed_dir: Path) -> None:
+    """With the whole config, ``data inspect`` sizes the batch from the configured model, as training does."""
+    from training.config import TrainingConfig
+
+    training = TrainingConfig(model={"base": "small_cnn", "weights": "none", "freeze": "none"}, data={"step_memory_mb": 2})
+    report = inspect_dataset(mixed_dir, training.data, (32, 32), training=training)
+    memory = report.to_dict()["loading"]["step_memory"]
+    assert memory["batch_per_replica"] == report.batch_size
+    assert memory["total_bytes"] <= 2 * 2**20 < (
+        memory["total_bytes"] + report.batch_size * (memory["input_per_image"] + memory["activations_per_image"])
+    )  # the largest power of two that fits
+    table = report.to_table()
+    for text in ("step memory", "activations", "weights", "gradients", "optimizer slots", "2 MB step budget"):
+        assert text in table, text

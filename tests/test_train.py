@@ -562,3 +562,62 @@ def test_two_worker_training_resumes_after_a_worker_is_killed(small_demo_dir, tm
     assert len(hist["loss"]) == 6, "each epoch appears once in the history"
     rows = len((package / "logs" / "history.csv").read_text().strip().splitlines()) - 1
     assert rows <= 6 + 1, "resumed from the last backed-up epoch, not from the start"  # +1: killed between log and backup
+
+
+# ------------------------------------------------------------- mixed precision through optimize (issue 18)
+
+
+def test_mixed_precision_run_optimizes_into_every_variant(small_demo_dir, tmp_path):
+    """A model trained under mixed_float16 goes through `optimize` and every variant of the table passes
+    (the conversion of mixed-precision models is issue 13's; this checks it end to end)."""
+    from edge.variants import VARIANTS
+    from training.optimize import run_optimize
+    from training.pipeline import run_train
+
+    sets = [*TINY_TRAIN, "train.epochs=3", "train.mixed_precision=true", "model.name=mixed", "train.version=m1",
+            "report.plots=false", "report.record=false", "optimize.latency=false", "optimize.qat_epochs=1",
+            "optimize.prune_epochs=1", "optimize.cluster_epochs=1", "optimize.representative_samples=32",
+            "optimize.gates.int8_max_accuracy_drop=0.05", "optimize.gates.dynamic_max_accuracy_drop=0.05",
+            "optimize.gates.int8_min_agreement=0.9", "optimize.gates.dynamic_min_agreement=0.9"]
+    config = load_training_config(None, sets, data=small_demo_dir)
+    package = run_train(config, tmp_path, verbose=0).package
+    outcome = run_optimize(package, config)
+    assert sorted(r.key for r in outcome.results) == sorted(VARIANTS)
+    assert not outcome.failed, [(r.key, r.status, r.reason) for r in outcome.failed]
+
+
+# ------------------------------------------------------------------ spatial transformer on digits (issue 18)
+
+
+def _jittered_digits(root: Path, classes: int = 5, seed: int = 0) -> Path:
+    """Digits 0..classes-1 from scikit-learn, 16 px, rotated up to 30 degrees and placed anywhere on a 32 px canvas."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    for i, (pixels, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        if label >= classes:
+            continue
+        small = Image.fromarray((pixels * 255 / 16).astype("uint8")).resize((16, 16), Image.BILINEAR)
+        small = small.rotate(float(rng.uniform(-30, 30)), resample=Image.BILINEAR)
+        canvas = Image.new("L", (32, 32))
+        canvas.paste(small, (int(rng.integers(0, 17)), int(rng.integers(0, 17))))
+        (root / str(label)).mkdir(parents=True, exist_ok=True)
+        canvas.convert("RGB").save(root / str(label) / f"{i:04d}.png")
+    return root
+
+
+def test_spatial_transformer_trains_at_least_as_well_on_shifted_rotated_digits(tmp_path):
+    from training.pipeline import run_train
+
+    data = _jittered_digits(tmp_path / "digits")
+    accuracy = {}
+    for name, stn in (("plain", "false"), ("stn", "true")):
+        sets = [*TINY_TRAIN, "train.epochs=8", f"model.name={name}", "train.version=v1", "report.plots=false",
+                "report.record=false", f"model.spatial_transformer.enabled={stn}", "train.seed=1"]
+        manifest = run_train(load_training_config(None, sets, data=data), tmp_path / "runs", verbose=0).manifest
+        accuracy[name] = manifest.metrics["accuracy"]
+    # the same network behind a spatial transformer does at least as well (within 3 points of test-split noise)
+    assert accuracy["stn"] >= accuracy["plain"] - 0.03, accuracy
+    assert accuracy["stn"] > 0.7, accuracy
