@@ -41,3 +41,53 @@ def test_baseline_and_misclassified_files():
     table = ev.table()
     accuracy_row = next(line for line in table.splitlines() if line.startswith("accuracy"))
     assert accuracy_row.split() == ["accuracy", "0.7500", "0.7500", "+0.0000"]
+
+
+def test_cross_validation_verb_reports_mean_and_spread_over_stratified_folds(small_demo_dir, tmp_path):
+    import json
+    from pathlib import Path
+
+    from _support import TINY_TRAIN, run_cli
+
+    from edge.manifest import read_manifest
+    from training.config import DataConfig
+    from training.data import scan_dataset
+
+    config = tmp_path / "cv.yaml"
+    config.write_text("model:\n  name: cv-tiny\n")
+    sets = [a for kv in [*TINY_TRAIN, "train.epochs=2", "train.version=v1"] for a in ("--set", kv)]
+    res = run_cli("evaluate", "--folds", "2", str(config), str(small_demo_dir), "--output", str(tmp_path / "runs"),
+                  "--quiet", *sets)
+    assert res.returncode == 0, res.stderr[-3000:]
+    folder = Path(res.stdout.strip().splitlines()[-1])
+    assert folder == tmp_path / "runs" / "cv-tiny" / "cv-v1"
+    saved = json.loads((folder / "crossval.json").read_text())
+    assert saved["k"] == 2 and len(saved["packages"]) == 2
+    accuracy = saved["metrics"]["accuracy"]
+    assert accuracy["values"] == [f["accuracy"] for f in saved["folds"]]
+    assert accuracy["mean"] == pytest.approx(np.mean(accuracy["values"]))
+    assert accuracy["std"] == pytest.approx(np.std(accuracy["values"]))
+    assert accuracy["mean"] > 0.5  # three classes: well above chance
+    table = res.stdout.splitlines()
+    assert table[0].split() == ["metric", "fold", "1", "fold", "2", "mean", "std"]
+    assert next(line for line in table if line.startswith("accuracy")).split()[-2:] == [
+        f"{accuracy['mean']:.4f}", f"{accuracy['std']:.4f}"
+    ]
+    # each fold is scored on its held-out fold: together they are the train+val images, each once, per class
+    scan = scan_dataset(small_demo_dir, DataConfig(path=small_demo_dir))
+    pool = len(scan.splits["train"]) + len(scan.splits["val"])
+    manifests = [read_manifest(p) for p in saved["packages"]]
+    assert [m.metrics["evaluated_on"] for m in manifests] == ["val", "val"]
+    assert sum(m.dataset.split_counts["val"] for m in manifests) == pool
+    for label in manifests[0].labels:
+        per_fold = [m.dataset.class_counts["val"][label] for m in manifests]
+        assert abs(per_fold[0] - per_fold[1]) <= 1  # stratified
+
+
+def test_cross_validation_needs_two_folds(tmp_path):
+    from _support import run_cli
+
+    config = tmp_path / "cv.yaml"
+    config.write_text("model:\n  name: cv-tiny\n")
+    res = run_cli("evaluate", "--folds", "1", str(config))
+    assert res.returncode == 2 and "at least 2 folds" in res.stderr

@@ -104,13 +104,13 @@ def cross_validate(
     Raises:
         ConfigError: ``k`` below 2, no data folder, too few images of a class.
     """
+    if k < 2:
+        raise ConfigError(f"--folds {k}: cross-validation needs at least 2 folds")
     from training._tf import keras
     from training.pipeline import run_train
     from training.train import new_version
     from training.tune.folds import make_folds
 
-    if k < 2:
-        raise ConfigError(f"--folds {k}: cross-validation needs at least 2 folds")
     say = progress or (lambda line: None)
     folder = Path(output) / config.model.name / f"cv-{config.train.version or new_version()}"
     folds = make_folds(config.data, folder / "folds", k, setting="--folds")
