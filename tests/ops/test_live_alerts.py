@@ -2,8 +2,9 @@
 every metric the rules and the Grafana dashboard query exists on the live ``/metrics``; in-distribution
 traffic raises no drift alert, darkened images make ShipyardDriftDetected fire within a bounded time.
 
-Prometheus scrapes and evaluates every second; the server's drift window is 50 requests. Everything runs
-on 127.0.0.1 and is stopped when the module ends."""
+Prometheus scrapes and evaluates every second; the server's drift window is 50 requests and a signal reports
+drift after 2 flagged evaluations in a row (``alarm_after``, as the README recommends against false alarms).
+Everything runs on 127.0.0.1 and is stopped when the module ends."""
 
 from __future__ import annotations
 
@@ -48,11 +49,15 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(ops_model, tmp_path_factory) -> Iterator[Stack]:
-    """The server (drift window of 50 requests) and Prometheus scraping it, both ready."""
+    """The server (drift window of 50 requests, 2 flagged evaluations to report drift) and Prometheus scraping
+    it, both ready."""
     tool_or_skip("prometheus")
     work = tmp_path_factory.mktemp("live")
     config = ServeConfig(
-        model=ops_model.tag, host="127.0.0.1", port=free_port(), monitor=MonitorConfig(window=WINDOW)
+        model=ops_model.tag,
+        host="127.0.0.1",
+        port=free_port(),
+        monitor=MonitorConfig(window=WINDOW, alarm_after=2),
     )
     with ServerProcess(config, work / "server.log", cwd=ROOT) as server:
         server.wait_ready(180.0)
@@ -156,7 +161,7 @@ def test_drift_alert_fires_on_shifted_traffic_and_not_before(stack, digit_pngs):
     assert prom.value("max(shipyard_drift_detected)") == 0.0
 
     # shifted: the same digits, darkened
-    for png in digit_pngs[3 * WINDOW : 5 * WINDOW]:
+    for png in digit_pngs[3 * WINDOW : 6 * WINDOW]:
         classify(stack.server, darken(png))
     sent = time.monotonic()
     states: dict[str, float] = {}
