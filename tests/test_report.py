@@ -308,7 +308,7 @@ def test_grand_tour_is_a_smooth_looping_animation_of_the_embeddings(remade, tiny
     for b in bases:  # every frame is an orthonormal 2-D projection
         np.testing.assert_allclose(b.T @ b, np.eye(2), atol=1e-9)
     steps = np.linalg.norm(np.diff(bases, axis=0, append=bases[:1]), axis=(1, 2))
-    assert steps.max() < 0.5, "a jump between consecutive frames (the last wraps to the first)"
+    assert steps.max() < 0.35, "a jump between consecutive frames (the last wraps to the first)"
     spread = max(np.linalg.norm(b - bases[0]) for b in bases)
     assert spread > 1.0, "the tour hardly moves"
     assert "principal components" in tour.note
@@ -650,3 +650,17 @@ def test_train_without_recording_and_with_fine_tuning(small_demo_dir, tmp_path):
     assert rows["confusion"]["status"] == "ok"
     assert rows["gradients"]["status"] == "skipped" and "report.record=true" in rows["gradients"]["reason"]
     verify_package(pkg)
+
+
+def test_pipeline_writes_the_report_page_before_registering(small_demo_dir, tmp_path):
+    from shipyard import api
+
+    overrides = {k: v for k, _, v in (kv.partition("=") for kv in TINY_TRAIN)}
+    overrides.update({"model.name": "tiny-page", "train.epochs": 1, "report.kinds": ["class_histogram", "confusion"]})
+    result = api.pipeline(None, data=small_demo_dir, output=tmp_path, optimize=False, overrides=overrides)
+    assert result.report_page == result.package / "index.html" and result.report_page.is_file()
+    assert "index.html" in verify_package(result.package).files  # recorded before the package was registered
+    page = result.report_page.read_text()
+    assert "id='plot-confusion'" in page and "id='plot-class_histogram'" in page
+    assert "id='plot-gradcam'" not in page  # only the pictures training made (report.kinds)
+    assert result.tag == read_manifest(result.package).tag

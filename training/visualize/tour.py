@@ -4,14 +4,13 @@ Where t-SNE and UMAP bend the space to keep neighbours together, the tour only r
 is a linear (orthonormal) projection, so distances along the screen are real distances in the embedding,
 and watching the rotation shows the shape of the class clouds in many dimensions (Asimov, 1985). The
 embeddings are first centred and reduced to their top principal components (:data:`TOUR_DIMS`), where
-almost all of their spread lies; the tour moves between random 2-D planes of that space, through
-interpolated planes (each one orthonormalized), easing in and out at each, and returns to its start so
-the animation loops. Two panels: coloured by true class, and right (green) or wrong (red).
+almost all of their spread lies; the tour moves between random 2-D planes of that space along shortest
+(geodesic) paths, easing in and out at each, and returns to its start so the animation loops. Two
+panels: coloured by true class, and right (green) or wrong (red).
 """
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +33,48 @@ def _orthonormal(m: np.ndarray) -> np.ndarray:
     return u @ vt
 
 
-def tour_bases(dims: int, *, stops: int = TOUR_STOPS, steps: int = FRAMES_PER_MOVE, seed: int = 0) -> np.ndarray:
-    """The projection planes of a looping tour: ``(stops * steps, dims, 2)``, each orthonormal.
+def _rotation(theta: float) -> np.ndarray:
+    return np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
 
-    Consecutive planes differ a little; every ``steps`` frames the tour is at one of ``stops`` random planes.
+
+def _geodesic(a: np.ndarray, b: np.ndarray, steps: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """``steps`` frames along the shortest path from the frame ``a`` to the plane of ``b`` (through the
+    principal angles between the planes, eased in and out), and the frame it arrives at."""
+    u, cos, vt = np.linalg.svd(a.T @ b)
+    angles = np.arccos(np.clip(cos, -1.0, 1.0))
+    start, end = a @ u, b @ vt.T  # matched directions of the two planes
+    away = end - start * cos
+    norms = np.linalg.norm(away, axis=0)
+    away = np.where(norms > 1e-9, away / np.maximum(norms, 1e-12), 0.0)
+
+    def at(t: float) -> np.ndarray:  # in a's own in-plane coordinates, so the first frame is a itself
+        return (start * np.cos(t * angles) + away * np.sin(t * angles)) @ u.T
+
+    eased = [(i / steps) ** 2 * (3 - 2 * i / steps) for i in range(steps)]
+    return [at(t) for t in eased], at(1.0)
+
+
+def tour_bases(dims: int, *, stops: int = TOUR_STOPS, steps: int = FRAMES_PER_MOVE, seed: int = 0) -> np.ndarray:
+    """The projection frames of a looping tour: ``(stops * steps, dims, 2)``, each orthonormal.
+
+    The tour moves along shortest paths between ``stops`` random planes, ``steps`` frames per move, and back
+    to the first. Coming back, the view is the first plane turned within itself by some angle; that turn is
+    undone evenly over all frames, so that the last frame leads smoothly into the first (planes whose return
+    would mirror the view are drawn again).
     """
     rng = np.random.default_rng(seed)
-    keys = [_orthonormal(rng.normal(size=(dims, 2))) for _ in range(stops)]
-    keys.append(keys[0])
-    out = []
-    for a, b in itertools.pairwise(keys):
-        for i in range(steps):
-            t = i / steps
-            t = t * t * (3 - 2 * t)  # ease in and out
-            out.append(_orthonormal((1 - t) * a + t * b))
-    return np.stack(out)
+    planes = [_orthonormal(rng.normal(size=(dims, 2))) for _ in range(stops)]
+    for _ in range(20):
+        frames, current = [], planes[0]
+        for target in [*planes[1:], planes[0]]:
+            moved, current = _geodesic(current, target, steps)
+            frames += moved
+        gathered = planes[0].T @ current  # the first plane, turned (or mirrored) within itself
+        if np.linalg.det(gathered) > 0 or stops < 2:
+            break
+        planes[1:] = [_orthonormal(rng.normal(size=(dims, 2))) for _ in planes[1:]]
+    theta = float(np.arctan2(gathered[1, 0], gathered[0, 0]))
+    return np.stack([_orthonormal(f @ _rotation(-theta * i / len(frames))) for i, f in enumerate(frames)])
 
 
 def principal_space(embeddings: np.ndarray, dims: int = TOUR_DIMS) -> tuple[np.ndarray, float]:
