@@ -34,13 +34,16 @@ SHORT = ["--duration", "4", "--users", "4", "--spawn-rate", "4", "--think", "0.0
 
 
 class StandIn:
-    """The service's HTTP surface with a chosen behaviour: ok, slow, error (500) or malformed (bad 200s)."""
+    """The service's HTTP surface with a chosen behaviour: ok, slow, error (500), malformed (bad 200s) or
+    serial (one request at a time, ``delay_s`` each: a capacity of ``1 / delay_s`` requests/s, so that latency
+    grows with the load past it, as a saturated service's does)."""
 
     def __init__(self, behaviour: str = "ok", delay_s: float = 0.0) -> None:
         self.behaviour = behaviour
         self.delay_s = delay_s
         self.predictions = 0
         self.lock = threading.Lock()
+        self.serial = threading.Lock()
         stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -79,7 +82,10 @@ class StandIn:
                     self._send(400, b'{"error": "send the image as multipart/form-data"}')
                     return
                 parts = body.count(b'; filename="')  # file parts; top_k is a plain form value
-                if stand_in.delay_s:
+                if stand_in.behaviour == "serial":
+                    with stand_in.serial:
+                        time.sleep(stand_in.delay_s)
+                elif stand_in.delay_s:
                     time.sleep(stand_in.delay_s)
                 if stand_in.behaviour == "error":
                     self._send(500, b'{"error": "internal error"}')
@@ -181,6 +187,50 @@ def test_sweep_grid_recommendation_and_settings_check():
     served = {"serving": {"max_batch_size": 16, "max_latency_ms": 50, "workers": 1}}
     assert "max_batch_size=16 (asked 8)" in applied_settings(grid[2], served)
     assert applied_settings(grid[0], {"serving": {"max_batch_size": 1, "max_latency_ms": 50}}) is None
+
+
+def test_stepped_schedule_stop_rules_and_saturation():
+    from serving.loadtest.config import LoadTestConfig
+    from serving.loadtest.steps import saturation, snapshot, step_count, step_load, step_row, stop_reason
+
+    ramp = LoadTestConfig(mode="ramp", users=7, step_users=3, max_p95_ms=100)
+    assert step_count(ramp) == 3 and [step_load(ramp, k) for k in range(3)] == [(3, None), (6, None), (7, None)]
+    rate = LoadTestConfig(mode="rate", step_rps=5, max_rps=12, user_rps=2)
+    assert step_count(rate) == 3 and [step_load(rate, k) for k in range(3)] == [(3, 5), (5, 10), (6, 12)]
+    assert not LoadTestConfig().stepped and ramp.stepped
+
+    def row(config, k, requests, seconds, times, failures=0):
+        return step_row(config, k, snapshot(0, 0, 0, {}), snapshot(seconds, requests, failures, times))
+
+    first = row(ramp, 0, 100, 10, {40: 90, 90: 10})
+    assert (first["rps"], first["p50_ms"], first["p95_ms"], first["broke"]) == (10.0, 40.0, 90.0, None)
+    assert stop_reason(ramp, [first]) is None
+    slow = row(ramp, 1, 150, 10, {40: 50, 300: 100})
+    assert slow["broke"] == "p95 300 ms > 100 ms" and "broke the limit" in stop_reason(ramp, [first, slow])
+    sat = saturation(ramp, [first, slow], stop_reason(ramp, [first, slow]))
+    assert sat["found"] and (sat["rps"], sat["users"], sat["step"], sat["peak_rps"]) == (10.0, 3, 1, 15.0)
+    failing = row(ramp, 0, 100, 10, {40: 100}, failures=5)
+    assert "failure ratio" in failing["broke"] and saturation(ramp, [failing], "x")["rps"] is None
+    flat = [row(ramp, k, 100 + k, 10, {40: 10}) for k in range(3)]  # no growth: stops after PATIENCE steps
+    assert "stopped growing" in stop_reason(ramp.model_copy(update={"users": 100}), flat)
+    short = [row(rate, 0, 20, 10, {40: 20})]  # 2 req/s delivered of 5 asked
+    assert "delivered 2.0 of 5 req/s" in stop_reason(rate, short)
+    capped = [row(ramp, k, 100 * (k + 1), 10, {40: 10}) for k in range(3)]
+    assert "reached the cap" in stop_reason(ramp, capped)
+    assert not saturation(ramp, capped, stop_reason(ramp, capped))["found"]
+
+
+def test_pareto_front_keeps_the_undominated_points():
+    from serving.loadtest.sweep import pareto_front
+
+    rows = [
+        {"point": "a", "rps": 50.0, "p95_ms": 20.0},
+        {"point": "b", "rps": 80.0, "p95_ms": 40.0},
+        {"point": "c", "rps": 70.0, "p95_ms": 60.0},  # b has more throughput at a lower p95
+        {"point": "d", "rps": 90.0, "p95_ms": 200.0},
+        {"point": "e", "rps": 0.0, "p95_ms": None},  # did not run
+    ]
+    assert [r["point"] for r in pareto_front(rows)] == ["a", "b", "d"]
 
 
 def test_prometheus_text_is_parsed_for_shipyard_samples_only():
@@ -296,6 +346,15 @@ def _parsed_config(*argv: str):
     return _config(parser.parse_args(list(argv)))
 
 
+def test_stepped_and_distributed_flags_set_their_config_keys():
+    config = _parsed_config("--mode", "rate", "--step-rps", "4", "--max-rps", "40", "--user-rps", "2",
+                            "--step-duration", "3", "--remote-workers", "2", "--master-bind", "0.0.0.0",
+                            "--master-port", "6000")
+    assert (config.mode, config.step_rps, config.max_rps, config.user_rps, config.step_s) == ("rate", 4, 40, 2, 3)
+    assert (config.remote_workers, config.master_bind_host, config.master_port) == (2, "0.0.0.0", 6000)
+    assert _parsed_config("--mode", "ramp", "--step-users", "5").step_users == 5
+
+
 def test_options_before_and_after_sweep_both_count():
     config = _parsed_config("--users", "3", "--max-p95-ms", "200", "--set", "loadtest.batch_share=0.5",
                             "sweep", "x:1", "--duration", "7", "--latencies-ms", "20", "--serve-workers", "1", "2")
@@ -310,6 +369,8 @@ def test_options_before_and_after_sweep_both_count():
         (["sweep", "x:1", "--latencies-ms", "5"], ("sweep_latencies_ms", "10")),
         (["sweep", "x:1", "--batch-sizes", "0"], ("sweep_batch_sizes", "1")),
         (["--think", "1,0.5"], ("swap",)),
+        (["--mode", "rate", "--step-rps", "50", "--max-rps", "10"], ("step_rps", "max_rps")),
+        (["--master-port", "0"], ("master_port",)),
     ],
 )
 def test_sweep_and_think_values_are_checked_by_the_config(argv, words):
@@ -412,28 +473,71 @@ def test_errors_and_malformed_200s_count_as_failures(stand_in, small_demo_dir, t
     assert "failure ratio" in done.stderr
 
 
-def test_distributed_mode_uses_two_local_workers(stand_in, small_demo_dir, tmp_path):
-    out = tmp_path / "lt"
-    done = run_cli(
-        "loadtest",
-        "--host",
-        stand_in.url,
-        "--images",
-        str(small_demo_dir),
-        *SHORT,
-        "--workers",
-        "2",
-        "--output",
-        str(out),
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+def test_distributed_mode_takes_a_local_and_a_remote_worker(stand_in, small_demo_dir, tmp_path):
+    """A master bound to an address with a fixed port, one worker it starts and one started apart (as on
+    another host, here on loopback) with the command and config it prints: both send load."""
+    import os
+
+    from serving.loadtest.config import LoadTestConfig
+    from serving.loadtest.locustrun import worker_command
+    from serving.process import free_port, stop_process_group
+
+    out, port = tmp_path / "lt", free_port()
+    argv = [sys.executable, "-m", "serving.loadtest", "--host", stand_in.url, "--images", str(small_demo_dir),
+            *(a for a in SHORT if a != "--quiet"), "--workers", "1", "--remote-workers", "1", "--master-bind", "127.0.0.1",
+            "--master-port", str(port), "--output", str(out)]
+    master = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    config = LoadTestConfig(images=str(small_demo_dir))
+    remote = subprocess.Popen(worker_command(config, "127.0.0.1", port), env={**os.environ, **config.to_env()},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        stdout, stderr = master.communicate(timeout=180)
+        remote.wait(30)
+    finally:
+        for proc in (master, remote):
+            if proc.poll() is None:
+                stop_process_group(proc, grace_s=5.0)
+    assert master.returncode == 0, stdout + stderr
     s = _summary(out)
     assert s["locust_workers"] == 2 and s["workers_reporting"] == 2, s["worker_requests"]
     per_worker = list(s["worker_requests"].values())
     assert len(per_worker) == 2 and all(n > 0 for n in per_worker)
     assert sum(per_worker) == s["requests"]
-    assert "2 of 2 sent requests" in done.stdout
+    assert "2 of 2 sent requests" in stdout
+    assert f"--master-port {port}" in stderr and "--worker" in stderr  # what to run on the other hosts
+
+
+@pytest.mark.parametrize("stand_in", [("serial", 0.05)], indirect=True)
+@pytest.mark.parametrize(
+    ("mode", "flags"),
+    [
+        ("ramp", ["--step-users", "2", "--users", "12"]),
+        ("rate", ["--step-rps", "8", "--user-rps", "4", "--max-rps", "64"]),
+    ],
+)
+def test_stepped_load_finds_the_saturation_of_a_serial_service(stand_in, small_demo_dir, tmp_path, mode, flags):
+    """A service that answers one request at a time (about 20 req/s): the load grows step by step until p95
+    breaks the limit, throughput stops growing or the asked rate is not delivered; the saturation step and
+    the steps are reported."""
+    out = tmp_path / "lt"
+    done = run_cli(
+        "loadtest", "--host", stand_in.url, "--images", str(small_demo_dir), "--mode", mode, *flags,
+        "--step-duration", "2", "--duration", "30", "--batch-share", "0", "--max-p95-ms", "250", "--quiet",
+        "--output", str(out), timeout=180,
+    )
+    s = _summary(out)
+    sat, steps = s["saturation"], s["steps"]
+    assert sat["found"] and sat["stop_reason"], sat
+    assert len(steps) >= 2 and steps[-1]["step"] == len(steps) and steps[0]["step"] == 1
+    if sat["rps"] is not None:  # a step within the limits: that is what the limits judged
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert sat["rps"] == max(r["rps"] for r in steps if not r["broke"])
+        assert "Saturation: " in done.stdout and "Saturation: " in (out / "summary.md").read_text()
+    if mode == "rate":
+        assert [r["target_rps"] for r in steps] == [8.0 * (k + 1) for k in range(len(steps))]
+        assert [r["users"] for r in steps] == [2 * (k + 1) for k in range(len(steps))]
+    else:
+        assert [r["users"] for r in steps] == [2 * (k + 1) for k in range(len(steps))]
 
 
 # --- against the real service -------------------------------------------------------------------------------
@@ -541,11 +645,13 @@ def test_sweep_over_two_batch_sizes_recommends_the_fastest_point_meeting_the_lim
         "--images",
         str(small_demo_dir),
         *SHORT,
+        "--step-duration",
+        "2",
         "--max-fail-ratio",
         "0",
         "--output",
         str(out),
-        timeout=400,
+        timeout=500,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((out / "sweep.json").read_text())
@@ -562,3 +668,9 @@ def test_sweep_over_two_batch_sizes_recommends_the_fastest_point_meeting_the_lim
     assert "Recommended: **" in (out / "sweep.md").read_text()
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"recommended: max_batch_size={report['recommended']['max_batch_size']}" in done.stdout
+    # the sweep ramps users (its default mode) and re-measures the recommended point at its saturation load
+    assert report["mode"] == "ramp" and all(r["mode"] == "ramp" and r["users"] for r in rows)
+    confirmation = report["confirmation"]
+    assert confirmation["point"] == report["recommended"]["point"] and confirmation["requests"] > 0
+    assert confirmation["users"] == report["recommended"]["users"] and confirmation["ratio_to_sweep"] > 0
+    assert "re-measured: " in done.stdout and "Re-measured at its saturation load" in (out / "sweep.md").read_text()

@@ -26,6 +26,24 @@ def _scenarios() -> list[str]:
     return list(typing.get_args(LoadTestConfig.model_fields["scenario"].annotation))
 
 
+def _modes() -> list[str]:
+    return list(typing.get_args(LoadTestConfig.model_fields["mode"].annotation))
+
+
+#: Load options whose flag sets one ``loadtest.*`` key as it is (``dest`` -> key).
+_FLAG_KEYS = {
+    "remote_workers": "remote_workers",
+    "master_bind": "master_bind_host",
+    "master_port": "master_port",
+    "mode": "mode",
+    "step_duration": "step_s",
+    "step_users": "step_users",
+    "step_rps": "step_rps",
+    "max_rps": "max_rps",
+    "user_rps": "user_rps",
+}
+
+
 def _load_args(p: argparse.ArgumentParser) -> None:
     """Options shared by a single run and a sweep; each overrides its ``loadtest.*`` config key.
 
@@ -60,6 +78,29 @@ def _load_args(p: argparse.ArgumentParser) -> None:
         type=int,
         help="Locust worker processes under one master on this machine (default 0: a single process)",
     )
+    p.add_argument(
+        "--remote-workers",
+        type=int,
+        help="also wait for this many Locust workers started on other hosts (they get the command to run)",
+    )
+    p.add_argument(
+        "--master-bind",
+        metavar="HOST",
+        help="address the Locust master listens on, e.g. 0.0.0.0 for remote workers (default 127.0.0.1)",
+    )
+    p.add_argument("--master-port", type=int, help="port the Locust master listens on (default: a free one)")
+    p.add_argument(
+        "--mode",
+        choices=_modes(),
+        help="users: fixed users with think time (default); ramp: users stepped up without think time; "
+        "rate: an open workload, a target arrival rate stepped up. Stepped modes stop when p95 or errors "
+        "break the limits and report the saturation throughput",
+    )
+    p.add_argument("--step-duration", type=float, metavar="SECONDS", help="seconds per step (default 10)")
+    p.add_argument("--step-users", type=int, help="ramp: users added per step, up to --users (default 2)")
+    p.add_argument("--step-rps", type=float, help="rate: requests/s added per step (default 5)")
+    p.add_argument("--max-rps", type=float, help="rate: the highest arrival rate tried (default 200)")
+    p.add_argument("--user-rps", type=float, help="rate: requests/s per simulated user (default 1)")
     p.add_argument("--variant", help="variant the started service serves (default: the server's)")
     p.add_argument("--max-p95-ms", type=float, help="fail when p95 latency exceeds this")
     p.add_argument("--max-fail-ratio", type=float, help="fail above this failure ratio (0.01)")
@@ -158,6 +199,8 @@ def _config(args) -> LoadTestConfig:
             ) from None
     for key in ("serve_workers", "sweep_batch_sizes", "sweep_latencies_ms", "sweep_workers"):
         flags[key] = getattr(args, key, None)
+    for dest, key in _FLAG_KEYS.items():
+        flags[key] = getattr(args, dest, None)
     return validate_config(
         LoadTestConfig, {**base, **{k: v for k, v in flags.items() if v is not None}}, "loadtest"
     )
@@ -238,8 +281,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def _print_summary(summary: dict[str, Any], output: Path) -> None:
     from serving.loadtest.limits import missed_limits
-    from serving.loadtest.report import endpoint_table, limits_table
+    from serving.loadtest.report import endpoint_table, limits_table, saturation_line, steps_table
 
+    if summary.get("steps"):
+        print(steps_table(summary))
+        print(f"\n{saturation_line(summary)}\n")
     print(endpoint_table(summary))
     if summary["locust_workers"]:
         print(
@@ -255,10 +301,13 @@ def _print_summary(summary: dict[str, Any], output: Path) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from serving.loadtest.report import format_value
     from serving.loadtest.runner import serve_config_for
     from serving.loadtest.sweep import run_sweep, sweep_grid, sweep_table
 
     config = _with_images(_config(args))
+    if "mode" not in config.model_fields_set:  # a sweep looks for each point's limit unless told otherwise
+        config = config.model_copy(update={"mode": "ramp"})
     points = sweep_grid(
         serve_config_for(args.tag, config),
         config.sweep_batch_sizes,
@@ -276,6 +325,13 @@ def _sweep(args: argparse.Namespace) -> int:
         print(
             f"\nrecommended: max_batch_size={best['max_batch_size']} max_latency_ms={best['max_latency_ms']} "
             f"workers={best['workers']} ({best['rps']:.1f} req/s, p95 {best['p95_ms']:.0f} ms)"
+        )
+    confirmation = outcome.confirmation
+    if confirmation is not None:
+        print(
+            f"re-measured: {confirmation['rps']:.1f} req/s at p95 {format_value(confirmation['p95_ms'], '.0f')} ms "
+            f"({format_value(confirmation['ratio_to_sweep'], '.2f')}x), "
+            f"{'meets' if confirmation['meets_limits'] else 'misses'} the limits"
         )
     print(f"reports: {outcome.output}/sweep.md, sweep.csv, sweep.png")
     return outcome.exit_code

@@ -38,6 +38,32 @@ class LoadTestConfig(StrictModel):
     request_timeout_s: float = Field(30.0, gt=0, le=600)
     max_images: int = Field(1000, ge=1, description="most images each Locust process loads into memory")
     workers: int = Field(0, ge=0, le=64, description="Locust workers under a master (0: one process)")
+    remote_workers: int = Field(
+        0, ge=0, le=256, description="more Locust workers the master waits for, started on other hosts"
+    )
+    master_bind_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="address the Locust master listens on (0.0.0.0: every interface)",
+    )
+    master_port: int | None = Field(
+        None, ge=1, le=65535, description="port the Locust master listens on (default: a free one)"
+    )
+    mode: Literal["users", "ramp", "rate"] = Field(
+        "users",
+        description=(
+            "users: a fixed number of users with think time; ramp: users without think time, stepped up; "
+            "rate: an open workload, a target arrival rate stepped up. Stepped modes stop at the first step "
+            "that breaks max_p95_ms or max_fail_ratio (or stops gaining throughput) and report the saturation"
+        ),
+    )
+    step_s: float = Field(10.0, gt=0, le=600, description="seconds per step of a stepped mode")
+    step_users: int = Field(2, ge=1, le=1000, description="ramp: users added per step (up to users)")
+    step_rps: float = Field(5.0, gt=0, description="rate: requests/s added per step (up to max_rps)")
+    max_rps: float = Field(200.0, gt=0, description="rate: the highest arrival rate tried")
+    user_rps: float = Field(
+        1.0, gt=0, le=100, description="rate: requests/s each user sends (users = rate / user_rps)"
+    )
     ready_timeout_s: float = Field(180.0, gt=0, le=3600, description="seconds a started service may take")
     variant: str | None = Field(None, description="variant served with --serve (default: the server's)")
     serve_workers: int | None = Field(None, ge=1, description="API workers with --serve (default: serve's)")
@@ -60,7 +86,14 @@ class LoadTestConfig(StrictModel):
             raise ValueError(
                 f"think time {self.think_min_s:g},{self.think_max_s:g}: the minimum is above the maximum; swap them"
             )
+        if self.mode == "rate" and self.step_rps > self.max_rps:
+            raise ValueError(f"step_rps {self.step_rps:g} is above max_rps {self.max_rps:g}; lower it")
         return self
+
+    @property
+    def stepped(self) -> bool:
+        """A stepped mode (``ramp`` or ``rate``): the load grows step by step until a limit breaks."""
+        return self.mode != "users"
 
     def limits(self) -> dict[str, float | None]:
         """The pass/fail limits (``None``: not checked), as :func:`serving.loadtest.check_limits` takes them."""

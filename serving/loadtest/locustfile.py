@@ -44,7 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from locust import FastHttpUser, events, task
+from locust import FastHttpUser, LoadTestShape, between, constant, constant_throughput, events, task
 from locust.runners import MasterRunner, WorkerRunner
 
 from edge.files import write_json_atomic
@@ -66,6 +66,7 @@ from serving.loadtest.checks import (
 )
 from serving.loadtest.config import LoadTestConfig
 from serving.loadtest.locustrun import RESULT_ENV
+from serving.loadtest.steps import snapshot, step_load, step_row, stop_reason
 
 # --- per-process state -------------------------------------------------------------------------------------
 
@@ -74,6 +75,8 @@ IMAGES: list[Image] = []
 _labels: list[str] | None = None
 _labels_lock = threading.Lock()
 _worker_requests: dict[str, int] = {}
+STEPS: list[dict[str, Any]] = []  # a stepped run's steps, measured on the master (or the single process)
+_stopped: list[str] = []
 
 
 def _settings() -> LoadTestConfig:
@@ -88,6 +91,7 @@ def _on_init(environment, **_kwargs) -> None:
     global SETTINGS, IMAGES
     SETTINGS = LoadTestConfig.from_env()
     _ShipyardUser.network_timeout = _ShipyardUser.connection_timeout = SETTINGS.request_timeout_s
+    _ShipyardUser.wait_time = _wait_time(SETTINGS)
     if isinstance(environment.runner, MasterRunner):
         return
     if not SETTINGS.images:
@@ -136,6 +140,8 @@ def _on_quitting(environment, **_kwargs) -> None:
         "endpoints": entries,
         "total": _entry(stats.total),
         "errors": errors,
+        "steps": STEPS,
+        "stop_reason": _stopped[0] if _stopped else None,
         "written": time.time(),
     }
     path = Path(result_path)
@@ -151,14 +157,54 @@ def _top_k() -> list[tuple[str, None, bytes, None]]:
     return [(TOP_K_FIELD, None, str(len(_labels)).encode(), None)] if _labels else []
 
 
-def _think(user: FastHttpUser) -> float:
-    s = _settings()
-    return random.uniform(s.think_min_s, s.think_max_s)
+def _wait_time(settings: LoadTestConfig) -> Callable[[Any], float]:
+    """Between a user's requests: think time (``users``), none (``ramp``), or pacing to ``user_rps`` (``rate``:
+    an open workload, each user sends at its rate whatever the latency, up to one request in flight)."""
+    if settings.mode == "ramp":
+        return constant(0)
+    if settings.mode == "rate":
+        return constant_throughput(settings.user_rps)
+    return between(settings.think_min_s, settings.think_max_s)
+
+
+class StepShape(LoadTestShape):
+    """A stepped run (``loadtest.mode`` ``ramp`` or ``rate``), driven on the master: each step's load comes from
+    :func:`~serving.loadtest.steps.step_load`; at the end of a step its row is measured from Locust's totals and
+    :func:`~serving.loadtest.steps.stop_reason` decides whether to go on. Locust uses a shape class only when
+    it is not abstract, so a ``users`` run keeps ``-u``/``-r``/``-t``."""
+
+    abstract = not LoadTestConfig.from_env().stepped
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._step = 0
+        self._start: dict[str, Any] | None = None
+
+    def _snapshot(self, elapsed: float) -> dict[str, Any]:
+        total = self.runner.stats.total
+        return snapshot(elapsed, total.num_requests, total.num_failures, total.response_times)
+
+    def tick(self) -> tuple[int, float] | None:
+        """The users and spawn rate of the current step, or ``None`` when the run is over."""
+        settings = _settings()
+        elapsed = self.get_run_time()
+        if self._start is None:
+            self._start = self._snapshot(elapsed)
+        if elapsed >= min((self._step + 1) * settings.step_s, settings.duration_s):
+            end = self._snapshot(elapsed)
+            STEPS.append(step_row(settings, self._step, self._start, end))
+            reason = stop_reason(settings, STEPS)
+            if reason or elapsed >= settings.duration_s:
+                _stopped.append(reason or f"ran out of time (duration_s {settings.duration_s:g})")
+                return None
+            self._step, self._start = self._step + 1, end
+        users, _rate = step_load(settings, self._step)
+        return users, float(max(users, 1))  # each step's users start within about a second
 
 
 class _ShipyardUser(FastHttpUser):
     abstract = True
-    wait_time = _think
+    wait_time = constant(0)  # replaced from the settings when the process starts (_wait_time)
 
     def on_start(self) -> None:
         """Learn the model's labels once per process from ``/metadata`` (so that labels can be checked)."""

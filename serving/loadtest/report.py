@@ -11,6 +11,7 @@ from edge.files import write_bytes_atomic, write_json_atomic
 from edge.tables import format_table, markdown_table
 from serving.loadtest.limits import check_limits
 from serving.loadtest.locustrun import LocustPlan
+from serving.loadtest.steps import saturation
 
 
 def endpoint_row(entry: dict[str, Any]) -> dict[str, Any]:
@@ -48,7 +49,9 @@ def summarize(
         extra: more top-level keys (settings, the started server, its metadata).
     """
     totals = {**endpoint_row(result["total"]), "name": "Aggregated"}
-    checks = check_limits(totals, **plan.config.limits())
+    steps = result.get("steps") or []
+    limit_point = saturation(plan.config, steps, result.get("stop_reason")) if plan.config.stepped else None
+    checks = check_limits(_judged(totals, limit_point), **plan.config.limits())
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": plan.host,
@@ -56,7 +59,7 @@ def summarize(
         "users": plan.users,
         "spawn_rate": plan.spawn_rate,
         "duration_s": plan.duration_s,
-        "locust_workers": plan.workers,
+        "locust_workers": plan.expected_workers,
         "workers_reporting": len(result.get("workers_reporting", [])),
         "worker_requests": result.get("worker_requests", {}),
         "requests": totals["requests"],
@@ -68,11 +71,24 @@ def summarize(
         "total": totals,
         "errors": result.get("errors", []),
         "server_metrics": server_metrics,
+        "mode": plan.config.mode,
+        "steps": steps,
+        "saturation": limit_point,
         "limits": [c.to_dict() for c in checks],
         "passed": all(c.passed for c in checks),
         "machine": machine(),
         **(extra or {}),
     }
+
+
+def _judged(totals: dict[str, Any], limit_point: dict[str, Any] | None) -> dict[str, Any]:
+    """What the limits judge: the whole run, or in a stepped run its saturation step (the steps after it broke a
+    limit on purpose). No step within the limits: nothing met them."""
+    if limit_point is None:
+        return totals
+    if limit_point["rps"] is None:
+        return {"requests": 0}
+    return {**totals, **{k: limit_point[k] for k in ("p95_ms", "rps", "fail_ratio")}}
 
 
 def machine() -> dict[str, Any]:
@@ -95,8 +111,13 @@ def machine() -> dict[str, Any]:
 def write_summary(summary: dict[str, Any], output: Path) -> None:
     """``summary.json`` and ``summary.md`` (the endpoint and limit tables) into ``output``."""
     write_json_atomic(output / "summary.json", summary, default=str)
+    stepped = (
+        f"{steps_table(summary, markdown=True)}\n\n{saturation_line(summary)}\n\n"
+        if summary.get("steps")
+        else ""
+    )
     markdown = (
-        f"# Load test: {summary['host']}\n\n{endpoint_table(summary, markdown=True)}\n\n"
+        f"# Load test: {summary['host']}\n\n{stepped}{endpoint_table(summary, markdown=True)}\n\n"
         f"{limits_table(summary, markdown=True)}\n"
     )
     write_bytes_atomic(output / "summary.md", markdown.encode("utf-8"))
@@ -150,4 +171,39 @@ def limits_table(summary: dict[str, Any], markdown: bool = False) -> str:
     ]
     return (
         render_table(["limit", "required", "measured", "pass"], rows, markdown) if rows else "(no limits set)"
+    )
+
+
+def steps_table(summary: dict[str, Any], markdown: bool = False) -> str:
+    """A stepped run, one row per step: load, throughput, latency, failures and the limit it broke."""
+    sat = summary.get("saturation") or {}
+    headers = ["step", "users", "target req/s", "req/s", "p50 ms", "p95 ms", "fail %", "broke"]
+    rows = [
+        [
+            f"{s['step']}{' *' if s['step'] == sat.get('step') else ''}",
+            str(s["users"]),
+            format_value(s["target_rps"], "g"),
+            format_value(s["rps"]),
+            format_value(s["p50_ms"], ".0f"),
+            format_value(s["p95_ms"], ".0f"),
+            format_value(100 * s["fail_ratio"] if s["fail_ratio"] is not None else None, ".2f"),
+            s["broke"] or "",
+        ]
+        for s in summary.get("steps") or []
+    ]
+    return render_table(headers, rows, markdown)
+
+
+def saturation_line(summary: dict[str, Any]) -> str:
+    """One sentence: the saturation throughput of a stepped run (the step marked ``*``) and why it stopped."""
+    sat = summary.get("saturation")
+    if not sat:
+        return ""
+    if sat["rps"] is None:
+        return f"No step stayed within the limits ({sat['stop_reason']})."
+    where = f"{sat['users']} users" + (f", {sat['target_rps']:g} req/s offered" if sat["target_rps"] else "")
+    return (
+        f"Saturation: {sat['rps']:.1f} req/s at p95 {format_value(sat['p95_ms'], '.0f')} ms (step {sat['step']}, "
+        f"{where}); peak {format_value(sat['peak_rps'])} req/s. Stopped: {sat['stop_reason']}."
+        + ("" if sat["found"] else " The limit was not reached: raise users (ramp) or max_rps (rate).")
     )

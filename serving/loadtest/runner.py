@@ -101,6 +101,24 @@ def _target(
     return host, {}
 
 
+def load_text(config: LoadTestConfig) -> str:
+    """The load in words, for the progress line."""
+    if config.mode == "ramp":
+        return f"users ramped by {config.step_users} up to {config.users} every {config.step_s:g}s, no think time"
+    if config.mode == "rate":
+        return (
+            f"an open workload stepped by {config.step_rps:g} req/s up to {config.max_rps:g} every "
+            f"{config.step_s:g}s"
+        )
+    return f"{config.users} users for {LocustPlan(host='', config=config).run_time()}"
+
+
+def _workers_text(config: LoadTestConfig) -> str:
+    parts = [f"{config.workers} local"] if config.workers else []
+    parts += [f"{config.remote_workers} remote"] if config.remote_workers else []
+    return f" with {' and '.join(parts)} Locust workers" if parts else ""
+
+
 def run_loadtest(
     config: LoadTestConfig,
     output: Path,
@@ -131,11 +149,8 @@ def run_loadtest(
         extra.update(target, metadata=service_metadata(host))
         plan = LocustPlan(host=host, config=config)
         before, note_before = scrape_metrics(host)
-        say(
-            f"running {plan.users} users for {plan.run_time()} against {host}"
-            + (f" with {plan.workers} Locust workers" if plan.workers else "")
-        )
-        result = run_locust(plan, output)
+        say(f"running {load_text(config)} against {host}" + _workers_text(config))
+        result = run_locust(plan, output, say)
         after, note_after = scrape_metrics(host)
     summary = summarize(
         result,

@@ -5,6 +5,13 @@ served afresh by ``bentoml serve`` on 127.0.0.1 and loaded the same way
 (:func:`serving.loadtest.runner.run_loadtest`); it becomes one row of a table. A point that fails to start or
 run is a row with its error, not a crash. The recommendation is the highest throughput among the points that
 meet the limits (ties: the lower p95).
+
+In a stepped mode (``loadtest.mode`` ``ramp``, the sweep's default, or ``rate``) each point's load grows until p95
+or errors break the limits, and its row is the point's saturation step: the most throughput it delivers
+within the limits. The recommended point is then served and loaded once more at its saturation load, a
+single step, to confirm the figure (``confirmation`` in ``sweep.json``). The plot draws throughput against p95
+as a frontier: the Pareto points (no other point has more throughput at a lower p95) joined, the dominated
+ones faded.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from serving.loadtest.config import LoadTestConfig
 from serving.loadtest.errors import LoadTestError
 from serving.loadtest.locustrun import LocustPlan
 from serving.loadtest.report import format_value, render_table
-from serving.loadtest.runner import run_loadtest
+from serving.loadtest.runner import load_text, run_loadtest
 
 COLUMNS = [
     "point",
@@ -38,6 +45,10 @@ COLUMNS = [
     "p50_ms",
     "p95_ms",
     "p99_ms",
+    "mode",
+    "users",
+    "target_rps",
+    "peak_rps",
     "meets_limits",
     "missed",
     "load_1m",
@@ -82,6 +93,7 @@ class SweepOutcome:
     output: Path
     plot: Path | None
     notes: list[str]
+    confirmation: dict[str, Any] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -108,7 +120,9 @@ def sweep_table(
         "workers",
         "requests",
         "fail %",
+        "users",
         "req/s",
+        "peak req/s",
         "p50 ms",
         "p95 ms",
         "p99 ms",
@@ -126,7 +140,9 @@ def sweep_table(
                 str(r["workers"]),
                 str(r["requests"]),
                 format_value(100 * r["fail_ratio"] if r["fail_ratio"] is not None else None, ".2f"),
+                format_value(r["users"]),
                 format_value(r["rps"]),
+                format_value(r["peak_rps"]),
                 format_value(r["p50_ms"], ".0f"),
                 format_value(r["p95_ms"], ".0f"),
                 format_value(r["p99_ms"], ".0f"),
@@ -137,13 +153,32 @@ def sweep_table(
     return render_table(headers, body, markdown)
 
 
+def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows no other row dominates (as much throughput or more at a p95 as low or lower, one of them
+    strictly), by throughput; rows without a p95 are left out."""
+    measured = [r for r in rows if r["p95_ms"] is not None and r["rps"]]
+
+    def dominated(r: dict[str, Any]) -> bool:
+        return any(
+            o["rps"] >= r["rps"]
+            and o["p95_ms"] <= r["p95_ms"]
+            and (o["rps"], o["p95_ms"]) != (r["rps"], r["p95_ms"])
+            for o in measured
+        )
+
+    return sorted((r for r in measured if not dominated(r)), key=lambda r: r["rps"])
+
+
 def plot_sweep(
     rows: list[dict[str, Any]],
     recommended: dict[str, Any] | None,
     limits: dict[str, float | None],
     path: Path,
+    confirmation: dict[str, Any] | None = None,
 ) -> Path:
-    """Throughput (x) against p95 latency (y), one labelled point per configuration; green meets the limits.
+    """Throughput (x) against p95 latency (y) as a frontier: the Pareto points joined by a line, the dominated
+    ones faded; green meets the limits, red does not; the recommended point starred and its re-measurement
+    (``confirmation``) drawn as a diamond.
 
     Raises:
         ImportError: matplotlib is not installed (``pip install -e .[train]``).
@@ -155,9 +190,22 @@ def plot_sweep(
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     plotted = [r for r in rows if r["p95_ms"] is not None]
+    front = pareto_front(plotted)
+    on_front = {r["point"] for r in front}
+    if front:
+        ax.plot(
+            [r["rps"] for r in front],
+            [r["p95_ms"] for r in front],
+            color="tab:blue",
+            lw=1.2,
+            zorder=2,
+            label="frontier (Pareto points)",
+        )
     for r in plotted:
         color = "tab:green" if r["meets_limits"] else "tab:red"
-        ax.scatter(r["rps"], r["p95_ms"], color=color, s=40, zorder=3)
+        ax.scatter(
+            r["rps"], r["p95_ms"], color=color, s=40, zorder=3, alpha=1.0 if r["point"] in on_front else 0.3
+        )
     if recommended is not None and recommended["p95_ms"] is not None:
         ax.scatter(
             recommended["rps"],
@@ -169,6 +217,17 @@ def plot_sweep(
             zorder=4,
             label=f"recommended: {recommended['point']}",
         )
+    if confirmation is not None and confirmation.get("p95_ms") is not None:
+        ax.scatter(
+            confirmation["rps"],
+            confirmation["p95_ms"],
+            marker="D",
+            s=50,
+            facecolor="none",
+            edgecolor="tab:purple",
+            zorder=4,
+            label="recommended, re-measured",
+        )
     if limits.get("max_p95_ms") is not None:
         ax.axhline(limits["max_p95_ms"], color="gray", linestyle="--", linewidth=1, label="max p95")
     if limits.get("min_rps") is not None:
@@ -177,7 +236,7 @@ def plot_sweep(
     _label_points(ax, [(r["rps"], r["p95_ms"], r["point"]) for r in plotted])
     ax.set_xlabel("throughput (requests/s)")
     ax.set_ylabel("p95 latency (ms)")
-    ax.set_title("Batching sweep: green meets the limits, red does not")
+    ax.set_title("Sweep frontier: green meets the limits, red does not, faded points are dominated")
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="best")
@@ -244,7 +303,9 @@ def _row(name: str, point: ServeConfig, summary: dict[str, Any] | None, error: s
         "workers": point.workers,
     }
     if summary is None:
-        empty = dict.fromkeys(("fail_ratio", "p50_ms", "p95_ms", "p99_ms", "load_1m"))
+        empty = dict.fromkeys(
+            ("fail_ratio", "p50_ms", "p95_ms", "p99_ms", "load_1m", "mode", "users", "target_rps", "peak_rps")
+        )
         return {
             **base,
             **empty,
@@ -257,20 +318,51 @@ def _row(name: str, point: ServeConfig, summary: dict[str, Any] | None, error: s
         }
     lat = summary["latency_ms"]
     mismatch = applied_settings(point, summary.get("metadata"))
+    sat = summary.get("saturation") or {}
     return {
         **base,
         "requests": summary["requests"],
         "failures": summary["failures"],
         "fail_ratio": summary["fail_ratio"],
-        "rps": summary["throughput_rps"],
-        "p50_ms": lat["p50"],
-        "p95_ms": lat["p95"],
-        "p99_ms": lat["p99"],
+        "rps": sat.get("rps", summary["throughput_rps"]) or 0.0,
+        **{f"{q}_ms": sat.get(f"{q}_ms", lat[q]) for q in ("p50", "p95", "p99")},
+        "mode": summary.get("mode", "users"),
+        "users": sat.get("users", summary["users"]),
+        "target_rps": sat.get("target_rps"),
+        "peak_rps": sat.get("peak_rps", summary["throughput_rps"]),
         "meets_limits": bool(summary["passed"]) and not mismatch,
         "missed": ", ".join(c["name"] for c in summary["limits"] if not c["passed"]),
         "load_1m": (summary.get("machine", {}).get("loadavg_1_5_15") or [None])[0],
         "error": mismatch,
     }
+
+
+def confirm_config(config: LoadTestConfig, row: dict[str, Any]) -> LoadTestConfig:
+    """The load that re-measures a row: one step at its saturation load (its users in ``ramp``, its arrival
+    rate in ``rate``), or the same fixed load in ``users`` mode."""
+    if config.mode == "ramp" and row.get("users"):
+        return config.model_copy(
+            update={"users": row["users"], "step_users": row["users"], "duration_s": config.step_s}
+        )
+    if config.mode == "rate" and row.get("target_rps"):
+        rate = row["target_rps"]
+        return config.model_copy(update={"step_rps": rate, "max_rps": rate, "duration_s": config.step_s})
+    return config
+
+
+def _confirm(
+    points: list[ServeConfig],
+    best: dict[str, Any],
+    config: LoadTestConfig,
+    output: Path,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """Serve the recommended point again and load it once at its saturation load; the row, with the ratio of
+    its throughput to the sweep's figure."""
+    point = next(p for p in points if point_name(p) == best["point"])
+    say(f"confirming {best['point']} at its saturation load ...")
+    row = _run_point(point, confirm_config(config, best), output / "confirm", say)
+    return {**row, "ratio_to_sweep": round(row["rps"] / best["rps"], 3) if best["rps"] else None}
 
 
 def _run_point(
@@ -298,8 +390,22 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
             writer.writerow({k: r[k] for k in COLUMNS})
 
 
+def _confirmation_text(confirmation: dict[str, Any] | None) -> str:
+    if confirmation is None:
+        return ""
+    return (
+        f"Re-measured at its saturation load: {confirmation['rps']:.1f} req/s at p95 "
+        f"{format_value(confirmation['p95_ms'], '.0f')} ms ({format_value(confirmation['ratio_to_sweep'], '.2f')}x "
+        f"the sweep's figure), {'within' if confirmation['meets_limits'] else 'outside'} the limits."
+    )
+
+
 def _markdown(
-    rows: list[dict[str, Any]], best: dict[str, Any] | None, config: LoadTestConfig, plot: bool
+    rows: list[dict[str, Any]],
+    best: dict[str, Any] | None,
+    config: LoadTestConfig,
+    plot: bool,
+    confirmation: dict[str, Any] | None,
 ) -> str:
     """``sweep.md``: the load, the limits, the table and the verdict."""
     plan = LocustPlan(host="", config=config)
@@ -312,10 +418,10 @@ def _markdown(
         else "No configuration met the limits."
     )
     return (
-        f"# Batching sweep\n\n{plan.users} users, {plan.run_time()} per point, scenario {plan.scenario}; "
+        f"# Batching sweep\n\nEach point: {load_text(config)}, scenario {plan.scenario}; "
         f"limits: {limit_text}. Load generated and served on one machine with {os.cpu_count()} CPUs "
         f"({platform.platform()}); 'load 1m' is its 1-minute load average after each point.\n\n"
-        f"{sweep_table(rows, best, markdown=True)}\n\n{verdict}\n"
+        f"{sweep_table(rows, best, markdown=True)}\n\n{verdict} {_confirmation_text(confirmation)}\n"
         + ("\n![throughput against p95](sweep.png)\n" if plot else "")
     )
 
@@ -326,10 +432,13 @@ def run_sweep(
     output: Path,
     *,
     progress: Callable[[str], None] | None = None,
+    confirm: bool = True,
 ) -> SweepOutcome:
     """Load every point the same way; write ``sweep.csv``, ``sweep.md``, ``sweep.json`` and ``sweep.png``.
 
     Each point's own reports go into ``output/<point>/``; ``config`` is recorded in each ``summary.json``.
+    With ``confirm``, the recommended point is served and loaded once more at its saturation load
+    (:func:`confirm_config`; reports in ``output/confirm/``).
     """
     say = progress or (lambda _line: None)
     output = Path(output)
@@ -339,17 +448,21 @@ def run_sweep(
         say(f"[{i}/{len(points)}] {point_name(point)}")
         rows.append(_run_point(point, config, output, say))
     best = recommend(rows)
+    confirmation = _confirm(points, best, config, output, say) if best is not None and confirm else None
     _write_csv(rows, output / "sweep.csv")
     notes = []
     plot: Path | None = None
     try:
-        plot = plot_sweep(rows, best, config.limits(), output / "sweep.png")
+        plot = plot_sweep(rows, best, config.limits(), output / "sweep.png", confirmation)
     except ImportError:
         notes.append("matplotlib is not installed, so no sweep.png; pip install -e .[train]")
-    write_bytes_atomic(output / "sweep.md", _markdown(rows, best, config, plot is not None).encode("utf-8"))
+    markdown = _markdown(rows, best, config, plot is not None, confirmation)
+    write_bytes_atomic(output / "sweep.md", markdown.encode("utf-8"))
     report = {
         "rows": rows,
         "recommended": best,
+        "confirmation": confirmation,
+        "mode": config.mode,
         "limits": config.limits(),
         "users": config.users,
         "duration_s": config.duration_s,
@@ -357,4 +470,4 @@ def run_sweep(
         "notes": notes,
     }
     write_json_atomic(output / "sweep.json", report)
-    return SweepOutcome(rows, best, output, plot, notes)
+    return SweepOutcome(rows, best, output, plot, notes, confirmation)
