@@ -94,13 +94,16 @@ def _v2_infer_body() -> dict[str, Any]:
     }
 
 
-def endpoints(max_images: int) -> dict[str, dict[str, Endpoint]]:
-    """``{path: {method: Endpoint}}`` of every route the service answers."""
+def endpoints(max_images: int, model_name: str | None = None, version: str | None = None) -> dict[str, dict[str, Endpoint]]:
+    """``{path: {method: Endpoint}}`` of every route the service answers (the V2 ``{name}`` and ``{version}``
+    listed as the served ones when given; any other answers 404)."""
     single, batch = _multipart(max_images)
     obj = {"type": "object"}
     no_body = {"application/json": {"schema": {"type": "object"}}}
-    model = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
-    version = [*model, {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}]
+    name_schema = {"type": "string", **({"enum": [model_name]} if model_name else {})}
+    version_schema = {"type": "string", **({"enum": [version]} if version else {})}
+    model = [{"name": "name", "in": "path", "required": True, "schema": name_schema}]
+    versioned = [*model, {"name": "version", "in": "path", "required": True, "schema": version_schema}]
     v2_infer = Endpoint("V2 inference (JSON or binary tensor data)", _json(_ref("V2InferResponse")),
                         (400, 404, 413, 415, 503), _v2_infer_body())
     v2_model = Endpoint("V2 model metadata", _json(_ref("V2ModelMetadata")), (404, 503))
@@ -130,7 +133,7 @@ def endpoints(max_images: int) -> dict[str, dict[str, Endpoint]]:
         for method, ep in methods.items():
             if "{version}" in path or "{name}" in path:
                 methods[method] = Endpoint(ep.summary, ep.ok, ep.errors, ep.body, ep.body_required, ep.ok_media,
-                                           version if "{version}" in path else model)
+                                           versioned if "{version}" in path else model)
     return table
 
 
@@ -198,10 +201,17 @@ def components() -> dict[str, Any]:
     return {"schemas": schemas}
 
 
-def openapi_spec(title: str, description: str, version: str, *, max_images: int) -> dict[str, Any]:
-    """The whole OpenAPI 3.0 document."""
+def openapi_spec(
+    title: str,
+    description: str,
+    version: str,
+    *,
+    max_images: int,
+    model: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """The whole OpenAPI 3.0 document; ``model`` is the served ``(name, version)`` when known."""
     paths = _infra()
-    for path, methods in endpoints(max_images).items():
+    for path, methods in endpoints(max_images, *(model or (None, None))).items():
         paths[path] = {method: _operation(ep) for method, ep in methods.items()}
     return {
         "openapi": "3.0.2",

@@ -119,14 +119,20 @@ class GuardedMonitor:
     """
 
     def __init__(
-        self, manifest: Manifest, package_dir: Path, config: MonitorConfig, *, workers: int | None = None
+        self,
+        manifest: Manifest,
+        package_dir: Path,
+        config: MonitorConfig,
+        *,
+        workers: int | None = None,
+        variant: str | None = None,
     ) -> None:
         self.monitor: Any | None = None
         self.problem: str | None = None
         try:
             from serving.monitoring import Monitor
 
-            self.monitor = Monitor(manifest, package_dir, config, workers=workers)
+            self.monitor = Monitor(manifest, package_dir, config, workers=workers, variant=variant)
         except Exception as exc:
             self.problem = f"monitoring could not start: {type(exc).__name__}: {exc}"
             logger.warning("%s; serving without it", self.problem)

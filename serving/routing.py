@@ -63,12 +63,21 @@ def docs_app(config: ServeConfig) -> Any:
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if not spec:
+            import bentoml
+            from bentoml.exceptions import BentoMLException
+
+            try:
+                manifest = bentoml.get_current_service().manifest
+                model = (manifest.name, manifest.version)
+            except (BentoMLException, AttributeError):
+                model = None
             spec.update(
                 openapi_spec(
                     "shipyard",
                     "Image classification: Shipyard's own API and the Open Inference Protocol (V2)",
                     server_version(),
                     max_images=config.max_batch_images,
+                    model=model,
                 )
             )
         await JSONResponse(spec)(scope, receive, send)

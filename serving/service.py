@@ -145,7 +145,9 @@ class Shipyard:
             self.model: LocalModel | RemoteModel = RemoteModel(self.model_service)
         else:
             self.model = LocalModel(ShipyardModel(), ShipyardModel.apis["predict"])
-        self.monitor = GuardedMonitor(self.manifest, self.package_dir, CONFIG.monitor, workers=CONFIG.workers)
+        self.monitor = GuardedMonitor(
+            self.manifest, self.package_dir, CONFIG.monitor, workers=CONFIG.workers, variant=self.variant
+        )
         self._decode_limiter = anyio.CapacityLimiter(4)
         self.ready = True
 

@@ -130,11 +130,20 @@ def metrics_for(registry: Any | None = None) -> MonitorMetrics:
         return m
 
 
-def zero_series(m: MonitorMetrics) -> None:
-    """Create every error series at 0 (each kind of :data:`serving.errors.ERROR_KINDS`, each monitoring stage),
-    so that an alert on their rate sees 0 from the start instead of no data."""
+def zero_series(
+    m: MonitorMetrics, signals: tuple[str, ...] = (), labels: tuple[str, ...] = (), variant: str | None = None
+) -> None:
+    """Create every counter series at 0 (each kind of :data:`serving.errors.ERROR_KINDS`, each monitoring stage,
+    each drift signal's alarms, each label's feedback and, with ``variant``, predictions), so that an alert on their rate sees 0 from the start instead of no data."""
     from serving.errors import ERROR_KINDS
 
+    for signal in signals:
+        m.drift_alarms.labels(signal=signal)
+    for label in labels:
+        m.feedback.labels(label=label)
+        m.feedback_correct.labels(label=label)
+        if variant is not None:
+            m.predictions.labels(label=label, variant=variant)
     for kind in ERROR_KINDS:
         m.errors.labels(kind=kind)
     for stage in MONITORING_STAGES:

@@ -71,6 +71,7 @@ class Monitor:
             global one, which BentoML's ``/metrics`` endpoint exposes).
         workers: how many API worker processes serve this model, when known: with one, the
             ``"auto"`` feedback store stays in memory (no SQLite write per prediction).
+        variant: the served variant, when known: its prediction series start at 0.
 
     Construct it where the service loads its model (in each worker process). It starts a daemon
     thread on first use; :meth:`close` stops it.
@@ -84,6 +85,7 @@ class Monitor:
         *,
         registry: Any | None = None,
         workers: int | None = None,
+        variant: str | None = None,
     ) -> None:
         self.manifest = manifest
         self.package_dir = Path(package_dir)
@@ -124,7 +126,7 @@ class Monitor:
         try:
             self._metrics = metrics_for(registry)
             self._timing_children = {stage: self._metrics.latency.labels(stage=stage) for stage in STAGES}
-            zero_series(self._metrics)
+            zero_series(self._metrics, tuple(SIGNALS), tuple(self.labels), variant)
             self._publish_drift(self.window.snapshot()["signals"])
             self._metrics.live_accuracy.set(float("nan"))
         except Exception as exc:
