@@ -576,7 +576,8 @@ def test_mixed_precision_run_optimizes_into_every_variant(small_demo_dir, tmp_pa
 
     sets = [*TINY_TRAIN, "train.epochs=3", "train.mixed_precision=true", "model.name=mixed", "train.version=m1",
             "report.plots=false", "report.record=false", "optimize.latency=false", "optimize.qat_epochs=1",
-            "optimize.prune_epochs=1", "optimize.cluster_epochs=1", "optimize.representative_samples=32",
+            "optimize.prune_epochs=2", "optimize.prune_sparsity=0.5", "optimize.fine_tune_learning_rate=0.001",
+            "optimize.cluster_epochs=1", "optimize.representative_samples=32",
             "optimize.gates.int8_max_accuracy_drop=0.05", "optimize.gates.dynamic_max_accuracy_drop=0.05",
             "optimize.gates.int8_min_agreement=0.9", "optimize.gates.dynamic_min_agreement=0.9"]
     config = load_training_config(None, sets, data=small_demo_dir)

@@ -282,9 +282,10 @@ def train(
     require_data_dir(config)
     # Multi-worker collectives must be configured before TensorFlow runs any op: make the strategy first.
     strategy = make_strategy(config.train.distribution)
+    configure_determinism(config.train.seed, config.train.deterministic)
     height, width = image_size_for(config.model, config.data.image_size)
     datasets = _datasets(config, (height, width), int(strategy.num_replicas_in_sync))
-    configure_determinism(config.train.seed, config.train.deterministic)
+    keras.utils.set_random_seed(config.train.seed)  # measuring the step memory built a model: seed the real one alike
     num_classes = len(datasets.scan.labels)
     writer = _writer(config, Path(output), run_dir)
     _say(verbose, writer, f"batch size {datasets.plan.batch_size}: {datasets.plan.batch_reason}")
@@ -300,8 +301,6 @@ def train(
             epochs["fine_tune"] = phases.fine_tune(model, base_names, start=epochs["head"])
         if config.train.distribution == "multi_worker":
             model = _local_copy(model)
-    if config.train.mixed_precision:
-        model = float32_model(model)
     where = {"strategy": type(strategy).__name__, "replicas": int(strategy.num_replicas_in_sync)}
     if writer.chief:
         _update_state(writer.run_dir, status="trained", epochs=sum(epochs.values()), phases=epochs, **where)
@@ -337,7 +336,8 @@ def _writer(config: TrainingConfig, output: Path, run_dir: Path | None) -> Write
         path = output / config.model.name / str(config.train.version)
         writer = Writer.for_run(path, config.train.distribution)
         if writer.chief:
-            writer.run_dir = prepare_run_dir(config, output)
+            made = prepare_run_dir(config, output)
+            writer = Writer(made, made, True)
         return writer
     return Writer.for_run(Path(run_dir), config.train.distribution)
 
@@ -351,33 +351,6 @@ def _say(verbose: int | str, writer: Writer, line: str) -> None:
 def _local_copy(model: Any) -> Any:
     """The trained model outside the multi-worker strategy (its ``predict`` would wait for the other workers)."""
     copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def _float32_config(value: Any) -> Any:
-    """A layer config with every mixed-precision dtype policy replaced by plain float32."""
-    if isinstance(value, dict):
-        if value.get("class_name") in ("Policy", "DTypePolicy") and "config" in value:
-            return "float32"
-        return {k: _float32_config(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_float32_config(v) for v in value]
-    return "float32" if value in ("mixed_float16", "mixed_bfloat16") else value
-
-
-def float32_model(model: Any) -> Any:
-    """The same model with float32 weights and compute (a model trained with ``mixed_float16``, made exportable).
-
-    Mixed precision keeps float32 variables and computes in float16; the saved model would carry that
-    policy, and TFLite cannot convert its float16 convolutions (``'tf.Conv2D' op is neither a custom op
-    nor a flex op``). The copy is rebuilt from the model's config with every policy set to float32 (same
-    layers, names and trainable flags) and gets the trained weights.
-    """
-    import training.layers
-    import training.losses  # noqa: F401
-
-    copy = keras.Model.from_config(_float32_config(model.get_config()))
     copy.set_weights(model.get_weights())
     return copy
 
