@@ -301,6 +301,8 @@ def train(
             epochs["fine_tune"] = phases.fine_tune(model, base_names, start=epochs["head"])
         if config.train.distribution == "multi_worker":
             model = _local_copy(model)
+    if config.train.mixed_precision:
+        model = float32_model(model)
     where = {"strategy": type(strategy).__name__, "replicas": int(strategy.num_replicas_in_sync)}
     if writer.chief:
         _update_state(writer.run_dir, status="trained", epochs=sum(epochs.values()), phases=epochs, **where)
@@ -351,6 +353,33 @@ def _say(verbose: int | str, writer: Writer, line: str) -> None:
 def _local_copy(model: Any) -> Any:
     """The trained model outside the multi-worker strategy (its ``predict`` would wait for the other workers)."""
     copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _float32_config(value: Any) -> Any:
+    """A layer config with every mixed-precision dtype policy replaced by plain float32."""
+    if isinstance(value, dict):
+        if value.get("class_name") in ("Policy", "DTypePolicy") and "config" in value:
+            return "float32"
+        return {k: _float32_config(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_float32_config(v) for v in value]
+    return "float32" if value in ("mixed_float16", "mixed_bfloat16") else value
+
+
+def float32_model(model: Any) -> Any:
+    """The same model with float32 weights and compute (a model trained with ``mixed_float16``, made exportable).
+
+    Mixed precision keeps float32 variables and computes in float16; the saved model would carry that
+    policy, and TFLite cannot convert its float16 convolutions (``'tf.Conv2D' op is neither a custom op
+    nor a flex op``). The copy is rebuilt from the model's config with every policy set to float32 (same
+    layers, names and trainable flags) and gets the trained weights.
+    """
+    import training.layers
+    import training.losses  # noqa: F401
+
+    copy = keras.Model.from_config(_float32_config(model.get_config()))
     copy.set_weights(model.get_weights())
     return copy
 
