@@ -22,7 +22,9 @@ Three measurements, each in its own process:
 
 Targets: server CPU per request <= 1.3x the limit's CPU per image at the batch size the server formed
 (32 clients, batching on, default settings); at 32 clients, throughput >= 5x the naive service; batching
-on at least as fast as off.
+on at least as fast as off; the Open Inference Protocol route (``POST /v2/models/{name}/infer`` with one
+binary ``BYTES`` image, on the batching-on server) within 5% of ``/classify`` in throughput and p95 at 1, 8
+and 32 clients.
 
 The machine's cores are shared (with the load generator, whose own CPU time is reported, and with
 whatever else runs), so the servers are measured in interleaved rounds: all four run side by side (idle
@@ -43,6 +45,7 @@ import json
 import os
 import platform
 import re
+import struct
 import subprocess
 import sys
 import tempfile
@@ -68,6 +71,8 @@ CLASSES = 10
 NAME, VERSION = "bench-mobilenet-v2", "v1"
 CPU_TARGET = 1.3
 NAIVE_TARGET = 5.0
+#: V2 binary infer's throughput and p95 within this fraction of /classify's.
+V2_TARGET = 0.05
 
 
 # ------------------------------------------------------------------------------------------ the package
@@ -285,6 +290,33 @@ def multipart_request(path: str, port: int, field: str, image: bytes) -> bytes:
     return head + body
 
 
+def v2_request(path: str, port: int, field: str, image: bytes) -> bytes:
+    """A complete HTTP/1.1 keep-alive V2 ``infer`` of one JPEG as a binary ``BYTES`` tensor (the binary tensor
+    data extension, as ``tritonclient.http`` sends it), asking for the probabilities (binary) and top labels."""
+    header = json.dumps(
+        {
+            "inputs": [{"name": field, "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 4 + len(image)}}],
+            "outputs": [
+                {"name": "probabilities", "parameters": {"binary_data": True}},
+                {"name": "labels", "parameters": {"binary_data": True}},
+            ],
+        }
+    ).encode()
+    body = header + struct.pack("<I", len(image)) + image
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/octet-stream\r\n"
+        f"Inference-Header-Content-Length: {len(header)}\r\nContent-Length: {len(body)}\r\n"
+        "Connection: keep-alive\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+#: How a round talks to a server: ``/classify`` (multipart) or the V2 ``infer`` (binary BYTES) of the model.
+ROUTES: dict[str, Any] = {
+    "classify": lambda port, image, model: multipart_request("/classify", port, "image", image),
+    "v2": lambda port, image, model: v2_request(f"/v2/models/{model}/infer", port, "image", image),
+}
+
 BATCH_SIZE_RE = re.compile(rb'"batch_size":(\d+)')
 
 
@@ -358,11 +390,19 @@ class Sample:
 
 
 def run_round(
-    server: ServerProcess, images: list[bytes], clients: int, seconds: float, warmup: float, into: Sample
+    server: ServerProcess,
+    images: list[bytes],
+    clients: int,
+    seconds: float,
+    warmup: float,
+    into: Sample,
+    route: str = "classify",
+    model: str = "",
 ) -> None:
     """One round: ``warmup`` unmeasured seconds, then ``seconds`` measured, of ``clients`` keep-alive
-    connections posting images back to back to ``/classify``; adds requests, latencies and CPU to ``into``."""
-    requests = [multipart_request("/classify", server.port, "image", im) for im in images]
+    connections posting images back to back to ``route`` (:data:`ROUTES`); adds requests, latencies and CPU
+    to ``into``."""
+    requests = [ROUTES[route](server.port, im, model) for im in images]
 
     async def main() -> None:
         await asyncio.gather(
@@ -430,9 +470,11 @@ def bench_servers(
     warmup: float,
     rounds: int,
     only_32: tuple[str, ...] = (),
+    routes: dict[str, tuple[str, str]] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Every server under every client count, interleaved: ``rounds`` rounds per client count, each
-    server taking its turn in a rotating order, so that the neighbours' load hits them alike."""
+    server taking its turn in a rotating order, so that the neighbours' load hits them alike. ``routes``:
+    ``{name: (route, model name)}`` for the entries that do not post to ``/classify``."""
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
     for n in clients:
         names = [name for name in servers if n == 32 or name not in only_32]
@@ -440,7 +482,8 @@ def bench_servers(
         for r in range(rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
-                run_round(servers[name], images, n, seconds / rounds, warmup, samples[name])
+                route, model = (routes or {}).get(name, ("classify", ""))
+                run_round(servers[name], images, n, seconds / rounds, warmup, samples[name], route, model)
             print(f"  {n} clients, round {r + 1}/{rounds}", flush=True)
         for name in names:
             rows[name].append(samples[name].summary(n))
@@ -477,7 +520,21 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
         "naive_met": speedup >= NAIVE_TARGET,
         "batching_on_vs_off_32": on32["throughput_rps"] / off32["throughput_rps"],
         "batching_met": on32["throughput_rps"] >= off32["throughput_rps"],
+        "v2_vs_classify": v2_vs_classify(report),
     }
+
+
+def v2_vs_classify(report: dict[str, Any]) -> dict[str, Any]:
+    """Per client count: V2 binary infer's throughput and p95 against /classify's on the same server; the
+    target is within :data:`V2_TARGET` (5%) on both."""
+    out = {}
+    for v2 in report["service_on_v2"]["rows"]:
+        base = _row(report["service_on"]["rows"], v2["clients"])
+        throughput = v2["throughput_rps"] / base["throughput_rps"] if base["throughput_rps"] else None
+        p95 = v2["p95_ms"] / base["p95_ms"] if v2["p95_ms"] and base["p95_ms"] else None
+        met = throughput is not None and p95 is not None and throughput >= 1 - V2_TARGET and p95 <= 1 + V2_TARGET
+        out[str(v2["clients"])] = {"throughput_ratio": throughput, "p95_ratio": p95, "met": met}
+    return out
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -498,6 +555,7 @@ def print_table(report: dict[str, Any]) -> None:
         ("shipyard batching off", "service_off"),
         ("shipyard, no monitoring", "service_on_no_monitoring"),
         ("naive keras predict", "naive"),
+        ("shipyard V2 binary infer", "service_on_v2"),
     ):
         for r in report[key]["rows"]:
             errs = sum(r["errors"].values())
@@ -522,6 +580,11 @@ def print_table(report: dict[str, Any]) -> None:
         f"batching on vs off at 32 clients: {t['batching_on_vs_off_32']:.2f}x "
         f"({'met' if t['batching_met'] else 'NOT met'})"
     )
+    for clients, v in t["v2_vs_classify"].items():
+        print(
+            f"V2 binary infer vs /classify at {clients} clients: throughput {v['throughput_ratio'] or 0:.3f}x, "
+            f"p95 {v['p95_ratio'] or 0:.3f}x (target within {V2_TARGET:.0%}: {'met' if v['met'] else 'NOT met'})"
+        )
 
 
 def run_servers(
@@ -540,6 +603,9 @@ def run_servers(
         ):
             servers[name], configs[name] = start_service(home, tag, workdir, name, **settings)
             startup[name] = servers[name].wait_ready(path="/readyz")
+        # the same server as service_on, called through the V2 route
+        servers["service_on_v2"], configs["service_on_v2"] = servers["service_on"], configs["service_on"]
+        startup["service_on_v2"] = startup["service_on"]
         servers["naive"] = start_naive(pkg, workdir)
         startup["naive"] = servers["naive"].wait_ready(path="/")
         print("services (interleaved rounds)...", flush=True)
@@ -551,6 +617,7 @@ def run_servers(
             args.warmup,
             args.rounds,
             only_32=("service_on_no_monitoring",),
+            routes={"service_on_v2": ("v2", tag.split(":")[0])},
         )
     finally:
         for server in servers.values():
@@ -582,8 +649,8 @@ def make_report(
     def entry(name: str) -> dict[str, Any]:
         return {"startup_s": startup[name], "rows": rows[name], "config": configs.get(name)}
 
-    on, off, quiet, naive = (
-        entry(n) for n in ("service_on", "service_off", "service_on_no_monitoring", "naive")
+    on, off, quiet, naive, v2 = (
+        entry(n) for n in ("service_on", "service_off", "service_on_no_monitoring", "naive", "service_on_v2")
     )
 
     return {
@@ -601,6 +668,7 @@ def make_report(
         "service_off": off,
         "service_on_no_monitoring": quiet,
         "naive": naive,
+        "service_on_v2": v2,
         "machine": {
             "cpu": cpu_name(),
             "cores": os.cpu_count(),
