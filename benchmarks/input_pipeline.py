@@ -294,8 +294,7 @@ def _print_table(rows: dict[str, dict], idg: dict, pil: dict, decode_1t: dict) -
     print(_table(table))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run the benchmark; print a table and write the JSON results. Returns the results dict."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000, help="images to generate (default 2000)")
     parser.add_argument("--size", type=int, default=224, help="image side in pixels (default 224)")
@@ -304,6 +303,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="400 images, 3 epochs, 2 rounds")
     parser.add_argument("--data", type=Path, default=None, help="cache folder for the generated images")
     parser.add_argument("--out", type=Path, default=RESULTS / "input_pipeline.json")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark; print a table and write the JSON results. Returns the results dict."""
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.epochs, args.rounds = (

@@ -98,8 +98,7 @@ def load_tester(url: str, folder: Path, output: Path, args: argparse.Namespace) 
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; print the comparison and write the JSON results."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default 2)")
     parser.add_argument("--clients", type=int, nargs="+", default=[4, 8, 16, 32], help="lean client counts")
@@ -114,7 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-p95-ms", type=float, default=None, help="the load test's p95 limit (none)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the package and logs here")
     parser.add_argument("--out", type=Path, default=RESULTS / "loadtest_limit.json")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print the comparison and write the JSON results."""
+    args = _parser().parse_args(argv)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="shipyard-loadtest-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
