@@ -190,6 +190,45 @@ def plot_sweep(
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     plotted = [r for r in rows if r["p95_ms"] is not None]
+    _draw_frontier(ax, plotted)
+    marks = (
+        (recommended, "*", 260, "black", "recommended"),
+        (confirmation, "D", 50, "tab:purple", "re-measured"),
+    )
+    for row, marker, size, edge, what in marks:
+        if row is not None and row.get("p95_ms") is not None:
+            label = f"{what}: {row['point']}"
+            ax.scatter(
+                row["rps"],
+                row["p95_ms"],
+                marker=marker,
+                s=size,
+                facecolor="none",
+                edgecolor=edge,
+                zorder=4,
+                label=label,
+            )
+    if limits.get("max_p95_ms") is not None:
+        ax.axhline(limits["max_p95_ms"], color="gray", linestyle="--", linewidth=1, label="max p95")
+    if limits.get("min_rps") is not None:
+        ax.axvline(limits["min_rps"], color="gray", linestyle=":", linewidth=1, label="min req/s")
+    ax.margins(x=0.18, y=0.12)  # room for the labels of the outermost points
+    _label_points(ax, [(r["rps"], r["p95_ms"], r["point"]) for r in plotted])
+    ax.set_xlabel("throughput (requests/s)")
+    ax.set_ylabel("p95 latency (ms)")
+    ax.set_title("Sweep frontier: green meets the limits, faded is dominated", fontsize=11)
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _draw_frontier(ax: Any, plotted: list[dict[str, Any]]) -> None:
+    """The points, green when they meet the limits and red when not, faded when dominated; the Pareto points
+    joined by a line."""
     front = pareto_front(plotted)
     on_front = {r["point"] for r in front}
     if front:
@@ -206,44 +245,6 @@ def plot_sweep(
         ax.scatter(
             r["rps"], r["p95_ms"], color=color, s=40, zorder=3, alpha=1.0 if r["point"] in on_front else 0.3
         )
-    if recommended is not None and recommended["p95_ms"] is not None:
-        ax.scatter(
-            recommended["rps"],
-            recommended["p95_ms"],
-            marker="*",
-            s=260,
-            facecolor="none",
-            edgecolor="black",
-            zorder=4,
-            label=f"recommended: {recommended['point']}",
-        )
-    if confirmation is not None and confirmation.get("p95_ms") is not None:
-        ax.scatter(
-            confirmation["rps"],
-            confirmation["p95_ms"],
-            marker="D",
-            s=50,
-            facecolor="none",
-            edgecolor="tab:purple",
-            zorder=4,
-            label="recommended, re-measured",
-        )
-    if limits.get("max_p95_ms") is not None:
-        ax.axhline(limits["max_p95_ms"], color="gray", linestyle="--", linewidth=1, label="max p95")
-    if limits.get("min_rps") is not None:
-        ax.axvline(limits["min_rps"], color="gray", linestyle=":", linewidth=1, label="min req/s")
-    ax.margins(x=0.18, y=0.12)  # room for the labels of the outermost points
-    _label_points(ax, [(r["rps"], r["p95_ms"], r["point"]) for r in plotted])
-    ax.set_xlabel("throughput (requests/s)")
-    ax.set_ylabel("p95 latency (ms)")
-    ax.set_title("Sweep frontier: green meets the limits, red does not, faded points are dominated")
-    ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def applied_settings(point: ServeConfig, metadata: dict[str, Any] | None) -> str | None:
