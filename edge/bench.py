@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -178,46 +179,11 @@ def benchmark(
         ValueError: an argument out of range.
         ModelFileError: the runtime fails to run the model (a custom op, a shape it refuses...).
     """
-    if batch_size < 1 or runs < 1 or min_time < 0 or max_time <= 0 or warmup_runs < 0:
-        raise ValueError(
-            f"batch_size={batch_size}, runs={runs}, min_time={min_time}, max_time={max_time}, "
-            f"warmup_runs={warmup_runs}: batch_size and runs must be >= 1, times >= 0, max_time > 0"
-        )
-    if mode not in ("invoke", "predict"):
-        raise ValueError(f"mode={mode!r} is not a benchmark mode; use 'invoke' or 'predict'")
-    if mode == "predict":
-        runner.check_image_input()
-        rng = np.random.default_rng(seed)
-        shape = (batch_size, runner.height or 1, runner.width or 1, 3)
-        pixels = rng.integers(0, 256, size=shape, dtype=np.uint8)
-
-        def step() -> None:
-            runner.predict(pixels)
-
-    else:
-        runner.set_inputs(random_inputs(runner.input_specs, batch_size, seed))
-        step = runner.invoke
-
-    try:
-        first_ms = _timed(step)
-    except (RuntimeError, ValueError) as exc:
-        if isinstance(exc, ModelFileError):
-            raise
-        raise ModelFileError(
-            f"{runner.path or 'the model'} failed on its first inference: {str(exc).splitlines()[0]}"
-        ) from exc
+    _check_bench_args(batch_size, runs, min_time, max_time, warmup_runs, mode)
+    step = _bench_step(runner, mode, batch_size, seed)
+    first_ms = _first_inference(runner, step)
     warm = [_timed(step) for _ in range(warmup_runs)]
-
-    times: list[float] = []
-    start = time.perf_counter()
-    while True:
-        times.append(_timed(step))
-        elapsed = time.perf_counter() - start
-        if (len(times) >= runs and elapsed >= min_time) or elapsed >= max_time:
-            break
-    arr = np.asarray(times, dtype=np.float64)
-    total_s = float(arr.sum()) / 1e3
-    rss_now = current_rss_bytes()
+    times = _timed_runs(step, runs, min_time, max_time)
     return BenchResult(
         model=model or str(runner.path or "(bytes)"),
         format=runner.format,
@@ -231,21 +197,77 @@ def benchmark(
         first_ms=first_ms,
         warmup_runs=warmup_runs,
         warmup_mean_ms=float(np.mean(warm)) if warm else 0.0,
-        runs=len(times),
-        total_s=total_s,
-        p50_ms=float(np.percentile(arr, 50)),
-        p90_ms=float(np.percentile(arr, 90)),
-        p99_ms=float(np.percentile(arr, 99)),
-        mean_ms=float(arr.mean()),
-        std_ms=float(arr.std()),
-        min_ms=float(arr.min()),
-        max_ms=float(arr.max()),
-        throughput_ips=batch_size * len(times) / total_s if total_s > 0 else float("inf"),
-        inferences_per_s=len(times) / total_s if total_s > 0 else float("inf"),
+        **_run_statistics(times, batch_size),
         peak_rss_mib=peak_rss_bytes() / 2**20,
-        rss_delta_mib=(rss_now - rss_before) / 2**20 if rss_before is not None else None,
+        rss_delta_mib=(current_rss_bytes() - rss_before) / 2**20 if rss_before is not None else None,
         times_ms=[float(t) for t in times],
     )
+
+
+def _check_bench_args(
+    batch_size: int, runs: int, min_time: float, max_time: float, warmup_runs: int, mode: str
+) -> None:
+    if batch_size < 1 or runs < 1 or min_time < 0 or max_time <= 0 or warmup_runs < 0:
+        raise ValueError(
+            f"batch_size={batch_size}, runs={runs}, min_time={min_time}, max_time={max_time}, "
+            f"warmup_runs={warmup_runs}: batch_size and runs must be >= 1, times >= 0, max_time > 0"
+        )
+    if mode not in ("invoke", "predict"):
+        raise ValueError(f"mode={mode!r} is not a benchmark mode; use 'invoke' or 'predict'")
+
+
+def _bench_step(runner: Runner, mode: str, batch_size: int, seed: int) -> Callable[[], Any]:
+    """The callable one timed run calls: ``predict`` on random pixels, or ``invoke`` on inputs set once."""
+    if mode == "predict":
+        runner.check_image_input()
+        rng = np.random.default_rng(seed)
+        shape = (batch_size, runner.height or 1, runner.width or 1, 3)
+        pixels = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        return lambda: runner.predict(pixels)
+    runner.set_inputs(random_inputs(runner.input_specs, batch_size, seed))
+    return runner.invoke
+
+
+def _first_inference(runner: Runner, step: Callable[[], Any]) -> float:
+    """Time the first run; a runtime failure becomes a :class:`ModelFileError` naming the model."""
+    try:
+        return _timed(step)
+    except (RuntimeError, ValueError) as exc:
+        if isinstance(exc, ModelFileError):
+            raise
+        raise ModelFileError(
+            f"{runner.path or 'the model'} failed on its first inference: {str(exc).splitlines()[0]}"
+        ) from exc
+
+
+def _timed_runs(step: Callable[[], Any], runs: int, min_time: float, max_time: float) -> list[float]:
+    """At least ``runs`` runs and ``min_time`` seconds, stopping at ``max_time``: each run's milliseconds."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while True:
+        times.append(_timed(step))
+        elapsed = time.perf_counter() - start
+        if (len(times) >= runs and elapsed >= min_time) or elapsed >= max_time:
+            return times
+
+
+def _run_statistics(times: list[float], batch_size: int) -> dict[str, Any]:
+    """The :class:`BenchResult` fields computed from the timed runs."""
+    arr = np.asarray(times, dtype=np.float64)
+    total_s = float(arr.sum()) / 1e3
+    return {
+        "runs": len(times),
+        "total_s": total_s,
+        "p50_ms": float(np.percentile(arr, 50)),
+        "p90_ms": float(np.percentile(arr, 90)),
+        "p99_ms": float(np.percentile(arr, 99)),
+        "mean_ms": float(arr.mean()),
+        "std_ms": float(arr.std()),
+        "min_ms": float(arr.min()),
+        "max_ms": float(arr.max()),
+        "throughput_ips": batch_size * len(times) / total_s if total_s > 0 else float("inf"),
+        "inferences_per_s": len(times) / total_s if total_s > 0 else float("inf"),
+    }
 
 
 def bench_model(

@@ -248,14 +248,7 @@ def predict_files(
     from edge.preprocess import decode_file
 
     runner = opened.runner
-    pixels = [decode_file(p, opened.contract) for p in images]
-    step = batch_size or len(pixels)
-    if runner.max_batch:
-        step = min(step, runner.max_batch)
-    outputs = [runner.predict(np.stack(pixels[i : i + step])) for i in range(0, len(pixels), step)]
-    scores = np.concatenate(outputs).astype(np.float32)
-    if scores.ndim != 2:
-        scores = scores.reshape(len(pixels), -1)
+    scores = _run_in_batches(runner, [decode_file(p, opened.contract) for p in images], batch_size)
     classes = scores.shape[1]
     labels = opened.labels
     if labels is not None and len(labels) != classes:
@@ -267,23 +260,6 @@ def predict_files(
     if not _looks_like_probabilities(scores):
         scores, normalized = _softmax(scores), "softmax of the model's outputs (they were not probabilities)"
     k = min(top_k, classes)
-    results = []
-    for path, row in zip(images, scores, strict=True):
-        order = np.argsort(-row, kind="stable")[:k]
-        results.append(
-            {
-                "image": str(path),
-                "top_k": [
-                    {
-                        "rank": r + 1,
-                        "index": int(i),
-                        "label": labels[i] if labels is not None else str(int(i)),
-                        "probability": float(row[i]),
-                    }
-                    for r, i in enumerate(order)
-                ],
-            }
-        )
     return {
         "model": opened.source,
         "variant": opened.variant,
@@ -296,8 +272,37 @@ def predict_files(
         },
         "labels_source": opened.labels_source,
         "scores": normalized,
-        "predictions": results,
+        "predictions": [
+            {"image": str(path), "top_k": _top_k(row, k, labels)}
+            for path, row in zip(images, scores, strict=True)
+        ],
     }
+
+
+def _run_in_batches(runner: Runner, pixels: list[np.ndarray], batch_size: int | None) -> np.ndarray:
+    """The model's scores for decoded images, ``N x classes`` float32, in batches of ``batch_size``."""
+    step = batch_size or len(pixels)
+    if runner.max_batch:
+        step = min(step, runner.max_batch)
+    outputs = [runner.predict(np.stack(pixels[i : i + step])) for i in range(0, len(pixels), step)]
+    scores = np.concatenate(outputs).astype(np.float32)
+    if scores.ndim != 2:
+        scores = scores.reshape(len(pixels), -1)
+    return scores
+
+
+def _top_k(row: np.ndarray, k: int, labels: list[str] | None) -> list[dict[str, Any]]:
+    """The ``k`` highest scores of one image, best first (ties in class order)."""
+    order = np.argsort(-row, kind="stable")[:k]
+    return [
+        {
+            "rank": r + 1,
+            "index": int(i),
+            "label": labels[i] if labels is not None else str(int(i)),
+            "probability": float(row[i]),
+        }
+        for r, i in enumerate(order)
+    ]
 
 
 def _print_predictions(result: dict[str, Any]) -> None:
@@ -459,14 +464,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run, benchmark and check a Shipyard model on this device (no TensorFlow needed).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{predict,bench,eval}")
+    _add_predict_parser(sub)
+    _add_bench_parser(sub)
+    _add_eval_parser(sub)
+    return parser
 
-    def common(p: argparse.ArgumentParser, variant: bool = True) -> None:
-        if variant:
-            p.add_argument("--variant", help="package variant, e.g. int8.tflite, fp32.tflite, model.onnx")
-        p.add_argument("--threads", type=_positive_int, help="inference threads (default: all cores)")
-        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-        p.add_argument("--verbose", action="store_true", help="keep the runtimes' own log lines on stderr")
 
+def _add_common(p: argparse.ArgumentParser) -> None:
+    """The options every verb takes: --variant, --threads, --json, --verbose."""
+    p.add_argument("--variant", help="package variant, e.g. int8.tflite, fp32.tflite, model.onnx")
+    p.add_argument("--threads", type=_positive_int, help="inference threads (default: all cores)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--verbose", action="store_true", help="keep the runtimes' own log lines on stderr")
+
+
+def _add_predict_parser(sub: Any) -> None:
     p = sub.add_parser("predict", help="top-k labels of images")
     p.add_argument("model", help="a model package folder or a .tflite/.onnx file")
     p.add_argument("images", nargs="+", help="image files (JPEG, PNG, WebP, BMP)")
@@ -475,9 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-size", type=_positive_int, help="images per inference (default: all in one batch)"
     )
-    common(p)
+    _add_common(p)
     p.set_defaults(func=cmd_predict)
 
+
+def _add_bench_parser(sub: Any) -> None:
     p = sub.add_parser("bench", help="latency, throughput and memory, like TFLite's benchmark_model")
     p.add_argument("model", help="a model package folder or a .tflite/.onnx file")
     p.add_argument(
@@ -505,9 +519,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="invoke: time the runtime alone, inputs set once (default); predict: the runner's full predict",
     )
     p.add_argument("--times", action="store_true", help="with --json, include every run's time")
-    common(p)
+    _add_common(p)
     p.set_defaults(func=cmd_bench)
 
+
+def _add_eval_parser(sub: Any) -> None:
     p = sub.add_parser("eval", help="accuracy and agreement with the package's reference, on this device")
     p.add_argument("package", help="a model package folder")
     p.add_argument("data_dir", help="class folders, or train/ val/ test/ holding class folders")
@@ -518,9 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="score every image found, not only the package's held-out test split (the output says so)",
     )
     p.add_argument("--batch-size", type=_positive_int, default=32, help="images per inference (default 32)")
-    common(p)
+    _add_common(p)
     p.set_defaults(func=cmd_eval)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -118,6 +118,13 @@ def find_images(
         raise DataError(
             f"data folder {root} does not exist or is not a folder; pass a folder of class subfolders"
         )
+    class_roots, split = _class_roots(root, split, labels)
+    images, skipped = _images_in(root, class_roots)
+    return images, split, skipped
+
+
+def _class_roots(root: Path, split: str | None, labels: list[str] | None) -> tuple[list[Path], str]:
+    """The class folders to read and the split read (see :func:`find_images`)."""
     subdirs = _subdirs(root)
     names = {p.name for p in subdirs}
     label_set = set(labels or [])
@@ -145,6 +152,11 @@ def find_images(
             f"{root} has no class folders; pass a folder with one subfolder per class, or with "
             "train/<class>/, val/<class>/, test/<class>/"
         )
+    return class_roots, split
+
+
+def _images_in(root: Path, class_roots: list[Path]) -> tuple[list[LabelledImage], list[dict[str, str]]]:
+    """The images below each class folder, and the files skipped for their suffix."""
     images: list[LabelledImage] = []
     skipped: list[dict[str, str]] = []
     for class_dir in class_roots:
@@ -156,7 +168,7 @@ def find_images(
                 )
                 continue
             images.append(LabelledImage(rel, path, class_dir.name))
-    return images, split, skipped
+    return images, skipped
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
@@ -175,52 +187,46 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[
     Raises:
         ValueError: the arrays differ in length or hold an index outside the labels.
     """
+    confusion = _confusion_matrix(y_true, y_pred, len(labels))
+    tp = np.diag(confusion).astype(np.float64)
+    predicted = confusion.sum(axis=0).astype(np.float64)
+    support = confusion.sum(axis=1).astype(np.float64)
+    precision = _safe_divide(tp, predicted)
+    recall = _safe_divide(tp, support)
+    f1 = _safe_divide(2 * precision * recall, precision + recall)
+    total = support.sum()
+    scores = {"precision": precision, "recall": recall, "f1": f1}
+    per_class = [
+        {"label": label, **{k: float(v[i]) for k, v in scores.items()}, "support": int(support[i])}
+        for i, label in enumerate(labels)
+    ]
+    present = support > 0
+    weights = support / total if total > 0 else np.zeros(len(labels))
+    return {
+        "accuracy": float(tp.sum() / total) if total > 0 else 0.0,
+        "per_class": per_class,
+        "macro": {k: float(v[present].mean()) if present.any() else 0.0 for k, v in scores.items()},
+        "weighted": {k: float((v * weights).sum()) for k, v in scores.items()},
+        "confusion": confusion.tolist(),
+    }
+
+
+def _confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
+    """Counts of (true, predicted) pairs, ``n x n``; raises ``ValueError`` on mismatched or bad indices."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
-    n = len(labels)
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true has shape {y_true.shape}, y_pred {y_pred.shape}; they must match")
     if y_true.size and (min(y_true.min(), y_pred.min()) < 0 or max(y_true.max(), y_pred.max()) >= n):
         raise ValueError(f"class indices must be in 0..{n - 1} for {n} labels")
     confusion = np.zeros((n, n), dtype=np.int64)
     np.add.at(confusion, (y_true, y_pred), 1)
-    tp = np.diag(confusion).astype(np.float64)
-    predicted = confusion.sum(axis=0).astype(np.float64)
-    support = confusion.sum(axis=1).astype(np.float64)
-    precision = np.divide(tp, predicted, out=np.zeros(n), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros(n), where=support > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(n), where=denom > 0)
-    total = support.sum()
-    weights = support / total if total > 0 else np.zeros(n)
-    present = support > 0
-    per_class = [
-        {
-            "label": labels[i],
-            "precision": float(precision[i]),
-            "recall": float(recall[i]),
-            "f1": float(f1[i]),
-            "support": int(support[i]),
-        }
-        for i in range(n)
-    ]
+    return confusion
 
-    def _avg(values: np.ndarray, w: np.ndarray | None) -> float:
-        if w is not None:
-            return float((values * w).sum())
-        return float(values[present].mean()) if present.any() else 0.0
 
-    return {
-        "accuracy": float(tp.sum() / total) if total > 0 else 0.0,
-        "per_class": per_class,
-        "macro": {"precision": _avg(precision, None), "recall": _avg(recall, None), "f1": _avg(f1, None)},
-        "weighted": {
-            "precision": _avg(precision, weights),
-            "recall": _avg(recall, weights),
-            "f1": _avg(f1, weights),
-        },
-        "confusion": confusion.tolist(),
-    }
+def _safe_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` where ``den > 0``, else 0."""
+    return np.divide(num, den, out=np.zeros(len(num)), where=den > 0)
 
 
 def _parts(path: str) -> tuple[str, ...]:
@@ -463,26 +469,12 @@ def evaluate_package(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; use 1 or more")
+    if all_images and split is None:
+        split = "all"
     runner, manifest, key = open_variant_runner(package, variant, num_threads=threads)
     try:
-        if all_images and split is None:
-            split = "all"
         found, split_read, skipped = find_images(data_dir, split, manifest.labels)
-        index = {name: i for i, name in enumerate(manifest.labels)}
-        unknown: dict[str, int] = {}
-        usable: list[LabelledImage] = []
-        for img in found:
-            if img.class_name in index:
-                usable.append(img)
-            else:
-                unknown[img.class_name] = unknown.get(img.class_name, 0) + 1
-        if not usable:
-            extra = f" (its folders: {', '.join(sorted(unknown))})" if unknown else ""
-            raise DataError(
-                f"{data_dir} holds no image in a folder named after one of the model's labels "
-                f"({', '.join(manifest.labels[:10])}{', ...' if len(manifest.labels) > 10 else ''}){extra}; "
-                "pass the folder of class subfolders the model was trained on"
-            )
+        usable, unknown = _known_class_images(found, manifest.labels, data_dir)
         reference = load_reference(package, manifest)
         usable, scope, held_only = select_held_out(
             usable, held_out_files(manifest, reference), data_dir, all_images
@@ -492,15 +484,13 @@ def evaluate_package(
         seconds = time.perf_counter() - start
     finally:
         runner.close()
-    root = Path(data_dir)
-    for item in bad:
-        item["path"] = Path(item["path"]).relative_to(root).as_posix()
-    skipped.extend(bad)
+    skipped.extend(_relative_paths(bad, data_dir))
     if not kept:
         raise DataError(
             f"none of the {len(usable)} images in {data_dir} could be decoded; first: {bad[0]['reason']}"
         )
     kept_images = [usable[i] for i in kept]
+    index = {name: i for i, name in enumerate(manifest.labels)}
     y_true = np.array([index[img.class_name] for img in kept_images], dtype=np.int64)
     metrics = classification_metrics(y_true, probs.argmax(axis=1), manifest.labels)
     comparison = compare_with_reference([img.relpath for img in kept_images], y_true, probs, reference)
@@ -512,11 +502,7 @@ def evaluate_package(
         split=split_read,
         labels=list(manifest.labels),
         images=len(kept_images),
-        accuracy=metrics["accuracy"],
-        per_class=metrics["per_class"],
-        macro=metrics["macro"],
-        weighted=metrics["weighted"],
-        confusion=metrics["confusion"],
+        **metrics,
         reference=comparison,
         scope=scope,
         held_out_only=held_only,
@@ -525,3 +511,35 @@ def evaluate_package(
         seconds=seconds,
         ms_per_image=1000 * seconds / len(usable),
     )
+
+
+def _known_class_images(
+    found: list[LabelledImage], labels: list[str], data_dir: str | Path
+) -> tuple[list[LabelledImage], dict[str, int]]:
+    """The images in a folder named after a label, and the count of the others by folder name.
+
+    Raises:
+        DataError: no image is in a folder named after a label.
+    """
+    known = set(labels)
+    unknown: dict[str, int] = {}
+    usable: list[LabelledImage] = []
+    for img in found:
+        if img.class_name in known:
+            usable.append(img)
+        else:
+            unknown[img.class_name] = unknown.get(img.class_name, 0) + 1
+    if not usable:
+        extra = f" (its folders: {', '.join(sorted(unknown))})" if unknown else ""
+        raise DataError(
+            f"{data_dir} holds no image in a folder named after one of the model's labels "
+            f"({', '.join(labels[:10])}{', ...' if len(labels) > 10 else ''}){extra}; "
+            "pass the folder of class subfolders the model was trained on"
+        )
+    return usable, unknown
+
+
+def _relative_paths(items: list[dict[str, str]], data_dir: str | Path) -> list[dict[str, str]]:
+    """The skipped-image records with their paths made relative to the data folder (posix)."""
+    root = Path(data_dir)
+    return [{**item, "path": Path(item["path"]).relative_to(root).as_posix()} for item in items]
