@@ -754,7 +754,8 @@ class MonitorProbe:
     def __init__(self) -> None:
         package = Path(os.environ["SHIPYARD_PROBE_PACKAGE"])
         self.manifest = read_manifest(package)
-        self.monitor = Monitor(self.manifest, package, MonitorConfig(window=10, sink="probe"))
+        config = MonitorConfig(window=10, sink="probe", log_dir=os.environ["SHIPYARD_PROBE_LOGS"])
+        self.monitor = Monitor(self.manifest, package, config)
 
     @bentoml.api
     def observe(self, n: int = 1) -> dict:
@@ -798,6 +799,7 @@ def test_metrics_reach_bentoml_metrics_endpoint(tiny_package, tmp_path):
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         "SHIPYARD_PROBE_PACKAGE": str(tiny_package),
+        "SHIPYARD_PROBE_LOGS": str(tmp_path / "logs"),
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     bentoml_exe = Path(sys.executable).parent / "bentoml"
@@ -860,6 +862,8 @@ def test_metrics_reach_bentoml_metrics_endpoint(tiny_package, tmp_path):
     assert value("shipyard_drift_available", signal="embedding") == 0.0
     # every prediction went to 0 with confidence 0.8: the prediction signal must see it
     assert value("shipyard_drift_detected", signal="prediction") == 1.0
-    # and bentoml.monitor wrote one record per request with BentoML's default sink
-    logs = list((tmp_path / "monitoring" / "probe" / "data").glob("data.*.log"))
+    # and bentoml.monitor wrote one record per request with BentoML's default sink, in serve.monitor.log_dir
+    # and not in the working directory
+    assert not (tmp_path / "monitoring").exists()
+    logs = list((tmp_path / "logs" / "probe" / "data").glob("data.*.log"))
     assert sum(len(f.read_text().splitlines()) for f in logs) == 25
