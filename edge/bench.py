@@ -186,20 +186,15 @@ def benchmark(
     times = _timed_runs(step, runs, min_time, max_time)
     return BenchResult(
         model=model or str(runner.path or "(bytes)"),
-        format=runner.format,
         variant=variant,
         mode=mode,
-        threads=int(getattr(runner, "num_threads", 0) or 0),
-        batch_size=batch_size,
-        inputs=[_spec_dict(s, batch_size) for s in runner.input_specs],
-        outputs=[_spec_dict(s, batch_size) for s in runner.output_specs],
+        **_runner_fields(runner, batch_size),
         load_ms=load_ms,
         first_ms=first_ms,
         warmup_runs=warmup_runs,
         warmup_mean_ms=float(np.mean(warm)) if warm else 0.0,
         **_run_statistics(times, batch_size),
-        peak_rss_mib=peak_rss_bytes() / 2**20,
-        rss_delta_mib=(current_rss_bytes() - rss_before) / 2**20 if rss_before is not None else None,
+        **_memory_fields(rss_before),
         times_ms=[float(t) for t in times],
     )
 
@@ -249,6 +244,23 @@ def _timed_runs(step: Callable[[], Any], runs: int, min_time: float, max_time: f
         elapsed = time.perf_counter() - start
         if (len(times) >= runs and elapsed >= min_time) or elapsed >= max_time:
             return times
+
+
+def _runner_fields(runner: Runner, batch_size: int) -> dict[str, Any]:
+    """The :class:`BenchResult` fields that describe the runner and its tensors."""
+    return {
+        "format": runner.format,
+        "threads": int(getattr(runner, "num_threads", 0) or 0),
+        "batch_size": batch_size,
+        "inputs": [_spec_dict(s, batch_size) for s in runner.input_specs],
+        "outputs": [_spec_dict(s, batch_size) for s in runner.output_specs],
+    }
+
+
+def _memory_fields(rss_before: int | None) -> dict[str, Any]:
+    """The peak resident memory, and its growth since ``rss_before`` when given, in MiB."""
+    delta = (current_rss_bytes() - rss_before) / 2**20 if rss_before is not None else None
+    return {"peak_rss_mib": peak_rss_bytes() / 2**20, "rss_delta_mib": delta}
 
 
 def _run_statistics(times: list[float], batch_size: int) -> dict[str, Any]:

@@ -473,43 +473,83 @@ def evaluate_package(
         split = "all"
     runner, manifest, key = open_variant_runner(package, variant, num_threads=threads)
     try:
-        found, split_read, skipped = find_images(data_dir, split, manifest.labels)
-        usable, unknown = _known_class_images(found, manifest.labels, data_dir)
-        reference = load_reference(package, manifest)
-        usable, scope, held_only = select_held_out(
-            usable, held_out_files(manifest, reference), data_dir, all_images
-        )
+        chosen = _choose_images(package, manifest, data_dir, split, all_images)
         start = time.perf_counter()
-        probs, kept, bad = predict_images(runner, [img.path for img in usable], manifest.input, batch_size)
+        probs, kept, bad = predict_images(
+            runner, [img.path for img in chosen.images], manifest.input, batch_size
+        )
         seconds = time.perf_counter() - start
     finally:
         runner.close()
-    skipped.extend(_relative_paths(bad, data_dir))
+    return _score(manifest, key, data_dir, chosen, probs, kept, bad, seconds)
+
+
+@dataclass
+class _Chosen:
+    """The images :func:`evaluate_package` scores, and what it learnt choosing them."""
+
+    images: list[LabelledImage]
+    split: str
+    skipped: list[dict[str, str]]
+    unknown: dict[str, int]
+    reference: dict[str, np.ndarray] | None
+    scope: str
+    held_out_only: bool
+
+
+def _choose_images(
+    package: str | Path, manifest: Manifest, data_dir: str | Path, split: str | None, all_images: bool
+) -> _Chosen:
+    """Find the labelled images, keep those of a known class and (unless ``all_images``) the held-out ones."""
+    found, split_read, skipped = find_images(data_dir, split, manifest.labels)
+    usable, unknown = _known_class_images(found, manifest.labels, data_dir)
+    reference = load_reference(package, manifest)
+    images, scope, held_only = select_held_out(
+        usable, held_out_files(manifest, reference), data_dir, all_images
+    )
+    return _Chosen(images, split_read, skipped, unknown, reference, scope, held_only)
+
+
+def _score(
+    manifest: Manifest,
+    key: str,
+    data_dir: str | Path,
+    chosen: _Chosen,
+    probs: np.ndarray,
+    kept: list[int],
+    bad: list[dict[str, str]],
+    seconds: float,
+) -> EvalResult:
+    """Metrics and reference agreement of the decoded images; the undecodable ones join the skipped.
+
+    Raises:
+        DataError: none of the images could be decoded.
+    """
     if not kept:
         raise DataError(
-            f"none of the {len(usable)} images in {data_dir} could be decoded; first: {bad[0]['reason']}"
+            f"none of the {len(chosen.images)} images in {data_dir} could be decoded; first: {bad[0]['reason']}"
         )
-    kept_images = [usable[i] for i in kept]
+    kept_images = [chosen.images[i] for i in kept]
     index = {name: i for i, name in enumerate(manifest.labels)}
     y_true = np.array([index[img.class_name] for img in kept_images], dtype=np.int64)
     metrics = classification_metrics(y_true, probs.argmax(axis=1), manifest.labels)
-    comparison = compare_with_reference([img.relpath for img in kept_images], y_true, probs, reference)
+    comparison = compare_with_reference([img.relpath for img in kept_images], y_true, probs, chosen.reference)
     return EvalResult(
         package=manifest.tag,
         variant=key,
         variant_file=manifest.variants[key].file,
         data_dir=str(data_dir),
-        split=split_read,
+        split=chosen.split,
         labels=list(manifest.labels),
         images=len(kept_images),
         **metrics,
         reference=comparison,
-        scope=scope,
-        held_out_only=held_only,
-        skipped=skipped,
-        unknown_classes=unknown,
+        scope=chosen.scope,
+        held_out_only=chosen.held_out_only,
+        skipped=chosen.skipped + _relative_paths(bad, data_dir),
+        unknown_classes=chosen.unknown,
         seconds=seconds,
-        ms_per_image=1000 * seconds / len(usable),
+        ms_per_image=1000 * seconds / len(chosen.images),
     )
 
 
