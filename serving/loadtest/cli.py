@@ -50,6 +50,15 @@ def _load_args(p: argparse.ArgumentParser) -> None:
     They may come before ``sweep`` or after it: the sweep's parser is made with ``argument_default=SUPPRESS``
     so that an option it was not given leaves the value given before ``sweep`` in place.
     """
+    _config_args(p)
+    _traffic_args(p)
+    _locust_args(p)
+    _mode_args(p)
+    _limit_and_output_args(p)
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    """The config file and ``--set`` overrides."""
     p.add_argument("--config", metavar="FILE", help="YAML config; its loadtest: section is used")
     p.add_argument(
         "--set",
@@ -58,6 +67,10 @@ def _load_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set loadtest.think_max_s=0 (repeatable)",
     )
+
+
+def _traffic_args(p: argparse.ArgumentParser) -> None:
+    """Who sends what: users, their start rate, the run time, the images, the scenario, think time."""
     p.add_argument("--users", type=int, help="simulated users (loadtest.users, default 8)")
     p.add_argument("--spawn-rate", type=float, help="users started per second (default 8)")
     p.add_argument("--duration", type=float, metavar="SECONDS", help="run time (default 20)")
@@ -73,6 +86,10 @@ def _load_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-share", type=float, help="share of requests to /classify_batch (0.2)")
     p.add_argument("--think", metavar="MIN,MAX", help="think time in seconds (default 0.1,0.5)")
+
+
+def _locust_args(p: argparse.ArgumentParser) -> None:
+    """Where the simulated users run: local and remote Locust workers, the master's address."""
     p.add_argument(
         "--workers",
         type=int,
@@ -89,6 +106,10 @@ def _load_args(p: argparse.ArgumentParser) -> None:
         help="address the Locust master listens on, e.g. 0.0.0.0 for remote workers (default 127.0.0.1)",
     )
     p.add_argument("--master-port", type=int, help="port the Locust master listens on (default: a free one)")
+
+
+def _mode_args(p: argparse.ArgumentParser) -> None:
+    """How the load grows: fixed users, a stepped user ramp, or a stepped arrival rate."""
     p.add_argument(
         "--mode",
         choices=_modes(),
@@ -101,6 +122,10 @@ def _load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step-rps", type=float, help="rate: requests/s added per step (default 5)")
     p.add_argument("--max-rps", type=float, help="rate: the highest arrival rate tried (default 200)")
     p.add_argument("--user-rps", type=float, help="rate: requests/s per simulated user (default 1)")
+
+
+def _limit_and_output_args(p: argparse.ArgumentParser) -> None:
+    """The variant served, the limits that fail the run, and where the report goes."""
     p.add_argument("--variant", help="variant the started service serves (default: the server's)")
     p.add_argument("--max-p95-ms", type=float, help="fail when p95 latency exceeds this")
     p.add_argument("--max-fail-ratio", type=float, help="fail above this failure ratio (0.01)")
