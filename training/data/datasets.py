@@ -117,32 +117,51 @@ def build_datasets(
     plan = plan_loading(scan, config, (contract.height, contract.width), memory=step, replicas=replicas)
     fingerprint = scan.fingerprint()  # of what a later scan of the folder sees, before decode failures
     failures: dict[Path, str] = {}
-    if plan.scheme == "memory":
-        pipelines = _memory_pipelines(scan, contract, config, plan.batch_size)
-    else:
-        pipelines = _stream_pipelines(scan, contract, config, plan.batch_size, failures)
+    pipelines = _split_pipelines(scan, contract, config, plan, failures)
     augmenter = make_augmenter(config.augment, seed=config.seed) if augment else None
-    train = pipelines["train"]
-    if train is None:  # the plan refuses an empty training split; kept for type checkers
-        raise DataError(f"the training split of {scan.root} is empty; add images to the class folders")
-    if augmenter is not None:
-        train = train.map(augment_fn(augmenter), num_parallel_calls=tf.data.AUTOTUNE)
-    weights = None
-    if config.class_weights:
-        weights = balanced_class_weights((s.label for s in scan.splits["train"]), len(scan.labels))
-    val, test = pipelines["val"], pipelines["test"]
     return Datasets(
-        train=train.prefetch(tf.data.AUTOTUNE),
-        val=val.prefetch(tf.data.AUTOTUNE) if val is not None else None,
-        test=test.prefetch(tf.data.AUTOTUNE) if test is not None else None,
+        train=_training_pipeline(pipelines["train"], augmenter, scan),
+        val=_prefetched(pipelines["val"]),
+        test=_prefetched(pipelines["test"]),
         scan=scan,
         plan=plan,
         contract=contract,
-        class_weights=weights,
+        class_weights=_class_weights(scan, config),
         augmenter=augmenter,
         decode_failures=failures,
         fingerprint=fingerprint,
     )
+
+
+def _split_pipelines(
+    scan: DatasetScan, contract: InputContract, config: DataConfig, plan: LoadingPlan, failures: dict[Path, str]
+) -> dict[str, tf.data.Dataset | None]:
+    """One batched pipeline per split (``None`` for an empty one), by the plan's loading scheme."""
+    if plan.scheme == "memory":
+        return _memory_pipelines(scan, contract, config, plan.batch_size)
+    return _stream_pipelines(scan, contract, config, plan.batch_size, failures)
+
+
+def _training_pipeline(
+    train: tf.data.Dataset | None, augmenter: keras.Sequential | None, scan: DatasetScan
+) -> tf.data.Dataset:
+    """The training batches, augmented in a parallel map when there is an augmenter, prefetched."""
+    if train is None:  # the plan refuses an empty training split; kept for type checkers
+        raise DataError(f"the training split of {scan.root} is empty; add images to the class folders")
+    if augmenter is not None:
+        train = train.map(augment_fn(augmenter), num_parallel_calls=tf.data.AUTOTUNE)
+    return train.prefetch(tf.data.AUTOTUNE)
+
+
+def _prefetched(pipeline: tf.data.Dataset | None) -> tf.data.Dataset | None:
+    return pipeline.prefetch(tf.data.AUTOTUNE) if pipeline is not None else None
+
+
+def _class_weights(scan: DatasetScan, config: DataConfig) -> dict[int, float] | None:
+    """Balanced weights of the training split when ``data.class_weights`` asks for them."""
+    if not config.class_weights:
+        return None
+    return balanced_class_weights((s.label for s in scan.splits["train"]), len(scan.labels))
 
 
 def _memory_pipelines(

@@ -9,7 +9,7 @@ from typing import Any
 
 from edge.errors import DataError
 from training.config import DataConfig, TrainingConfig
-from training.data.plan import choose_batch, choose_scheme, image_size_hw, mb
+from training.data.plan import StepMemory, choose_batch, choose_scheme, image_size_hw, mb
 from training.data.scan import SPLITS, DatasetScan, scan_dataset
 from training.tables import format_table
 
@@ -139,42 +139,58 @@ def inspect_dataset(
     scan = scan_dataset(root, config)
     hw = image_size_hw(image_size)
     scheme, scheme_reason, decoded = choose_scheme(scan, config, hw)
-    problems: list[str] = []
-    memory = None
-    if training is not None:
-        from training.step_memory import measure_step_memory
-
-        memory = measure_step_memory(training, len(scan.labels), hw)
-    batch: int | None
-    try:
-        batch, batch_reason = choose_batch(scan, config, hw, memory)
-    except DataError as exc:
-        batch, batch_reason = None, str(exc)
-        problems.append(str(exc))
-    warnings = _warnings(scan, config, hw)
+    memory = _step_memory(training, scan, hw)
+    batch, batch_reason, problems = _batch_or_problem(scan, config, hw, memory)
     return InspectReport(
-        root=str(scan.root),
-        layout=scan.layout,
-        labels=list(scan.labels),
-        split_counts=scan.split_counts(),
-        class_counts=scan.class_counts(),
-        total_images=scan.num_images,
-        total_bytes=scan.total_bytes,
-        image_sizes=[(w, h, c) for (w, h), c in scan.image_sizes.most_common()],
-        image_modes=dict(scan.image_modes.most_common()),
-        formats=dict(scan.formats.most_common()),
-        skipped=[(str(p), r) for p, r in scan.skipped],
+        **_scan_fields(scan),
         image_size=hw,
         scheme=scheme,
         scheme_reason=scheme_reason,
         decoded_bytes=decoded,
         batch_size=batch,
         batch_reason=batch_reason,
-        fingerprint=scan.fingerprint(),
-        warnings=warnings,
+        warnings=_warnings(scan, config, hw),
         problems=problems,
         step_memory=memory.to_dict(batch) if memory is not None and batch is not None else None,
     )
+
+
+def _scan_fields(scan: DatasetScan) -> dict[str, Any]:
+    """The :class:`InspectReport` fields that describe the folder as scanned."""
+    return {
+        "root": str(scan.root),
+        "layout": scan.layout,
+        "labels": list(scan.labels),
+        "split_counts": scan.split_counts(),
+        "class_counts": scan.class_counts(),
+        "total_images": scan.num_images,
+        "total_bytes": scan.total_bytes,
+        "image_sizes": [(w, h, c) for (w, h), c in scan.image_sizes.most_common()],
+        "image_modes": dict(scan.image_modes.most_common()),
+        "formats": dict(scan.formats.most_common()),
+        "skipped": [(str(p), r) for p, r in scan.skipped],
+        "fingerprint": scan.fingerprint(),
+    }
+
+
+def _step_memory(training: TrainingConfig | None, scan: DatasetScan, hw: tuple[int, int]) -> StepMemory | None:
+    """The configured model's measured step memory, as ``shipyard train`` sizes the batch; ``None`` without it."""
+    if training is None:
+        return None
+    from training.step_memory import measure_step_memory
+
+    return measure_step_memory(training, len(scan.labels), hw)
+
+
+def _batch_or_problem(
+    scan: DatasetScan, config: DataConfig, hw: tuple[int, int], memory: StepMemory | None
+) -> tuple[int | None, str, list[str]]:
+    """``(batch size, why, problems)``: a batch size that cannot work is a problem, not an error."""
+    try:
+        batch, reason = choose_batch(scan, config, hw, memory)
+    except DataError as exc:
+        return None, str(exc), [str(exc)]
+    return batch, reason, []
 
 
 def _warnings(scan: DatasetScan, config: DataConfig, hw: tuple[int, int]) -> list[str]:
