@@ -18,7 +18,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,15 @@ _positive_float = _number(float, 0, strict=True)
 
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=_json_default))
+
+
+def _show(data: dict[str, Any], as_json: bool, print_table: Callable[[dict[str, Any]], None]) -> int:
+    """Print a verb's result as JSON or as the verb's tables; return exit status 0."""
+    if as_json:
+        _print_json(data)
+    else:
+        print_table(data)
+    return 0
 
 
 def _json_default(value: Any) -> Any:
@@ -334,11 +343,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         result = predict_files(opened, args.images, top_k=args.top_k, batch_size=args.batch_size)
     finally:
         opened.runner.close()
-    if args.json:
-        _print_json(result)
-    else:
-        _print_predictions(result)
-    return 0
+    return _show(result, args.json, _print_predictions)
 
 
 # ---------------------------------------------------------------------------------------------- bench
@@ -385,12 +390,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         warmup_runs=args.warmup,
         mode=args.mode,
     )
-    data = result.to_dict(include_times=args.times)
-    if args.json:
-        _print_json(data)
-    else:
-        _print_bench(data)
-    return 0
+    return _show(result.to_dict(include_times=args.times), args.json, _print_bench)
 
 
 # ---------------------------------------------------------------------------------------------- eval
@@ -449,11 +449,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         split=args.split,
         all_images=args.all_images,
     )
-    if args.json:
-        _print_json(result.to_dict())
-    else:
-        _print_eval(result.to_dict())
-    return 0
+    return _show(result.to_dict(), args.json, _print_eval)
 
 
 # ---------------------------------------------------------------------------------------------- parser
