@@ -15,6 +15,7 @@ The ``shipyard`` command line (:mod:`shipyard.cli`) is a thin layer over these s
 
 from shipyard.api import (
     RegisteredModel,
+    aliases,
     cross_validate,
     demo_data,
     ensemble,
@@ -24,8 +25,10 @@ from shipyard.api import (
     models,
     optimize,
     pipeline,
+    promote,
     register,
     report,
+    rollback,
     serve,
     train,
     tune,
@@ -37,6 +40,7 @@ __version__ = "0.2.0"
 __all__ = [
     "PipelineConfig",
     "RegisteredModel",
+    "aliases",
     "cross_validate",
     "demo_data",
     "ensemble",
@@ -46,8 +50,10 @@ __all__ = [
     "models",
     "optimize",
     "pipeline",
+    "promote",
     "register",
     "report",
+    "rollback",
     "serve",
     "train",
     "tune",

@@ -234,6 +234,76 @@ def models(name: str | None = None) -> list[RegisteredModel]:
     return [RegisteredModel(**row) for row in list_models(name)]
 
 
+def promote(
+    tag: str,
+    alias: str,
+    *,
+    force: bool = False,
+    require_shadow_agreement: float | None = None,
+    server: str | None = None,
+) -> dict[str, Any]:
+    """Point ``alias`` of the model at the registered version ``tag`` (``shipyard models promote``).
+
+    A server following the alias (``shipyard serve NAME --alias ALIAS``) loads the version in the background
+    and switches to it without dropping a request.
+
+    Args:
+        tag: ``name:version`` (``name:latest`` is resolved to its version first).
+        alias: e.g. ``production`` or ``candidate``.
+        force: promote even when the variant served by default failed its gate.
+        require_shadow_agreement: refuse unless the server at ``server`` shadows ``tag`` and its cumulative
+            top-1 agreement with the primary is at least this.
+        server: the running server's URL (default ``http://127.0.0.1:3000``).
+
+    Returns:
+        The alias's entry: ``version``, ``moved``, ``by``, ``history``.
+
+    Raises:
+        PackageError: unknown tag, bad alias, tampered files (IntegrityError), a failed gate, or shadow
+            agreement below the requirement.
+    """
+    from serving.aliases import AliasStore
+    from serving.settings import resolve_tag
+    from training.registry import promotable
+
+    concrete = resolve_tag(tag)
+    promotable(concrete, force=force)
+    if require_shadow_agreement is not None:
+        from serving.shadow import check_agreement
+
+        check_agreement(server or "http://127.0.0.1:3000", concrete, require_shadow_agreement)
+    name, version = concrete.split(":", 1)
+    return AliasStore().move(name, alias, version)
+
+
+def rollback(name: str, alias: str) -> dict[str, Any]:
+    """Point ``alias`` of model ``name`` back at the version it pointed at before (``shipyard models rollback``).
+
+    Returns:
+        The alias's entry after the move.
+
+    Raises:
+        PackageError: no such alias, no earlier version, or the earlier version is no longer in the store.
+    """
+    from serving.aliases import AliasStore, check_alias
+    from serving.settings import resolve_tag
+
+    store = AliasStore()
+    check_alias(alias)
+    entry = store.aliases(name).get(alias)
+    if entry is not None and len(entry.get("stack", [])) >= 2:
+        resolve_tag(f"{name}:{entry['stack'][-2]}")  # refuse to roll back onto a deleted version
+    return store.rollback(name, alias)
+
+
+def aliases(name: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{model name: {alias: entry}}`` of the model store (only ``name``'s when given)."""
+    from serving.aliases import AliasStore
+
+    models = AliasStore().read()
+    return {name: models.get(name, {})} if name else models
+
+
 def tune(
     config: Any = None,
     *,
@@ -416,7 +486,10 @@ def serve_config_for(
             "no model to serve: pass a tag (shipyard serve NAME:VERSION, or NAME:latest); "
             "'shipyard models list' shows the registered ones"
         )
-    package_path(serve_config.model)  # fails early, with the store's listing hint, when the tag is unknown
+    from serving.settings import model_tag
+
+    # fails early, with the store's listing hint, when the tag or the alias is unknown
+    package_path(model_tag(serve_config) or serve_config.model)
     return serve_config
 
 

@@ -41,6 +41,22 @@ def gate_problem(manifest: Manifest) -> str | None:
     return f"{name}, the variant the server serves by default, is {info.status}: {info.reason or 'no reason recorded'}"
 
 
+def promotable(tag: str, *, force: bool = False) -> Manifest:
+    """The manifest of the registered ``tag`` when it may be promoted to an alias: every file's sha256 matches,
+    something in it can run, and (unless ``force``) the variant the server serves by default passed its gate.
+
+    Raises:
+        PackageError: not in the store, nothing runnable, or a failed gate (the message says ``--force``).
+        IntegrityError: a file of the store's copy was changed after registration.
+    """
+    manifest = verify_package(package_path(tag))
+    if (problem := runnable_problem(manifest)) is not None:
+        raise PackageError(f"not promoted: {problem}")
+    if not force and (problem := gate_problem(manifest)) is not None:
+        raise PackageError(f"not promoted: {problem}; pass --force (force=True) to promote {tag} anyway")
+    return manifest
+
+
 def register(package: str | Path, *, require_runnable: bool = False) -> str:
     """Put a verified package into the BentoML model store as ``name:version``; return the tag.
 
