@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,54 +74,103 @@ def write_package(result, config: TrainingConfig, *, top_k: int | None = None) -
     Returns:
         (package directory, manifest).
     """
-    from training._tf import keras
-    from training.data import load_split_arrays
     from training.evaluate import evaluate_predictions, write_evaluation
-    from training.models import count_params
 
     pkg = Path(result.run_dir)
-    ds = result.datasets
-    scan = ds.scan
-    labels = scan.labels
-    model = result.model
-
-    (pkg / "keras").mkdir(exist_ok=True)
-    clean = keras.Model(model.inputs, model.outputs, name=model.name)  # no optimizer or compile state
-    clean.save(pkg / KERAS_FILE)
-
-    test_samples = scan.splits.get("test") or scan.splits.get("val") or []
-    eval_split = "test" if scan.splits.get("test") else "val"
-    test_x, test_y = load_split_arrays(test_samples, ds.contract)
-    test_probs = model.predict(test_x.astype(np.float32), verbose=0, batch_size=64) if len(test_x) else np.zeros((0, len(labels)))
-    rel_paths = [Path(s.path).relative_to(scan.root).as_posix() for s in test_samples]
+    scan = result.datasets.scan
+    _save_clean_model(result.model, pkg)
+    held_out = _predict_held_out(result)
     train_labels = np.array([s.label for s in scan.splits["train"]], dtype=np.int64)
     evaluation = evaluate_predictions(
-        test_y, test_probs, labels, train_labels, paths=rel_paths, top_k=top_k or config.train.top_k
+        held_out.y,
+        held_out.probs,
+        scan.labels,
+        train_labels,
+        paths=held_out.paths,
+        top_k=top_k or config.train.top_k,
     )
     write_evaluation(pkg / "eval", evaluation, result.history)
+    _write_reference_files(pkg, result, held_out)
+    _write_history(pkg, result.history)
+    manifest = _build_manifest(result, config, evaluation, held_out)
+    _record_package_files(pkg, manifest)
+    write_manifest(pkg, manifest)
+    return pkg, manifest
 
+
+@dataclass(frozen=True)
+class _HeldOut:
+    """The split the package is evaluated on, its images' relative paths, labels and the model's outputs."""
+
+    split: str
+    paths: list[str]
+    y: np.ndarray
+    probs: np.ndarray
+
+
+def _save_clean_model(model, pkg: Path) -> None:
+    """Save the model without optimizer or compile state to ``keras/model.keras``."""
+    from training._tf import keras
+
+    (pkg / "keras").mkdir(exist_ok=True)
+    clean = keras.Model(model.inputs, model.outputs, name=model.name)
+    clean.save(pkg / KERAS_FILE)
+
+
+def _predict_held_out(result) -> _HeldOut:
+    """Run the model on the test split (the validation split when there is none)."""
+    from training.data import load_split_arrays
+
+    ds = result.datasets
+    scan = ds.scan
+    samples = scan.splits.get("test") or scan.splits.get("val") or []
+    split = "test" if scan.splits.get("test") else "val"
+    x, y = load_split_arrays(samples, ds.contract)
+    probs = (
+        result.model.predict(x.astype(np.float32), verbose=0, batch_size=64)
+        if len(x)
+        else np.zeros((0, len(scan.labels)))
+    )
+    paths = [Path(s.path).relative_to(scan.root).as_posix() for s in samples]
+    return _HeldOut(split=split, paths=paths, y=y, probs=probs)
+
+
+def _write_reference_files(pkg: Path, result, held_out: _HeldOut) -> None:
+    """``reference/predictions.npz`` (the held-out outputs) and the drift statistics of the validation split."""
+    from training.data import load_split_arrays
+
+    ds = result.datasets
+    scan = ds.scan
     ref_dir = pkg / "reference"
     ref_dir.mkdir(exist_ok=True)
     np.savez_compressed(
         ref_dir / "predictions.npz",
-        paths=np.array(rel_paths, dtype=str),
-        labels=test_y.astype(np.int64),
-        probabilities=test_probs.astype(np.float32),
+        paths=np.array(held_out.paths, dtype=str),
+        labels=held_out.y.astype(np.int64),
+        probabilities=held_out.probs.astype(np.float32),
     )
     ref_samples = scan.splits.get("val") or scan.splits["train"]
     ref_x, ref_y = load_split_arrays(ref_samples, ds.contract)
-    stats, emb = reference_statistics(model, ref_x, ref_y, labels, _original_sizes(ref_samples))
+    stats, emb = reference_statistics(result.model, ref_x, ref_y, scan.labels, _original_sizes(ref_samples))
     write_reference(pkg, stats, emb)
 
+
+def _write_history(pkg: Path, history) -> None:
     logs = pkg / "logs"
     logs.mkdir(exist_ok=True)
-    (logs / "history.json").write_text(json.dumps(result.history, indent=2))
+    (logs / "history.json").write_text(json.dumps(history, indent=2))
 
+
+def _build_manifest(result, config: TrainingConfig, evaluation, held_out: _HeldOut) -> Manifest:
+    """The manifest of a freshly written package, with the Keras reference as its one variant."""
+    from training.models import count_params
+
+    ds = result.datasets
     cfg = config.model
     manifest = Manifest(
         name=cfg.name,
-        version=pkg.name,
-        labels=labels,
+        version=Path(result.run_dir).name,
+        labels=ds.scan.labels,
         input=InputContract(height=ds.contract.height, width=ds.contract.width),
         base_model={
             "name": cfg.base if cfg.base_model is None else f"file:{cfg.base_model}",
@@ -128,14 +178,14 @@ def write_package(result, config: TrainingConfig, *, top_k: int | None = None) -
             "cut_at": cfg.cut_at,
             "freeze": cfg.freeze,
             "alpha": cfg.alpha,
-            "parameters": count_params(model),
+            "parameters": count_params(result.model),
         },
         training_config=config.training_dump(),
         dataset=DatasetInfo.model_validate(ds.dataset_info().model_dump()),
-        held_out=HeldOutSplit(split=eval_split, files=rel_paths),
+        held_out=HeldOutSplit(split=held_out.split, files=held_out.paths),
         metrics={
             **evaluation.summary(),
-            "evaluated_on": eval_split,
+            "evaluated_on": held_out.split,
             "majority_baseline_accuracy": evaluation.baseline["accuracy"],
             "epochs": result.epochs_run,
             "phase_epochs": result.phase_epochs,
@@ -144,13 +194,16 @@ def write_package(result, config: TrainingConfig, *, top_k: int | None = None) -
         },
     )
     manifest.variants["keras"] = VariantInfo(file=KERAS_FILE, format="keras", status="passed", quantization="none")
+    return manifest
+
+
+def _record_package_files(pkg: Path, manifest: Manifest) -> None:
+    """Hash every file the package holds into the manifest, and the Keras file into its variant."""
     for sub in ("keras", "eval", "reference", "logs"):
         if (pkg / sub).is_dir():
             record_tree(pkg, manifest, sub)
     entry = manifest.files[KERAS_FILE]
     manifest.variants["keras"].sha256, manifest.variants["keras"].bytes = entry.sha256, entry.bytes
-    write_manifest(pkg, manifest)
-    return pkg, manifest
 
 
 def _batch_memory(plan) -> dict:

@@ -286,23 +286,10 @@ def train(
     height, width = image_size_for(config.model, config.data.image_size)
     datasets = _datasets(config, (height, width), int(strategy.num_replicas_in_sync))
     keras.utils.set_random_seed(config.train.seed)  # measuring the step memory built a model: seed the real one alike
-    num_classes = len(datasets.scan.labels)
     writer = _writer(config, Path(output), run_dir)
     _say(verbose, writer, f"batch size {datasets.plan.batch_size}: {datasets.plan.batch_reason}")
-    phases = _Phases(writer, config, datasets, num_classes, strategy, verbose, extra_callbacks)
-    with _precision_policy(config.train.mixed_precision):
-        with strategy.scope():
-            model = build_model(config.model, num_classes, (height, width))
-            compile_model(model, config.train, num_classes)
-        base_names = base_layer_names(model)
-        _say(verbose, writer, describe(trainable_summary(model, base_names), "phase 1 (head)"))
-        epochs = {"head": phases.head(model)}
-        if config.train.fine_tune.enabled:
-            epochs["fine_tune"] = phases.fine_tune(model, base_names, start=epochs["head"])
-        if config.train.distribution == "multi_worker":
-            model = _local_copy(model)
-    if config.train.mixed_precision:
-        model = float32_model(model)
+    phases = _Phases(writer, config, datasets, len(datasets.scan.labels), strategy, verbose, extra_callbacks)
+    model, epochs = phases.run((height, width))
     where = {"strategy": type(strategy).__name__, "replicas": int(strategy.num_replicas_in_sync)}
     if writer.chief:
         _update_state(writer.run_dir, status="trained", epochs=sum(epochs.values()), phases=epochs, **where)
@@ -427,6 +414,28 @@ class _Phases:
             initial_epoch=span.start,
             epochs=span.start + span.epochs,
         )
+
+    def run(self, size: tuple[int, int]) -> tuple[Any, dict[str, int]]:
+        """Build and compile the model, train the head, then fine-tune when enabled.
+
+        Returns:
+            (the trained model, float32 and local to this worker; epochs per phase).
+        """
+        config = self.config
+        with _precision_policy(config.train.mixed_precision):
+            with self.strategy.scope():
+                model = build_model(config.model, self.num_classes, size)
+                compile_model(model, config.train, self.num_classes)
+            base_names = base_layer_names(model)
+            _say(self.verbose, self.writer, describe(trainable_summary(model, base_names), "phase 1 (head)"))
+            epochs = {"head": self.head(model)}
+            if config.train.fine_tune.enabled:
+                epochs["fine_tune"] = self.fine_tune(model, base_names, start=epochs["head"])
+            if config.train.distribution == "multi_worker":
+                model = _local_copy(model)
+        if config.train.mixed_precision:
+            model = float32_model(model)
+        return model, epochs
 
     def head(self, model: Any) -> int:
         """Phase 1 (skipped on resume when it finished): train the head; return its epochs."""
