@@ -4,7 +4,9 @@ One schema, :class:`ReferenceStats`, shared by the writer (training, when it wri
 :func:`build_reference_stats` then :func:`write_reference`) and the reader (the server's drift monitor:
 :func:`read_reference_stats`). The statistics describe a reference split (validation) as the model saw
 it: the predicted class frequencies, the top-1 confidences, the image statistics of
-:func:`edge.preprocess.image_stats` plus the original image sizes, and the penultimate-layer embedding.
+:func:`edge.preprocess.image_stats` plus the original image sizes, the penultimate-layer embedding and
+(since schema version 2) the calibration of the top-1 confidence against correctness on the split, from
+which the server estimates its accuracy without labels (:class:`CalibrationStats`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from edge.errors import PackageError
 from edge.files import write_json_atomic
 from edge.preprocess import image_stats_batch
 
-#: The version of the ``stats.json`` layout; files written before it existed are version 1.
-REFERENCE_SCHEMA_VERSION = 1
+#: The version of the ``stats.json`` layout this Shipyard writes; files written before it existed are version 1.
+#: Version 2 added ``calibration``.
+REFERENCE_SCHEMA_VERSION = 2
+#: The versions :func:`read_reference_stats` reads (a version 1 file has no ``calibration``).
+READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
 STATS_FILE = "reference/stats.json"
 EMBEDDINGS_FILE = "reference/embeddings.npy"
 #: The per-image features of :class:`ImageStats`, in the order the drift monitor stores them.
@@ -67,6 +72,24 @@ class EmbeddingStats(_Section):
     pca_projected: list[list[float]]
 
 
+class CalibrationStats(_Section):
+    """How often the model's top-1 prediction was right, as a function of its top-1 probability, on the
+    reference split: an isotonic (non-decreasing) fit through the points ``(confidence[i], accuracy[i])``,
+    read by linear interpolation and held flat beyond both ends. It starts at the chance point
+    ``(1/classes, 1/classes)``, one pseudo-observation, so that confidences lower than any the split produced
+    map towards guessing rather than to the lowest block's accuracy."""
+
+    method: str = Field("isotonic", description="how the curve was fitted")
+    confidence: list[float] = Field(description="increasing top-1 probabilities (the fitted blocks' centres)")
+    accuracy: list[float] = Field(description="the fitted accuracy at each confidence, non-decreasing")
+    count: int = Field(ge=0, description="images the curve was fitted on")
+    reference_accuracy: float | None = Field(description="measured top-1 accuracy of the split (None: empty)")
+
+    def calibrated(self, confidence: np.ndarray | list[float]) -> np.ndarray:
+        """The probability that a prediction with each top-1 ``confidence`` is right."""
+        return np.interp(np.asarray(confidence, dtype=np.float64), self.confidence, self.accuracy)
+
+
 class ReferenceStats(_Section):
     """The content of ``reference/stats.json``."""
 
@@ -78,6 +101,7 @@ class ReferenceStats(_Section):
     confidence: ConfidenceStats
     image_stats: ImageStats
     embedding: EmbeddingStats
+    calibration: CalibrationStats | None = Field(None, description="absent in schema version 1 files")
 
 
 def build_reference_stats(
@@ -120,6 +144,38 @@ def build_reference_stats(
             height=[int(h) for _, h in original_sizes],
         ),
         embedding=_embedding_stats(embeddings),
+        calibration=calibrate(conf, preds == labels, n),
+    )
+
+
+def calibrate(confidence: np.ndarray, correct: np.ndarray, classes: int) -> CalibrationStats:
+    """Fit :class:`CalibrationStats`: isotonic regression (pool adjacent violators) of ``correct`` on
+    ``confidence``, with the chance point ``(1/classes, 1/classes)`` as one more observation.
+
+    Args:
+        confidence: (n,) top-1 probabilities.
+        correct: (n,) whether each top-1 prediction was right.
+        classes: how many classes the model has.
+    """
+    conf = np.asarray(confidence, dtype=np.float64).reshape(-1)
+    right = np.asarray(correct, dtype=np.float64).reshape(-1)
+    chance = 1.0 / max(classes, 1)
+    x, where = np.unique(np.concatenate([[chance], conf]), return_inverse=True)  # sorted; ties pooled
+    sums = np.bincount(where, weights=np.concatenate([[chance], right]), minlength=len(x))
+    weights = np.bincount(where, minlength=len(x)).astype(np.float64)
+    blocks: list[list[float]] = []  # [sum of y, weight, first x, last x]
+    for xi, total, weight in zip(x, sums, weights, strict=True):
+        blocks.append([total, weight, xi, xi])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
+            pooled_sum, pooled_weight, _, last = blocks.pop()
+            blocks[-1][0] += pooled_sum
+            blocks[-1][1] += pooled_weight
+            blocks[-1][3] = last
+    return CalibrationStats(
+        confidence=[round((b[2] + b[3]) / 2, 6) for b in blocks],
+        accuracy=[round(b[0] / b[1], 6) for b in blocks],
+        count=len(conf),
+        reference_accuracy=float(right.mean()) if len(right) else None,
     )
 
 
@@ -162,11 +218,12 @@ def read_reference_stats(path: str | Path) -> ReferenceStats:
         raise PackageError(f"{path} is not valid JSON ({exc}); re-create the package") from exc
     if not isinstance(raw, dict):
         raise PackageError(f"{path} holds a JSON {type(raw).__name__}, not an object; re-create the package")
-    version = raw.get("schema_version", 1)
-    if version != REFERENCE_SCHEMA_VERSION:
+    version = raw.setdefault("schema_version", 1)
+    if version not in READABLE_SCHEMA_VERSIONS:
+        readable = " and ".join(str(v) for v in READABLE_SCHEMA_VERSIONS)
         raise PackageError(
-            f"{path} has schema_version {version!r}; this Shipyard reads schema_version "
-            f"{REFERENCE_SCHEMA_VERSION}. Re-create the package with this version of Shipyard"
+            f"{path} has schema_version {version!r}; this Shipyard reads schema_version {readable}. "
+            "Re-create the package with this version of Shipyard"
         )
     try:
         return ReferenceStats.model_validate(raw)

@@ -62,9 +62,10 @@ class MonitorConfig(StrictModel):
     feedback_capacity: int = Field(50_000, ge=1, description="predictions kept for /feedback (oldest are forgotten)")
     feedback_store: str | None = Field(
         "auto",
-        description="where API workers share predictions awaiting /feedback: 'auto' (a SQLite file in BentoML's "
-        "PROMETHEUS_MULTIPROC_DIR under bentoml serve with more than one worker, else memory), 'memory' (each "
-        "worker alone) or a file path",
+        description="where predictions awaiting /feedback and the accuracy counts per model version are kept, "
+        "shared by every API worker and across restarts and model swaps: 'auto' (feedback.sqlite3 in the monitoring "
+        "folder, log_dir or $BENTOML_HOME/monitoring), a SQLite file path, or 'memory' (each worker alone, lost on "
+        "restart)",
     )
 
 

@@ -1,4 +1,4 @@
-"""Monitoring of the prediction service: latency, predictions, live accuracy and drift.
+"""Monitoring of the prediction service: latency, predictions, live and estimated accuracy, and drift.
 
 ``from serving.monitoring import Monitor`` is the surface the service uses; the drift signals (one
 registry entry each) are in :mod:`serving.monitoring.signals`, their statistics in
@@ -7,7 +7,13 @@ Prometheus metric definitions in :mod:`serving.monitoring.metrics`.
 """
 
 from serving.monitoring.drift import DriftWindow, Reference, load_reference
-from serving.monitoring.feedback import FeedbackConflictError, FeedbackNotFoundError, FeedbackStore
+from serving.monitoring.estimate import AccuracyEstimate
+from serving.monitoring.feedback import (
+    FeedbackConflictError,
+    FeedbackNotFoundError,
+    FeedbackStore,
+    FeedbackUnavailableError,
+)
 from serving.monitoring.metrics import LATENCY_BUCKETS, STAGES, metrics_for
 from serving.monitoring.monitor import Monitor
 from serving.monitoring.signals import SIGNALS, Observation, SignalSpec
@@ -16,10 +22,12 @@ __all__ = [
     "LATENCY_BUCKETS",
     "SIGNALS",
     "STAGES",
+    "AccuracyEstimate",
     "DriftWindow",
     "FeedbackConflictError",
     "FeedbackNotFoundError",
     "FeedbackStore",
+    "FeedbackUnavailableError",
     "Monitor",
     "Observation",
     "Reference",

@@ -1,21 +1,27 @@
-"""Predictions awaiting their true label (``/feedback``), and the live accuracy they give.
+"""Predictions awaiting their true label (``/feedback``), and the accuracy the labels give, kept on disk.
 
-Each process keeps its recent predictions in memory (the request path only inserts into a dict). With
-several API workers a feedback request may reach another worker than the prediction did, so the store
-can also share them through a SQLite file: the monitor's thread copies each batch of predictions into
-it, and :meth:`FeedbackStore.record` looks there when the id is not in this process's memory. Under
-``bentoml serve`` the file lives in the server's ``PROMETHEUS_MULTIPROC_DIR``, which BentoML creates
-empty for every server start and shares with all of its workers.
+The request path only inserts into this process's memory (:meth:`FeedbackStore.remember`). The monitor's
+thread copies each batch of predictions into a SQLite file in one transaction (:meth:`FeedbackStore.sync`;
+WAL, so API workers read while one writes). Every API worker of a server and every server that follows it
+on the same file share it, so a label finds its prediction whichever worker, server start or model version
+made it, and the accuracy counts survive restarts and model swaps. The default (``"auto"``) file is
+:data:`DEFAULT_FILE` in the monitoring folder (``serve.monitor.log_dir``, default ``$BENTOML_HOME/monitoring``).
+
+Accuracy is counted per model version (the tag that made the prediction): a total, and the outcomes of the
+last ``recent`` labels. A second model that predicted the same requests (a shadow) is scored by the same
+labels when its predictions are stored with :meth:`FeedbackStore.remember_many`; :meth:`FeedbackStore.accuracy`
+reads any version's counts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import sqlite3
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +29,24 @@ from edge.errors import InputError
 
 logger = logging.getLogger("serving.monitoring")
 
-#: File name of the shared store inside ``PROMETHEUS_MULTIPROC_DIR`` (not ``*.db``: that glob is
-#: what prometheus_client's multiprocess collector reads).
-SHARED_FILE = "shipyard-feedback.sqlite3"
-#: Seconds between two clean-ups of expired rows in the shared file.
+#: File name of the ``"auto"`` store in the monitoring folder (not ``*.db``: that glob is what
+#: prometheus_client's multiprocess collector reads).
+DEFAULT_FILE = "feedback.sqlite3"
+#: ``PRAGMA user_version`` of the layout below; a file with another version is not used.
+STORE_VERSION = 2
+#: Seconds between two clean-ups of expired rows.
 CLEANUP_EVERY_S = 30.0
+#: The role of the model that answered a request; shadows get their own role.
+PRIMARY = "primary"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
-    model TEXT NOT NULL, request_id TEXT NOT NULL, pred INTEGER NOT NULL, t REAL NOT NULL,
-    true_label INTEGER, correct INTEGER, labelled_at REAL, PRIMARY KEY (model, request_id));
-CREATE INDEX IF NOT EXISTS predictions_t ON predictions (model, t);
-CREATE INDEX IF NOT EXISTS predictions_labelled ON predictions (model, labelled_at);
+    request_id TEXT NOT NULL, model TEXT NOT NULL, role TEXT NOT NULL, pred TEXT NOT NULL, t REAL NOT NULL,
+    true_label TEXT, labelled_at REAL, PRIMARY KEY (request_id, model));
+CREATE INDEX IF NOT EXISTS predictions_t ON predictions (t);
 CREATE TABLE IF NOT EXISTS totals (model TEXT PRIMARY KEY, count INTEGER NOT NULL, correct INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS outcomes (model TEXT NOT NULL, labelled_at REAL NOT NULL, correct INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS outcomes_model ON outcomes (model, labelled_at);
 """
 
 
@@ -51,31 +62,60 @@ class FeedbackConflictError(InputError):
     status = 409
 
 
-def shared_path(
-    setting: str | None, environ: dict[str, str] | None = None, *, workers: int | None = None
-) -> Path | None:
-    """Where to share feedback state: ``"auto"`` -> a file in ``PROMETHEUS_MULTIPROC_DIR`` when that is
-    set (under ``bentoml serve``) unless ``workers`` says this is the only API worker, ``None``/``"memory"``
-    -> nowhere, anything else -> that path."""
-    env = os.environ if environ is None else environ
-    if setting is None or setting == "memory" or (setting == "auto" and workers == 1):
+class FeedbackUnavailableError(InputError):
+    """The feedback store's file failed while recording a label; the client may retry."""
+
+    status = 503
+
+
+def store_path(setting: str | None, folder: Path) -> Path | None:
+    """Where the feedback store lives: ``"auto"`` -> :data:`DEFAULT_FILE` in ``folder`` (the monitoring
+    folder), ``None``/``"memory"`` -> nowhere (this process's memory), anything else -> that file."""
+    if setting is None or setting == "memory":
         return None
     if setting == "auto":
-        directory = env.get("PROMETHEUS_MULTIPROC_DIR")
-        return Path(directory) / SHARED_FILE if directory else None
-    return Path(setting)
+        return Path(folder) / DEFAULT_FILE
+    return Path(setting).expanduser()
+
+
+def _open(path: Path | None) -> sqlite3.Connection:
+    """The store's connection: the file at ``path`` (created, WAL) or, for ``None``, an in-memory database."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(":memory:" if path is None else path, timeout=5.0, isolation_level=None,
+                         check_same_thread=False)  # fmt: skip
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, STORE_VERSION):
+            raise ValueError(f"it has store version {version}, this Shipyard uses {STORE_VERSION}")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL: survives a crashed process, fsyncs at checkpoints
+        db.executescript(_SCHEMA)
+        db.execute(f"PRAGMA user_version={STORE_VERSION}")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _not_found(request_id: str, ttl_s: float, capacity: int) -> FeedbackNotFoundError:
+    return FeedbackNotFoundError(
+        f"request {request_id!r} is unknown or expired: feedback is accepted for {ttl_s:g} s "
+        f"after a prediction, for the last {capacity} predictions"
+    )
 
 
 class FeedbackStore:
-    """Recent predictions by request id, their labels, and the accuracy so far.
+    """Recent predictions by request id, their labels, and the accuracy per model version.
 
     Args:
-        labels: the model's labels (for the answer's label names).
-        model: the model tag; rows of other models in a shared file are ignored.
+        labels: the served model's labels (index -> name).
+        model: the served model's tag, under which :meth:`remember` and :meth:`sync` store predictions.
         ttl_s: how long a prediction accepts feedback.
-        capacity: how many predictions each process (and the shared file) keeps.
+        capacity: how many predictions this process (and the file) keeps.
         recent: how many of the latest labels ``recent_accuracy`` covers.
-        path: the shared SQLite file, or ``None`` to keep everything in this process.
+        path: the SQLite file, or ``None`` for an in-memory database (this process only, lost on exit).
+            An unusable file falls back to memory, with the reason in :attr:`problem`.
     """
 
     def __init__(
@@ -87,41 +127,42 @@ class FeedbackStore:
         self.capacity = capacity
         self.recent_size = recent
         self._lock = threading.Lock()
-        self._pending: OrderedDict[str, list[Any]] = OrderedDict()  # id -> [pred, time, labelled]
-        self._recent: deque[bool] = deque(maxlen=recent)
-        self._count = 0
-        self._correct = 0
-        self._db: sqlite3.Connection | None = None
+        self._pending: OrderedDict[str, list[Any]] = OrderedDict()  # id -> [pred index, time, labelled]
         self._db_lock = threading.Lock()
         self._last_cleanup = 0.0
         self.problem: str | None = None
         self.path = path
-        if path is not None:
-            try:
-                self._db = self._open(path)
-            except Exception as exc:
-                self.problem = (
-                    f"shared feedback store {path} unusable ({type(exc).__name__}: {exc}); per-process only"
-                )
-                logger.warning("%s", self.problem)
-
-    @staticmethod
-    def _open(path: Path) -> sqlite3.Connection:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=OFF")  # losing recent predictions on a power cut is acceptable
-        db.executescript(_SCHEMA)
-        return db
+        try:
+            self._db: sqlite3.Connection | None = _open(path)
+        except Exception as exc:
+            self.problem = f"feedback store {path} unusable ({type(exc).__name__}: {exc}); kept in memory"
+            logger.warning("%s", self.problem)
+            self.path = None
+            self._db = _open(None)
 
     @property
     def shared(self) -> bool:
-        """True when predictions are shared with other processes through the SQLite file."""
-        return self._db is not None
+        """True when predictions and labels are kept in a file (shared by workers, kept across restarts)."""
+        return self.path is not None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction on the store (``BEGIN IMMEDIATE``), committed unless the block raises."""
+        with self._db_lock:
+            db = self._db
+            if db is None:
+                raise RuntimeError("the feedback store is closed")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     # -- request path ------------------------------------------------------------------------------
     def remember(self, request_id: str, pred: int, now: float) -> None:
-        """Keep a prediction for feedback (this process's memory; cheap)."""
+        """Keep a prediction of the served model for feedback (this process's memory; cheap)."""
         with self._lock:
             self._pending[request_id] = [pred, now, False]
             self._pending.move_to_end(request_id)
@@ -138,197 +179,190 @@ class FeedbackStore:
 
     # -- monitor thread ----------------------------------------------------------------------------
     def sync(self, rows: list[tuple[str, int, float]]) -> None:
-        """Copy ``(request_id, pred, time)`` rows into the shared file; drop expired rows now and then."""
-        if self._db is None:
-            return
+        """Store ``(request_id, predicted index, time)`` rows of the served model in one transaction."""
+        self.remember_many(self.model, [(rid, self.labels[pred], t) for rid, pred, t in rows], role=PRIMARY)
+
+    def remember_many(
+        self, model: str, rows: list[tuple[str, str, float]], *, role: str = "shadow"
+    ) -> None:
+        """Store ``(request_id, predicted label, time)`` predictions of ``model`` in one transaction.
+
+        A shadow model calls this with the request ids of the primary's answers: a label that arrives
+        on ``/feedback`` for such a request then scores the shadow too (see :meth:`accuracy`).
+        Off the request path: it writes to the file. Drops expired rows now and then.
+        """
         now = time.time()
-        with self._db_lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(
-                    "INSERT OR IGNORE INTO predictions (model, request_id, pred, t) VALUES (?, ?, ?, ?)",
-                    [(self.model, rid, pred, t) for rid, pred, t in rows],
-                )
-                if now - self._last_cleanup > CLEANUP_EVERY_S:
-                    self._last_cleanup = now
-                    db.execute(
-                        "DELETE FROM predictions WHERE model = ? AND t < ?", (self.model, now - self.ttl_s)
-                    )
-                    db.execute(
-                        "DELETE FROM predictions WHERE model = ? AND rowid IN (SELECT rowid FROM predictions "
-                        "WHERE model = ? ORDER BY t DESC LIMIT -1 OFFSET ?)",
-                        (self.model, self.model, self.capacity),
-                    )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO predictions (request_id, model, role, pred, t) VALUES (?, ?, ?, ?, ?)",
+                [(rid, model, role, pred, t) for rid, pred, t in rows],
+            )
+            if now - self._last_cleanup > CLEANUP_EVERY_S:
+                self._last_cleanup = now
+                self._cleanup(db, now)
+
+    def _cleanup(self, db: sqlite3.Connection, now: float) -> None:
+        """Forget expired predictions, the oldest beyond ``capacity``, and outcomes beyond ``recent``."""
+        db.execute("DELETE FROM predictions WHERE t < ?", (now - self.ttl_s,))
+        db.execute(
+            "DELETE FROM predictions WHERE rowid IN (SELECT rowid FROM predictions ORDER BY t DESC "
+            "LIMIT -1 OFFSET ?)",
+            (self.capacity,),
+        )
+        db.execute(
+            "DELETE FROM outcomes WHERE rowid IN (SELECT rowid FROM (SELECT rowid, ROW_NUMBER() OVER "
+            "(PARTITION BY model ORDER BY labelled_at DESC) AS n FROM outcomes) WHERE n > ?)",
+            (self.recent_size,),
+        )
 
     # -- feedback ----------------------------------------------------------------------------------
     def record(self, request_id: str, true_index: int) -> dict[str, Any]:
-        """Label an earlier prediction; return the answer of ``/feedback``.
+        """Label an earlier prediction (and every shadow prediction of the same request); return the
+        answer of ``/feedback``, with the accuracy of the model version that made the prediction.
 
         Raises:
             FeedbackNotFoundError: unknown, expired or forgotten request id.
             FeedbackConflictError: the request already has its label.
+            FeedbackUnavailableError: the store's file failed.
         """
         now = time.time()
         with self._lock:
             self._expire(now)
             entry = self._pending.get(request_id)
             if entry is not None and entry[2]:
-                raise FeedbackConflictError(
-                    f"request {request_id!r} already received its label; send feedback once"
-                )
-            local = None if entry is None else (entry[0], entry[1])
-        shared: tuple[int, int, int, list[int]] | None = None
-        if self._db is not None:
-            try:
-                shared = self._record_shared(request_id, local, true_index, now)
-            except InputError:
-                raise
-            except Exception as exc:  # a broken file: answer from this process's memory
-                logger.warning("shared feedback store failed, answering from memory: %s", exc)
-        if shared is None and local is None:
-            raise FeedbackNotFoundError(
-                f"request {request_id!r} is unknown or expired: feedback is accepted for {self.ttl_s:g} s "
-                f"after a prediction, for the last {self.capacity} predictions"
-            )
-        pred = shared[0] if shared is not None else local[0]  # type: ignore[index]
-        correct = pred == true_index
+                raise FeedbackConflictError(f"request {request_id!r} already received its label; send feedback once")
+            local = None if entry is None else (self.labels[entry[0]], entry[1])
+        true_label = self.labels[true_index]
+        try:
+            with self._transaction() as db:
+                model, pred = self._label_rows(db, request_id, local, true_label, now)
+                counts = self._counts(db, model)
+        except InputError:
+            raise
+        except Exception as exc:
+            logger.warning("feedback store %s failed: %s", self.path or "(memory)", exc)
+            raise FeedbackUnavailableError(
+                f"the feedback store failed ({type(exc).__name__}: {exc}); the label was not recorded, retry"
+            ) from exc
         with self._lock:
             entry = self._pending.get(request_id)
             if entry is not None:
-                if entry[2] and shared is None:
-                    raise FeedbackConflictError(
-                        f"request {request_id!r} already received its label; send feedback once"
-                    )
                 entry[2] = True
-            self._count += 1
-            self._correct += int(correct)
-            self._recent.append(correct)
-            if shared is not None:
-                count, right, recent = shared[1], shared[2], shared[3]
-            else:
-                count, right, recent = self._count, self._correct, [int(c) for c in self._recent]
         return {
             "request_id": request_id,
-            "predicted_label": self.labels[pred],
-            "true_label": self.labels[true_index],
-            "correct": bool(correct),
-            "accuracy": right / count,
-            "recent_accuracy": sum(recent) / len(recent),
-            "feedback_count": count,
-            "correct_count": right,
+            "model": model,
+            "predicted_label": pred,
+            "true_label": true_label,
+            "correct": pred == true_label,
+            "accuracy": counts["accuracy"],
+            "recent_accuracy": counts["recent_accuracy"],
+            "feedback_count": counts["count"],
+            "correct_count": counts["correct"],
         }
 
-    def _record_shared(
-        self, request_id: str, local: tuple[int, float] | None, true_index: int, now: float
-    ) -> tuple[int, int, int, list[int]]:
-        """The shared-file part of :meth:`record` in one write transaction: (pred, count, correct, recent)."""
-        if self._db is None:
-            raise RuntimeError("no shared feedback store")
-        with self._db_lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                pred = self._label_row(db, request_id, local, true_index, now)
-                db.execute(
-                    "INSERT INTO totals (model, count, correct) VALUES (?, 1, ?) "
-                    "ON CONFLICT (model) DO UPDATE SET count = count + 1, correct = correct + excluded.correct",
-                    (self.model, int(pred == true_index)),
-                )
-                count, right = db.execute(
-                    "SELECT count, correct FROM totals WHERE model = ?", (self.model,)
-                ).fetchone()
-                recent = [
-                    int(r[0])
-                    for r in db.execute(
-                        "SELECT correct FROM predictions WHERE model = ? AND labelled_at IS NOT NULL "
-                        "ORDER BY labelled_at DESC LIMIT ?",
-                        (self.model, self.recent_size),
-                    )
-                ]
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        return int(pred), int(count), int(right), recent
-
-    def _label_row(
-        self, db: Any, request_id: str, local: tuple[int, float] | None, true_index: int, now: float
-    ) -> int:
-        """Store the true label on the prediction's row (inserting the row from ``local`` when another
-        worker never saw it); return the predicted index.
+    def _label_rows(
+        self, db: sqlite3.Connection, request_id: str, local: tuple[str, float] | None, true_label: str, now: float
+    ) -> tuple[str, str]:
+        """Store the true label on every prediction of the request (inserting the served model's row from
+        ``local`` when the monitor's thread has not copied it yet) and count it; return the answering
+        (model, predicted label).
 
         Raises:
             FeedbackNotFoundError: unknown or expired request id.
             FeedbackConflictError: the request already has its label.
         """
-        row = db.execute(
-            "SELECT pred, t, true_label FROM predictions WHERE model = ? AND request_id = ?",
-            (self.model, request_id),
-        ).fetchone()
-        if row is None:
+        rows = db.execute(
+            "SELECT model, role, pred, t, true_label FROM predictions WHERE request_id = ?", (request_id,)
+        ).fetchall()
+        primary = [r for r in rows if r[1] == PRIMARY]
+        if not primary:
             if local is None:
-                raise FeedbackNotFoundError(
-                    f"request {request_id!r} is unknown or expired: feedback is accepted for "
-                    f"{self.ttl_s:g} s after a prediction, for the last {self.capacity} predictions"
-                )
-            pred = local[0]
+                raise _not_found(request_id, self.ttl_s, self.capacity)
+            primary = [(self.model, PRIMARY, local[0], local[1], None)]
+            rows.append(primary[0])
             db.execute(
-                "INSERT INTO predictions (model, request_id, pred, t, true_label, correct, labelled_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (self.model, request_id, pred, local[1], true_index, int(pred == true_index), now),
+                "INSERT INTO predictions (request_id, model, role, pred, t) VALUES (?, ?, ?, ?, ?)",
+                (request_id, self.model, PRIMARY, local[0], local[1]),
             )
-            return pred
-        pred, t, labelled = row
+        model, _, pred, t, labelled = primary[0]
         if labelled is not None:
             raise FeedbackConflictError(f"request {request_id!r} already received its label; send feedback once")
         if t < now - self.ttl_s:
             raise FeedbackNotFoundError(
                 f"request {request_id!r} is expired: feedback is accepted for {self.ttl_s:g} s after a prediction"
             )
-        db.execute(
-            "UPDATE predictions SET true_label = ?, correct = ?, labelled_at = ? WHERE model = ? AND request_id = ?",
-            (true_index, int(pred == true_index), now, self.model, request_id),
-        )
-        return pred
+        for row_model, _, row_pred, _, row_label in rows:
+            if row_label is not None:
+                continue
+            correct = int(row_pred == true_label)
+            db.execute(
+                "UPDATE predictions SET true_label = ?, labelled_at = ? WHERE request_id = ? AND model = ?",
+                (true_label, now, request_id, row_model),
+            )
+            db.execute(
+                "INSERT INTO totals (model, count, correct) VALUES (?, 1, ?) "
+                "ON CONFLICT (model) DO UPDATE SET count = count + 1, correct = correct + excluded.correct",
+                (row_model, correct),
+            )
+            db.execute("INSERT INTO outcomes (model, labelled_at, correct) VALUES (?, ?, ?)", (row_model, now, correct))
+        return model, pred
 
-    def summary(self) -> dict[str, Any]:
-        """Counts and accuracy for ``drift()``: shared totals when a shared file is used."""
-        count, right = self._count, self._correct
-        recent = [int(c) for c in self._recent]
-        if self._db is not None:
-            try:
-                with self._db_lock:
-                    row = self._db.execute(
-                        "SELECT count, correct FROM totals WHERE model = ?", (self.model,)
-                    ).fetchone()
-                    recent = [
-                        int(r[0])
-                        for r in self._db.execute(
-                            "SELECT correct FROM predictions WHERE model = ? AND labelled_at IS NOT NULL "
-                            "ORDER BY labelled_at DESC LIMIT ?",
-                            (self.model, self.recent_size),
-                        )
-                    ]
-                count, right = (int(row[0]), int(row[1])) if row else (0, 0)
-            except Exception as exc:
-                logger.debug("shared feedback summary failed: %s", exc)
+    def _counts(self, db: sqlite3.Connection, model: str) -> dict[str, Any]:
+        """Labels, correct ones, accuracy and the accuracy of the last ``recent`` labels of ``model``."""
+        row = db.execute("SELECT count, correct FROM totals WHERE model = ?", (model,)).fetchone()
+        recent = [
+            int(r[0])
+            for r in db.execute(
+                "SELECT correct FROM outcomes WHERE model = ? ORDER BY labelled_at DESC, rowid DESC LIMIT ?",
+                (model, self.recent_size),
+            )
+        ]
+        count, right = (int(row[0]), int(row[1])) if row else (0, 0)
         return {
+            "model": model,
             "count": count,
             "correct": right,
             "accuracy": right / count if count else None,
             "recent_accuracy": sum(recent) / len(recent) if recent else None,
-            "store": f"shared: {self.path}" if self._db is not None else "memory",
+        }
+
+    def accuracy(self, model: str | None = None) -> dict[str, Any]:
+        """The labelled accuracy of ``model`` (default: the served model) so far, from the store.
+
+        Returns:
+            ``model``, ``count`` (labels), ``correct``, ``accuracy`` and ``recent_accuracy`` (the last
+            ``recent`` labels); the accuracies are ``None`` before the first label.
+        """
+        with self._db_lock:
+            if self._db is None:
+                raise RuntimeError("the feedback store is closed")
+            return self._counts(self._db, model or self.model)
+
+    def models(self) -> list[str]:
+        """Every model version the store has labels for."""
+        with self._db_lock:
+            if self._db is None:
+                return []
+            return [r[0] for r in self._db.execute("SELECT model FROM totals ORDER BY model")]
+
+    def summary(self) -> dict[str, Any]:
+        """What ``drift()`` shows: the served model's counts, every version's, and where they are kept."""
+        try:
+            served = self.accuracy()
+            versions = {model: self.accuracy(model) for model in self.models()}
+        except Exception as exc:
+            logger.debug("feedback summary failed: %s", exc)
+            served, versions = {"count": 0, "correct": 0, "accuracy": None, "recent_accuracy": None}, {}
+        return {
+            **{k: served[k] for k in ("count", "correct", "accuracy", "recent_accuracy")},
+            "models": {m: {k: v for k, v in counts.items() if k != "model"} for m, counts in versions.items()},
+            "store": f"file: {self.path}" if self.shared else "memory",
             "problem": self.problem,
         }
 
     def close(self) -> None:
-        """Close the shared file."""
-        if self._db is not None:
-            with self._db_lock:
+        """Close the store's connection."""
+        with self._db_lock:
+            if self._db is not None:
                 self._db.close()
                 self._db = None

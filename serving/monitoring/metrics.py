@@ -25,7 +25,7 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 STAGES: tuple[str, ...] = ("decode", "queue", "inference", "total")
 #: The stages of monitoring whose own errors ``shipyard_monitoring_errors_total{stage}`` counts.
 MONITORING_STAGES: tuple[str, ...] = (
-    "count_error", "drift", "feedback", "feedback_store", "image_stats", "metrics", "observe", "original_size",
+    "count_error", "drift", "estimate", "feedback", "feedback_store", "image_stats", "metrics", "observe", "original_size",
     "sink", "timing", "window", "worker",
 )  # fmt: skip
 
@@ -42,6 +42,7 @@ class MonitorMetrics:
     feedback: Any
     feedback_correct: Any
     live_accuracy: Any
+    estimated_accuracy: Any
     drift_score: Any
     drift_threshold: Any
     drift_pvalue: Any
@@ -85,7 +86,12 @@ _METRICS: tuple[tuple[str, str, str, str, tuple[str, ...], dict[str, Any]], ...]
     ("feedback_correct", "Counter", "shipyard_feedback_correct_total",
      "Feedback whose true label matched the prediction, by true label.", ("label",), {}),
     ("live_accuracy", "Gauge", "shipyard_live_accuracy",
-     "Accuracy over the most recent feedback (the last `window` labels received).",
+     "Accuracy of the served model version over its most recent feedback (the last `window` labels, kept "
+     "across server restarts by the feedback store).",
+     (), {"multiprocess_mode": "livemostrecent"}),
+    ("estimated_accuracy", "Gauge", "shipyard_estimated_accuracy",
+     "Accuracy of the last `window` predictions estimated without labels: the mean of their top-1 probabilities "
+     "calibrated on the package's reference split (NaN until the first full window or without a calibration).",
      (), {"multiprocess_mode": "livemostrecent"}),
     ("drift_score", "Gauge", "shipyard_drift_score",
      "Drift statistic of the last evaluated window (PSI, KS distance or MMD^2), by signal.",

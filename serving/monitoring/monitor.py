@@ -1,9 +1,10 @@
-"""The service's monitor: latency histograms, prediction counts, live accuracy, drift and a request log.
+"""The service's monitor: latency histograms, prediction counts, live and estimated accuracy, drift, a request log.
 
 The request path only does cheap work: :meth:`Monitor.observe_prediction` takes the argmax, bumps a
 counter, remembers the prediction for ``/feedback`` and puts the observation on a bounded queue. A
 daemon thread takes it from there: image statistics, the ``bentoml.monitor`` record, the rolling
-window and, when it is due, the drift tests. Every method that the request path calls swallows its
+window, the estimated accuracy (:mod:`serving.monitoring.estimate`), the feedback store's file and, when it
+is due, the drift tests. Every method that the request path calls swallows its
 own errors: they are logged (rate-limited) and counted in ``shipyard_monitoring_errors_total``.
 """
 
@@ -26,7 +27,8 @@ from edge.manifest import Manifest
 from edge.preprocess import image_stats_batch, stats_grid
 from serving.config import MonitorConfig
 from serving.monitoring.drift import DriftWindow, load_reference
-from serving.monitoring.feedback import FeedbackNotFoundError, FeedbackStore, shared_path
+from serving.monitoring.estimate import AccuracyEstimate
+from serving.monitoring.feedback import FeedbackNotFoundError, FeedbackStore, store_path
 from serving.monitoring.metrics import STAGES, MonitorMetrics, metrics_for, zero_series
 from serving.monitoring.signals import FEATURES, SIGNALS, Observation
 
@@ -69,8 +71,8 @@ class Monitor:
         config: window size, thresholds, sink and limits.
         registry: the ``prometheus_client`` registry for the ``shipyard_*`` metrics (default: the
             global one, which BentoML's ``/metrics`` endpoint exposes).
-        workers: how many API worker processes serve this model, when known: with one, the
-            ``"auto"`` feedback store stays in memory (no SQLite write per prediction).
+        workers: how many API worker processes serve this model, when known (informational: every
+            worker shares the feedback store's file).
         variant: the served variant, when known: its prediction series start at 0.
 
     Construct it where the service loads its model (in each worker process). It starts a daemon
@@ -113,6 +115,10 @@ class Monitor:
         for signal, reason in self.reference.problems.items():
             logger.warning("drift signal %r unavailable: %s", signal, reason)
         self.window = DriftWindow(self.reference, config, manifest.variants)
+        self.estimate = AccuracyEstimate.for_package(manifest, self.package_dir, config.window)
+        if self.estimate.reason and not self.estimate.available:
+            logger.warning("estimated accuracy unavailable: %s", self.estimate.reason)
+        self.workers = workers
         if not config.enabled:
             return
         self._feedback = FeedbackStore(
@@ -121,14 +127,15 @@ class Monitor:
             ttl_s=config.feedback_ttl_s,
             capacity=config.feedback_capacity,
             recent=config.window,
-            path=shared_path(config.feedback_store, workers=workers),
+            path=store_path(config.feedback_store, request_log_dir(config)),
         )
         try:
             self._metrics = metrics_for(registry)
             self._timing_children = {stage: self._metrics.latency.labels(stage=stage) for stage in STAGES}
             zero_series(self._metrics, tuple(SIGNALS), tuple(self.labels), variant)
             self._publish_drift(self.window.snapshot()["signals"])
-            self._metrics.live_accuracy.set(float("nan"))
+            self._metrics.estimated_accuracy.set(float("nan"))
+            self._publish_live_accuracy()  # what the store kept from earlier server starts
         except Exception as exc:
             self._metrics = None
             self._fail("metrics", exc)
@@ -238,15 +245,16 @@ class Monitor:
         """Record the true label of an earlier prediction and return the live accuracy.
 
         Returns:
-            ``request_id``, ``predicted_label``, ``true_label``, ``correct``, ``accuracy`` (all feedback
-            so far), ``recent_accuracy`` (the last ``window`` labels), ``feedback_count`` and
-            ``correct_count``; across all workers when the feedback store is shared (see
-            ``MonitorConfig.feedback_store``), else of this process.
+            ``request_id``, ``model`` (the version that made the prediction), ``predicted_label``,
+            ``true_label``, ``correct``, ``accuracy`` (all labels of that version so far), ``recent_accuracy``
+            (its last ``window`` labels), ``feedback_count`` and ``correct_count``; across all workers and
+            server starts when the feedback store is a file (see ``MonitorConfig.feedback_store``).
 
         Raises:
             InputError: (400) ``true_label`` is not one of the model's labels.
             FeedbackNotFoundError: (404) the request id is unknown, expired or was forgotten.
             FeedbackConflictError: (409) this request already received its label.
+            FeedbackUnavailableError: (503) the store's file failed.
         """
         index = self._label_index.get(true_label) if isinstance(true_label, str) else None
         if index is None:
@@ -263,10 +271,51 @@ class Monitor:
             self._metrics.feedback.labels(label=true_label).inc()
             if result["correct"]:
                 self._metrics.feedback_correct.labels(label=true_label).inc()
-            self._metrics.live_accuracy.set(result["recent_accuracy"])
+            if result["model"] == self.manifest.tag:
+                self._metrics.live_accuracy.set(result["recent_accuracy"])
+            else:  # a label for a prediction of an earlier version: the gauge is the served version's
+                self._publish_live_accuracy()
         except Exception as exc:
             self._fail("feedback", exc)
         return result
+
+    def _publish_live_accuracy(self) -> None:
+        """Set ``shipyard_live_accuracy`` to the served version's recent accuracy in the store (NaN: no label)."""
+        if self._metrics is None or self._feedback is None:
+            return
+        recent = self._feedback.accuracy()["recent_accuracy"]
+        self._metrics.live_accuracy.set(float("nan") if recent is None else recent)
+
+    def observe_shadow(self, model: str, predictions: list[tuple[str, str]]) -> None:
+        """Keep a second model's predictions of requests the served model answered, so that the labels sent
+        to ``/feedback`` for those requests score it too (read it with :meth:`labelled_accuracy`).
+
+        Args:
+            model: the second model's tag (e.g. the shadow candidate's ``name:version``).
+            predictions: ``(request_id, predicted label)`` pairs; the request ids are the served model's.
+
+        Writes to the feedback store in one transaction: call it off the request path (e.g. from the
+        shadow's own thread), with as many predictions at once as are at hand. Never raises.
+        """
+        if self._feedback is None:
+            return
+        try:
+            now = time.time()
+            self._feedback.remember_many(str(model), [(str(rid), str(label), now) for rid, label in predictions])
+        except Exception as exc:
+            self._fail("feedback_store", exc)
+
+    def labelled_accuracy(self, model: str | None = None) -> dict[str, Any] | None:
+        """The accuracy that ``/feedback`` labels give ``model`` (default: the served version), across server
+        starts when the store is a file: ``model``, ``count``, ``correct``, ``accuracy`` and
+        ``recent_accuracy`` (``None`` before the first label). ``None`` when monitoring is off. Never raises."""
+        if self._feedback is None:
+            return None
+        try:
+            return self._feedback.accuracy(model)
+        except Exception as exc:
+            self._fail("feedback_store", exc)
+            return None
 
     # -- drift -------------------------------------------------------------------------------------
     def drift(self) -> dict[str, Any]:
@@ -293,6 +342,7 @@ class Monitor:
             dropped=self._dropped,
             errors=self._error_counts(),
             feedback=self._feedback.summary() if self._feedback is not None else None,
+            estimated_accuracy=self.estimate.snapshot(),
         )
         return out
 
@@ -365,11 +415,17 @@ class Monitor:
     def _process(self, items: list[Observation]) -> None:
         """Image statistics, the sink record, the window and (when due) a drift evaluation, for a batch."""
         items = self._measure(items)
-        if self._feedback is not None and self._feedback.shared:
+        if self._feedback is not None:
             try:
                 self._feedback.sync([(o.request_id, o.prediction, o.received) for o in items])
             except Exception as exc:
                 self._fail("feedback_store", exc)
+        try:
+            estimate = self.estimate.add([o.confidence for o in items])
+            if estimate is not None and self._metrics is not None:
+                self._metrics.estimated_accuracy.set(estimate)
+        except Exception as exc:
+            self._fail("estimate", exc)
         if self.config.sink_enabled:
             try:
                 self._log_records(items)

@@ -100,6 +100,7 @@ def make_monitor(tiny_package, registry, tmp_path, request):
     def make(package: Path | None = None, **settings) -> Monitor:
         settings.setdefault("sink", f"t{abs(hash(request.node.nodeid))}-{len(made)}")
         settings.setdefault("sink_options", {"log_path": str(tmp_path / "sink")})
+        settings.setdefault("feedback_store", "memory")  # a file per test where a test needs one
         package = package or tiny_package
         mon = Monitor(read_manifest(package), package, MonitorConfig(**settings), registry=registry)
         made.append(mon)
@@ -394,13 +395,14 @@ def test_reference_stats_schema_round_trips_and_checks_its_version(tiny_package,
     from edge.reference import REFERENCE_SCHEMA_VERSION, ReferenceStats, read_reference_stats
 
     stats = read_reference_stats(tiny_package / "reference" / "stats.json")
-    assert stats.schema_version == REFERENCE_SCHEMA_VERSION and stats.count == len(stats.confidence.sample)
+    assert stats.schema_version == REFERENCE_SCHEMA_VERSION == 2 and stats.count == len(stats.confidence.sample)
+    assert stats.calibration is not None and stats.calibration.count == stats.count
     raw = stats.model_dump()
-    del raw["schema_version"]  # written before the schema had a version: read as version 1
+    del raw["schema_version"], raw["calibration"]  # written before the schema had a version: version 1
     (tmp_path / "old.json").write_text(json.dumps(raw))
-    assert read_reference_stats(tmp_path / "old.json") == stats
-    (tmp_path / "new.json").write_text(json.dumps({**raw, "schema_version": 2}))
-    with pytest.raises(PackageError, match=r"new\.json has schema_version 2; this Shipyard reads schema_version 1"):
+    assert read_reference_stats(tmp_path / "old.json") == stats.model_copy(update={"schema_version": 1, "calibration": None})
+    (tmp_path / "new.json").write_text(json.dumps({**raw, "schema_version": 3}))
+    with pytest.raises(PackageError, match=r"new\.json has schema_version 3; this Shipyard reads schema_version 1 and 2"):
         read_reference_stats(tmp_path / "new.json")
     (tmp_path / "extra.json").write_text(json.dumps({**raw, "colour": []}))
     with pytest.raises(PackageError, match=r"extra\.json: field 'colour' is invalid"):
@@ -531,21 +533,23 @@ def test_feedback_is_shared_between_workers(tiny_package, tmp_path):
         assert unknown.value.status == 404
         summary = a.drift()["feedback"]
         assert summary["count"] == 3 and summary["accuracy"] == pytest.approx(2 / 3)
-        assert summary["store"].startswith("shared")
+        assert summary["store"] == f"file: {store}" and summary["models"][manifest.tag]["count"] == 3
     finally:
         a.close()
         b.close()
 
 
 def test_feedback_store_location(tmp_path, tiny_package):
-    from serving.monitoring.feedback import SHARED_FILE, shared_path
+    from serving.monitoring.feedback import DEFAULT_FILE, store_path
+    from serving.monitoring.monitor import request_log_dir
 
-    assert shared_path("auto", {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}) == tmp_path / SHARED_FILE
-    assert shared_path("auto", {}) is None
-    assert shared_path("auto", {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}, workers=1) is None  # one worker
-    assert shared_path("auto", {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}, workers=2) == tmp_path / SHARED_FILE
-    assert shared_path("memory", {}) is None and shared_path(None) is None
-    assert not SHARED_FILE.endswith(".db")  # prometheus_client's multiprocess collector reads *.db
+    assert store_path("auto", tmp_path) == tmp_path / DEFAULT_FILE
+    assert store_path("memory", tmp_path) is None and store_path(None, tmp_path) is None
+    assert store_path("~/f.sqlite3", tmp_path) == Path.home() / "f.sqlite3"
+    assert not DEFAULT_FILE.endswith(".db")  # prometheus_client's multiprocess collector reads *.db
+    home = Path(os.environ["BENTOML_HOME"])  # the tests' own BentoML home
+    assert store_path("auto", request_log_dir(MonitorConfig())) == home.absolute() / "monitoring" / DEFAULT_FILE
+    assert store_path("auto", request_log_dir(MonitorConfig(log_dir=str(tmp_path)))) == tmp_path / DEFAULT_FILE
     (tmp_path / "adir").mkdir()
     config = MonitorConfig(window=10, sink_enabled=False, feedback_store=str(tmp_path / "adir"))
     from prometheus_client import CollectorRegistry
@@ -558,8 +562,147 @@ def test_feedback_store_location(tmp_path, tiny_package):
         assert mon.feedback("r", "2")["correct"]  # an unusable file: per-process memory still answers
         summary = mon.drift()["feedback"]
         assert summary["store"] == "memory" and "unusable" in summary["problem"]
+        (tmp_path / "other.sqlite3").write_bytes(b"not a database" * 100)
+        other = Monitor(read_manifest(tiny_package), tiny_package, config.model_copy(
+            update={"feedback_store": str(tmp_path / "other.sqlite3")}), registry=CollectorRegistry())
+        assert "unusable" in other.drift()["feedback"]["problem"]
+        other.close()
     finally:
         mon.close()
+
+
+def test_feedback_survives_a_restart_and_counts_per_version(tiny_package, package_copy, tmp_path):
+    """A monitor closed and a new one on the same file (a server restart), then a monitor of another version on
+    it (a model swap): labels find predictions of earlier starts and versions and count for the version that
+    made them; the live accuracy gauge starts where the last server left it."""
+    from prometheus_client import CollectorRegistry
+
+    store = tmp_path / "feedback.sqlite3"
+    config = MonitorConfig(window=10, sink_enabled=False, feedback_store=str(store))
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    v1, v2 = read_manifest(tiny_package), read_manifest(package_copy)
+
+    first = Monitor(v1, tiny_package, config, registry=CollectorRegistry())
+    for i, pred in enumerate([0, 1, 2, 0]):
+        first.observe_prediction(f"r{i}", pixels, (32, 32), np.eye(3)[pred], None, variant="keras")
+    first.feedback("r0", "0")
+    before = first.feedback("r1", "0")  # wrong
+    first.close()  # drains the queue: r2 and r3 reach the file
+
+    registry = CollectorRegistry()
+    second = Monitor(v1, tiny_package, config, registry=registry)
+    assert sample(registry, "shipyard_live_accuracy") == before["recent_accuracy"] == 0.5
+    answer = second.feedback("r2", "2")
+    assert answer["correct"] and answer["feedback_count"] == 3 and answer["model"] == v1.tag
+    with pytest.raises(InputError) as twice:
+        second.feedback("r0", "0")
+    assert twice.value.status == 409
+    second.close()
+
+    registry = CollectorRegistry()
+    swapped = Monitor(v2, package_copy, config, registry=registry)
+    assert np.isnan(sample(registry, "shipyard_live_accuracy"))  # no label for this version yet
+    swapped.observe_prediction("s0", pixels, (32, 32), np.eye(3)[1], None, variant="keras")
+    late = swapped.feedback("r3", "0")  # predicted by v1 before the swap: counts for v1
+    assert late["model"] == v1.tag and late["feedback_count"] == 4 and late["correct_count"] == 3
+    assert swapped.feedback("s0", "1")["feedback_count"] == 1
+    assert sample(registry, "shipyard_live_accuracy") == 1.0
+    models = swapped.drift()["feedback"]["models"]
+    assert models[v1.tag]["count"] == 4 and models[v1.tag]["accuracy"] == 0.75 and models[v2.tag]["count"] == 1
+    swapped.close()
+
+
+def test_a_shadow_model_is_scored_by_the_same_labels(make_monitor, tmp_path):
+    mon = make_monitor(window=10, feedback_store=str(tmp_path / "f.sqlite3"))
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    for i in range(4):
+        mon.observe_prediction(f"r{i}", pixels, (32, 32), np.eye(3)[0], None, variant="keras")
+    mon.observe_shadow("digits:candidate", [("r0", "0"), ("r1", "1"), ("r2", "1"), ("r3", "0")])
+    for i in range(4):
+        mon.feedback(f"r{i}", "1" if i in (1, 2) else "0")
+    served, shadow = mon.labelled_accuracy(), mon.labelled_accuracy("digits:candidate")
+    assert (served["count"], served["accuracy"]) == (4, 0.5)
+    assert (shadow["count"], shadow["accuracy"], shadow["recent_accuracy"]) == (4, 1.0, 1.0)
+    assert mon.labelled_accuracy("never:seen") == {
+        "model": "never:seen", "count": 0, "correct": 0, "accuracy": None, "recent_accuracy": None
+    }
+    mon.observe_shadow("x:y", [("r9", object())])  # never raises, whatever it is handed
+
+
+# -- estimated accuracy (CBPE) -----------------------------------------------------------------------
+def test_calibration_is_monotone_and_starts_at_chance():
+    from edge.reference import calibrate
+
+    rng = np.random.default_rng(0)
+    def truth(c):  # an overconfident model of 3 classes: at chance when unsure, right when sure
+        return 1 / 3 + 2 / 3 * ((c - 1 / 3) / (2 / 3)) ** 2
+
+    conf = rng.uniform(1 / 3, 1.0, 2000)
+    correct = rng.uniform(size=2000) < truth(conf)
+    cal = calibrate(conf, correct, 3)
+    assert cal.confidence[0] < 0.4 and cal.calibrated([1 / 3])[0] == pytest.approx(1 / 3, abs=0.1)
+    assert np.all(np.diff(cal.confidence) > 0) and np.all(np.diff(cal.accuracy) >= 0)
+    grid = np.linspace(0.4, 0.95, 12)
+    assert np.abs(cal.calibrated(grid) - truth(grid)).max() < 0.1
+    assert cal.calibrated([0.0])[0] == cal.accuracy[0] and cal.calibrated([1.0])[0] == cal.accuracy[-1]
+    assert cal.reference_accuracy == pytest.approx(correct.mean())
+    ties = calibrate(np.array([0.9, 0.9, 0.9, 0.9]), np.array([1, 0, 1, 1]), 2)
+    assert ties.confidence == [0.5, 0.9] and ties.accuracy == [0.5, 0.75]
+
+
+def estimate_on(make_monitor, traffic: Traffic, kind: str) -> float:
+    """The monitor's estimated accuracy after one window of exactly the ``kind`` traffic, in order."""
+    x, p = traffic.pixels[kind], traffic.probs[kind]
+    mon = make_monitor(window=len(x), sink_enabled=False)
+    for i in range(len(x)):
+        mon.observe_prediction(f"{kind}{i}", x[i], (32, 32), p[i], None, variant="keras")
+    assert mon.flush(60)
+    report = mon.drift()["estimated_accuracy"]
+    assert report["available"] and report["observed"] == len(x), report
+    return report["value"]
+
+
+def test_estimated_accuracy_tracks_held_out_traffic_and_drops_on_shift(
+    make_monitor, traffic, registry, tiny_package
+):
+    labels = np.load(tiny_package / "reference" / "predictions.npz")["labels"]
+    measured = {kind: float((traffic.probs[kind].argmax(1) == labels).mean()) for kind in ("test", "dark", "blur")}
+    estimated = {kind: estimate_on(make_monitor, traffic, kind) for kind in ("test", "dark", "blur", "unseen")}
+    assert sample(registry, "shipyard_estimated_accuracy") == pytest.approx(estimated["unseen"])
+    # held-out, in-distribution traffic: within a few points of what the labels say
+    assert abs(estimated["test"] - measured["test"]) < 0.05, (estimated, measured)
+    # blurred digits and digits of classes the model never saw make it less sure: the estimate drops
+    assert estimated["blur"] < estimated["test"] - 0.02, estimated
+    assert estimated["unseen"] < estimated["test"] - 0.05, estimated  # (their true accuracy is 0)
+    # the documented limit: darkened digits fool this model confidently, the estimate stays far too high
+    assert estimated["dark"] > measured["dark"] + 0.3, (estimated, measured)
+
+
+def test_estimate_waits_for_a_full_window_and_says_why_it_is_unavailable(make_monitor, package_copy, registry):
+    mon = make_monitor(window=10)
+    assert np.isnan(sample(registry, "shipyard_estimated_accuracy"))
+    for i in range(9):
+        mon.observe_prediction(f"r{i}", np.zeros((32, 32, 3), np.uint8), (32, 32), np.eye(3)[0], None, variant="k")
+    assert mon.flush(30)
+    report = mon.drift()["estimated_accuracy"]
+    assert report["value"] is None and "9 of 10" in report["reason"]
+    assert np.isnan(sample(registry, "shipyard_estimated_accuracy"))
+
+    # a version 1 reference (no calibration): everything else works, the estimate says why not
+    from edge.manifest import read_manifest, record_tree, write_manifest
+
+    stats = package_copy / "reference" / "stats.json"
+    raw = json.loads(stats.read_text())
+    del raw["calibration"]
+    raw["schema_version"] = 1
+    stats.write_text(json.dumps(raw))
+    manifest = read_manifest(package_copy)
+    record_tree(package_copy, manifest, "reference")
+    write_manifest(package_copy, manifest)
+    old = make_monitor(package_copy, window=10)
+    report = old.drift()["estimated_accuracy"]
+    assert not report["available"] and "schema_version 1" in report["reason"]
+    assert old.reference.problems == {}  # the drift signals read version 1 as before
 
 
 # -- failures never reach the request ----------------------------------------------------------------
