@@ -86,40 +86,37 @@ class _BayesianOracle(_OracleMixin, kt.oracles.BayesianOptimizationOracle):
     pass
 
 
+def _shared(tune: TuneConfig, objective: Any, hps: Any) -> dict[str, Any]:
+    """What every oracle is given: the objective, the search space, the seed and the failure limit."""
+    return {
+        "objective": objective,
+        "seed": tune.seed,
+        "hyperparameters": hps,
+        "max_consecutive_failed_trials": tune.max_failed_trials,
+    }
+
+
 def _random(tune: TuneConfig, objective: Any, hps: Any, max_epochs: int) -> Any:
-    return _RandomOracle(
-        objective=objective,
-        max_trials=tune.max_trials,
-        seed=tune.seed,
-        hyperparameters=hps,
-        max_consecutive_failed_trials=tune.max_failed_trials,
-    )
+    return _RandomOracle(**_shared(tune, objective, hps), max_trials=tune.max_trials)
 
 
 def _hyperband(tune: TuneConfig, objective: Any, hps: Any, max_epochs: int) -> Any:
     oracle = _HyperbandOracle(
-        objective=objective,
+        **_shared(tune, objective, hps),
         max_epochs=max_epochs,
         factor=tune.hyperband_factor,
         hyperband_iterations=tune.hyperband_iterations,
-        seed=tune.seed,
-        hyperparameters=hps,
-        max_consecutive_failed_trials=tune.max_failed_trials,
     )
-    oracle.max_trials = (
-        tune.max_trials
-    )  # the base Oracle enforces it; Hyperband's constructor does not take it
+    # The base Oracle enforces max_trials; Hyperband's constructor does not take it.
+    oracle.max_trials = tune.max_trials
     return oracle
 
 
 def _bayesian(tune: TuneConfig, objective: Any, hps: Any, max_epochs: int) -> Any:
     return _BayesianOracle(
-        objective=objective,
+        **_shared(tune, objective, hps),
         max_trials=tune.max_trials,
         num_initial_points=tune.bayesian_initial_points,
-        seed=tune.seed,
-        hyperparameters=hps,
-        max_consecutive_failed_trials=tune.max_failed_trials,
     )
 
 
