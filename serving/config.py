@@ -80,6 +80,23 @@ class ServeConfig(StrictModel):
     """
 
     model: str | None = Field(None, description="model tag name:version or name:latest; env SHIPYARD_MODEL wins")
+    alias: str | None = Field(
+        None,
+        description="follow this alias of the model (model is then the model's name): serve the version it points "
+        "at and switch to the next one, without a restart or a dropped request, when 'shipyard models promote' or "
+        "'rollback' moves it; env SHIPYARD_ALIAS",
+    )
+    alias_poll_s: float = Field(1.0, gt=0, le=60, description="how often each server process checks the alias file")
+    shadow: str | None = Field(
+        None,
+        description="also load the version this alias (e.g. candidate) points at and mirror live requests to it off "
+        "the request path, reporting its agreement with the served model at /shadow",
+    )
+    shadow_share: float = Field(1.0, ge=0, le=1, description="share of live requests mirrored to the shadow model")
+    shadow_queue: int = Field(
+        64, ge=1, description="mirrored requests waiting for the shadow model; more are shed (counted, never waited for)"
+    )
+    shadow_window: int = Field(200, ge=10, description="mirrored predictions per shadow report window")
     variant: str = Field("model.onnx", description="variant file to serve, e.g. model.onnx or int8.tflite")
     embeddings: bool = Field(
         True,
@@ -165,7 +182,7 @@ class ServeConfig(StrictModel):
             if name == "monitor":
                 raw["monitor"] = _monitor_from_env(value, var, raw.get("monitor"))
                 continue
-            if value.lower() in ("", "none", "null", "auto") and name in ("model", "threads"):
+            if value.lower() in ("", "none", "null", "auto") and name in ("model", "threads", "alias", "shadow"):
                 value = None
             raw[name] = value
         try:

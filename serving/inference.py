@@ -20,9 +20,11 @@ from edge.manifest import Manifest
 from edge.package import choose_variant, open_package, open_variant_runner
 from edge.runners import Runner
 from edge.variants import served_by_default, variant_of
+from serving.lifecycle import version_code
 
-#: Columns after the probabilities and the embedding: inference seconds of the batch, and its size.
-TRAILER = 2
+#: Columns after the probabilities and the embedding: inference seconds of the batch, its size, and the
+#: :func:`serving.lifecycle.version_code` of the model version that ran it.
+TRAILER = 3
 
 
 @dataclass(frozen=True)
@@ -33,18 +35,21 @@ class Unpacked:
     embedding: np.ndarray | None
     inference_s: float
     batch_size: int
+    version_code: float = 0.0
 
 
-def pack(probabilities: np.ndarray, embedding: np.ndarray | None, seconds: float) -> np.ndarray:
-    """One ``float32`` row per image: probabilities, embedding (if any), inference seconds, batch size."""
+def pack(probabilities: np.ndarray, embedding: np.ndarray | None, seconds: float, code: float = 0.0) -> np.ndarray:
+    """One ``float32`` row per image: probabilities, embedding (if any), inference seconds, batch size, and
+    the code of the version that ran it."""
     n, classes = probabilities.shape
     width = classes + (0 if embedding is None else embedding.shape[1]) + TRAILER
     out = np.empty((n, width), dtype=np.float32)
     out[:, :classes] = probabilities
     if embedding is not None:
         out[:, classes:-TRAILER] = embedding.reshape(n, -1)
-    out[:, -2] = seconds
-    out[:, -1] = n
+    out[:, -3] = seconds
+    out[:, -2] = n
+    out[:, -1] = code
     return out
 
 
@@ -56,8 +61,9 @@ def unpack(rows: np.ndarray, num_classes: int) -> list[Unpacked]:
         Unpacked(
             probabilities=row[:num_classes],
             embedding=row[num_classes:-TRAILER] if emb_width > 0 else None,
-            inference_s=float(row[-2]),
-            batch_size=round(float(row[-1])),
+            inference_s=float(row[-3]),
+            batch_size=round(float(row[-2])),
+            version_code=float(row[-1]),
         )
         for row in rows
     ]
@@ -124,6 +130,8 @@ class Predictor:
         self.runner, self.manifest, self.variant = open_variant_runner(self.package_dir, key, threads, spin=False)
         self.variant_file = PurePosixPath(self.manifest.variants[self.variant].file).name
         self.has_embedding = "embedding" in self.runner.output_names
+        self.tag = self.manifest.tag
+        self.code = version_code(self.tag)
         self._lock = threading.Lock()
         self.warmup_s = 0.0
         self.ready = False
@@ -163,7 +171,7 @@ class Predictor:
         """Run a ``uint8`` ``(N, H, W, 3)`` batch; return :func:`pack`'s rows."""
         started = time.perf_counter()
         probs, emb = self._run(pixels)
-        return pack(probs, emb, time.perf_counter() - started)
+        return pack(probs, emb, time.perf_counter() - started, self.code)
 
     def close(self) -> None:
         """Release the runtime."""

@@ -110,6 +110,8 @@ def endpoints(max_images: int, model_name: str | None = None, version: str | Non
     v2_ready = Endpoint("V2 model readiness", _json(obj), (404, 503))
     meta = Endpoint("what is served and how", _json(_ref("Metadata")), (400, 413, 415), no_body, body_required=False)
     drift = Endpoint("drift statistics of the live traffic", _json(obj), (400, 413, 415), no_body, body_required=False)
+    shadow = Endpoint("the shadow candidate against the served model", _json(obj), (400, 413, 415), no_body,
+                      body_required=False)
     table = {
         "/classify": {"post": Endpoint("classify one image", _json(_ref("ClassifyResult")), (400, 413, 415, 503),
                                        single)},
@@ -119,6 +121,7 @@ def endpoints(max_images: int, model_name: str | None = None, version: str | Non
                                        (400, 404, 409, 413, 415, 503), _json(_ref("FeedbackInput")))},
         "/metadata": {"get": Endpoint("what is served and how", _json(_ref("Metadata"))), "post": meta},
         "/drift": {"get": Endpoint("drift statistics of the live traffic", _json(obj)), "post": drift},
+        "/shadow": {"get": Endpoint("the shadow candidate against the served model", _json(obj)), "post": shadow},
         "/v2": {"get": Endpoint("V2 server metadata", _json(obj))},
         "/v2/health/live": {"get": Endpoint("V2 liveness", _json(obj))},
         "/v2/health/ready": {"get": Endpoint("V2 readiness", _json(obj), (503,))},

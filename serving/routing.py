@@ -29,6 +29,7 @@ def guard_options(config: ServeConfig) -> dict[str, Any]:
             "/feedback": Route((JSON,), MAX_JSON_BYTES, FEEDBACK_EXAMPLE),
             "/metadata": no_input,
             "/drift": no_input,
+            "/shadow": no_input,
             "v2-infer": Route((JSON, OCTET_STREAM, ""), cap, V2_EXAMPLE, pattern=INFER_PATTERN),
         },
         "max_concurrency": config.max_concurrency,
@@ -86,10 +87,10 @@ def docs_app(config: ServeConfig) -> Any:
 
 
 def mounted_app() -> Any:
-    """The Starlette app mounted at ``/``: ``GET /metadata``, ``GET /drift`` and the V2 routes."""
+    """The Starlette app mounted at ``/``: ``GET /metadata``, ``GET /drift``, ``GET /shadow`` and the V2 routes."""
     from starlette.applications import Starlette
 
     from serving.http import info_routes
     from serving.v2.routes import v2_app
 
-    return Starlette(routes=[*info_routes({"/metadata": "describe", "/drift": "drift_report"}), *v2_app().routes])
+    return Starlette(routes=[*info_routes({"/metadata": "describe", "/drift": "drift_report", "/shadow": "shadow_summary"}), *v2_app().routes])

@@ -27,9 +27,9 @@ from serving.batching import LocalModel, Overloaded, RemoteModel
 from serving.errors import note_error
 from serving.http import ClientError, RequestGuard, Upload, quiet_client_errors
 from serving.inference import Predictor, unpack
+from serving.lifecycle import Answered, Loaded, ModelHolder, load_version
 from serving.processing import (
     Decoded,
-    GuardedMonitor,
     Scored,
     decode_opened,
     limit_blas_threads,
@@ -47,6 +47,7 @@ from serving.schemas import (
     Timing,
 )
 from serving.settings import package_dir, startup
+from serving.shadow import start_shadow
 
 #: What to serve; a model that cannot be served ends ``bentoml serve`` here with one line (no worker restarts).
 SETTINGS, SERVED_VARIANT = startup()
@@ -73,18 +74,22 @@ quiet_client_errors()
     logging={"access": {"enabled": False}},  # the internal hop; the API service logs every request
 )
 class ShipyardModel:
-    """The model: a warmed-up ``edge`` runner behind one batchable API."""
+    """The model: a warmed-up ``edge`` runner behind one batchable API.
 
-    def __init__(self) -> None:
-        tag = SETTINGS.require_tag()
-        self.predictor = Predictor(
-            package_dir(tag),
-            CONFIG.variant,
-            threads=THREADS,
-            embeddings=CONFIG.embeddings,
-            allow_failed_gate=CONFIG.allow_failed_gate,
-            warmup_batches=(1, CONFIG.max_batch_size) if BATCHING else (1,),
-        )
+    Built by BentoML (the model service, ``serve.model_service``), it follows ``serve.alias`` by itself; built
+    by the API service for one version (``tag``), it serves that version until the API service releases it.
+    """
+
+    def __init__(self, tag: str | None = None) -> None:
+        first = tag or SETTINGS.require_tag()
+        self.models = ModelHolder(first, open_predictor(first), open_predictor, Predictor.close,
+                                  drain_s=CONFIG.timeout_s * 2)
+        if tag is None and CONFIG.alias:
+            self.models.follow(first.split(":", 1)[0], CONFIG.alias, poll_s=CONFIG.alias_poll_s)
+
+    @property
+    def predictor(self) -> Predictor:
+        return self.models.current.value
 
     @bentoml.api(
         batchable=BATCHING,
@@ -93,14 +98,27 @@ class ShipyardModel:
     )
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """``uint8`` images ``(N, H, W, 3)`` -> one packed row per image (see :func:`serving.inference.pack`)."""
-        return self.predictor.predict(pixels)
+        with self.models.acquire() as slot:
+            return slot.value.predict(pixels)
 
     def __is_ready__(self) -> bool:
         return self.predictor.ready
 
     @bentoml.on_shutdown
     def close(self) -> None:
-        self.predictor.close()
+        self.models.close()
+
+
+def open_predictor(tag: str) -> Predictor:
+    """A warmed-up predictor of ``tag``'s configured variant (its file's sha256 checked first)."""
+    return Predictor(
+        package_dir(tag),
+        CONFIG.variant,
+        threads=THREADS,
+        embeddings=CONFIG.embeddings,
+        allow_failed_gate=CONFIG.allow_failed_gate,
+        warmup_batches=(1, CONFIG.max_batch_size) if BATCHING else (1,),
+    )
 
 
 # BentoML derives an output's media type from its JSON schema, rebuilt for every response: fix it once.
@@ -119,7 +137,8 @@ ShipyardModel.apis["predict"].output_spec.media_type = ShipyardModel.apis["predi
     **({} if CONFIG.tracing else {"tracing": {"excluded_urls": [".*"]}}),
 )
 class Shipyard:
-    """Image classification over HTTP: ``/classify``, ``/classify_batch``, ``/metadata``, ``/feedback``, ``/drift``."""
+    """Image classification over HTTP: ``/classify``, ``/classify_batch``, ``/metadata``, ``/feedback``, ``/drift``,
+    ``/shadow``; the model follows ``serve.alias`` (:mod:`serving.lifecycle`)."""
 
     if SETTINGS.tag is not None:
         # Declared so that 'bentoml build' packs the model into the Bento.
@@ -128,36 +147,48 @@ class Shipyard:
         model_service = bentoml.depends(ShipyardModel)
 
     def __init__(self) -> None:
-        from edge.manifest import read_manifest
-        from serving.inference import served_variant
+        from serving.monitoring.metrics import lifecycle_event, lifecycle_metrics
 
         limit_blas_threads()  # the cores are for inference; the monitor's matrix products get one
-        self.tag = SETTINGS.require_tag()
-        self.package_dir = package_dir(self.tag)
-        self.manifest = read_manifest(self.package_dir)
-        self.variant = served_variant(self.manifest, CONFIG.variant, CONFIG.embeddings, CONFIG.allow_failed_gate)
-        self.variant_info = self.manifest.variants[self.variant]
-        self.variant_file = self.variant_info.file.rsplit("/", 1)[-1]
-        self.labels = list(self.manifest.labels)
+        lifecycle_metrics()  # the swap and load-failure counters start at 0
+        first = SETTINGS.require_tag()
+        self.models = ModelHolder(first, self._load(first), self._load, Loaded.close, on_event=lifecycle_event,
+                                  drain_s=CONFIG.timeout_s * 2)
+        if CONFIG.alias:
+            self.models.follow(first.split(":", 1)[0], CONFIG.alias, poll_s=CONFIG.alias_poll_s)
+        self.shadow = start_shadow(CONFIG, first.split(":", 1)[0]) if CONFIG.shadow else None
         self.default_top_k = CONFIG.top_k
         self.max_batch_images = CONFIG.max_batch_images
-        if CONFIG.model_service:
-            self.model: LocalModel | RemoteModel = RemoteModel(self.model_service)
-        else:
-            self.model = LocalModel(ShipyardModel(), ShipyardModel.apis["predict"])
-        self.monitor = GuardedMonitor(
-            self.manifest, self.package_dir, CONFIG.monitor, workers=CONFIG.workers, variant=self.variant
-        )
         self._decode_limiter = anyio.CapacityLimiter(4)
         self.ready = True
+
+    def _load(self, tag: str) -> Loaded:
+        """``tag`` loaded beside whatever is served (the model service's process loads its own copy)."""
+        if CONFIG.model_service:
+            return load_version(tag, CONFIG, lambda _: RemoteModel(self.model_service))
+        return load_version(
+            tag, CONFIG, lambda t: LocalModel(ShipyardModel.inner(t), ShipyardModel.apis["predict"])
+        )
+
+    # The version being served now; a request keeps the one it started with (see ``score``).
+    tag = property(lambda self: self.models.current.value.tag)
+    manifest = property(lambda self: self.models.current.value.manifest)
+    package_dir = property(lambda self: self.models.current.value.package_dir)
+    variant = property(lambda self: self.models.current.value.variant)
+    variant_info = property(lambda self: self.models.current.value.variant_info)
+    variant_file = property(lambda self: self.models.current.value.variant_file)
+    labels = property(lambda self: self.models.current.value.labels)
+    model = property(lambda self: self.models.current.value.model)
+    monitor = property(lambda self: self.models.current.value.monitor)
 
     def __is_ready__(self) -> bool:
         return self.ready
 
     @bentoml.on_shutdown
     def close(self) -> None:
-        self.model.close()
-        self.monitor.close()
+        if self.shadow is not None:
+            self.shadow.close()
+        self.models.close()
 
     # ------------------------------------------------------------------------------------------- APIs
 
@@ -188,8 +219,8 @@ class Shipyard:
         if isinstance(results, JSONResponse):
             return results  # type: ignore[return-value]
         return BatchResult(
-            model=self.tag,
-            variant=self.variant_file,
+            model=results[0].model,
+            variant=results[0].variant,
             count=len(results),
             latency_ms=(time.perf_counter() - started) * 1000,
             results=results,
@@ -198,8 +229,13 @@ class Shipyard:
     @bentoml.api(route="/feedback")
     async def feedback(self, request_id: str, label: str) -> FeedbackResult:
         """Record the true label of an earlier prediction (by its ``request_id``) for the live accuracy."""
-        details = await anyio.to_thread.run_sync(self.monitor.feedback, request_id, label)
+        details = await anyio.to_thread.run_sync(self.record_feedback, request_id, label)
         return FeedbackResult(request_id=request_id, label=label, details=details)
+
+    @bentoml.api(route="/shadow")
+    async def shadow_report(self) -> dict[str, Any]:
+        """The shadow candidate against the served model, per window and in total (also ``GET``)."""
+        return self.shadow_summary()
 
     @bentoml.api(route="/metadata")
     async def metadata(self) -> Metadata:
@@ -242,12 +278,35 @@ class Shipyard:
                 "warmup_ms": None if self.model.warmup_s is None else self.model.warmup_s * 1000,
                 "monitoring": self.monitor.monitor is not None,
                 "tracing": CONFIG.tracing,
+                "lifecycle": self.models.status(),
+                "shadow": None if self.shadow is None else self.shadow.brief(),
             },
         ).model_dump(mode="json")
 
     def drift_report(self) -> dict[str, Any]:
         """What ``/drift`` shows."""
         return self.monitor.drift()
+
+    def shadow_summary(self) -> dict[str, Any]:
+        """What ``/shadow`` shows (``{"enabled": false}`` without ``serve.shadow``)."""
+        if self.shadow is None:
+            return {"enabled": False, "reason": "no shadow: serve with --shadow ALIAS (serve.shadow)"}
+        return self.shadow.report()
+
+    def record_feedback(self, request_id: str, label: str) -> dict[str, Any]:
+        """``/feedback``: the label scores the version that answered ``request_id`` (the current one or one
+        released since) and, with a shadow, the candidate's prediction of the same request."""
+        slots = self.models.recent
+        for i, slot in enumerate(slots):
+            try:
+                details = slot.value.monitor.feedback(request_id, label)
+                break
+            except ClientError as exc:
+                if exc.status != 404 or i == len(slots) - 1:
+                    raise
+        if self.shadow is not None:
+            details["shadow"] = self.shadow.feedback(request_id, label)
+        return details
 
     async def _classify(
         self, uploads: list[Upload], field: str, top_k: int | None, started: float
@@ -257,7 +316,7 @@ class Shipyard:
         if isinstance(scored, JSONResponse):
             return scored
         k = top_k or CONFIG.top_k
-        results = [self._answer(s, k) for s in scored]
+        results = [self._answer(s, k) for s in scored]  # type: ignore[arg-type]
         latency_ms = (time.perf_counter() - started) * 1000
         for result in results:
             result.latency_ms = latency_ms
@@ -283,26 +342,41 @@ class Shipyard:
         """Predict a request's images in one batch and hand each to the monitor under a new request id;
         a 503 answer when the batch queue is overloaded. Shared by ``/classify*`` and the V2 ``infer``."""
         sent = time.perf_counter()
-        rows = await self._predict(np.stack([d.pixels for d in decoded]))
-        if isinstance(rows, JSONResponse):
-            return rows
-        roundtrip = time.perf_counter() - sent
-        scored = []
-        for d, out in zip(decoded, unpack(rows, len(self.labels)), strict=True):
-            request_id = uuid.uuid4().hex
-            self.monitor.prediction(
-                request_id, d.pixels, (d.info.width, d.info.height), out.probabilities, out.embedding, self.variant
-            )
-            scored.append(Scored(request_id, d, out, max(0.0, roundtrip - out.inference_s)))
-        total = time.perf_counter() - started
-        for s in scored:
-            self.monitor.timings(decode=s.decoded.seconds, queue=s.queue_s, inference=s.out.inference_s, total=total)
+        pixels = np.stack([d.pixels for d in decoded])
+        with self.models.acquire() as slot:  # a swap meanwhile releases this version only after we answer
+            rows = await self._predict(slot.value.model, pixels)
+            if isinstance(rows, JSONResponse):
+                return rows
+            roundtrip = time.perf_counter() - sent
+            outs = unpack(rows, len(slot.value.labels))
+            served = self._answered_by(slot.value, outs[0].version_code)
+            scored = []
+            for d, out in zip(decoded, outs, strict=True):
+                request_id = uuid.uuid4().hex
+                served.monitor.prediction(
+                    request_id, d.pixels, (d.info.width, d.info.height), out.probabilities, out.embedding,
+                    served.variant,
+                )
+                scored.append(Answered(request_id, d, out, max(0.0, roundtrip - out.inference_s), served))
+            total = time.perf_counter() - started
+            for s in scored:
+                served.monitor.timings(decode=s.decoded.seconds, queue=s.queue_s, inference=s.out.inference_s,
+                                       total=total)
+        if self.shadow is not None:
+            self.shadow.offer(served.tag, pixels, scored, roundtrip)
         return scored
 
-    async def _predict(self, pixels: np.ndarray) -> np.ndarray | JSONResponse:
+    def _answered_by(self, asked: Loaded, code: float) -> Loaded:
+        """The version whose code the model's rows carry: ``asked`` in process; with a model service that
+        switched before this worker did, the version it switched to, once this worker has it."""
+        if not code or code == asked.code:
+            return asked
+        return next((s.value for s in self.models.recent if s.value.code == code), asked)
+
+    async def _predict(self, model: Any, pixels: np.ndarray) -> np.ndarray | JSONResponse:
         """The model's packed output rows, or a 503 answer when the batch queue is overloaded."""
         try:
-            return await self.model.predict(pixels)
+            return await model.predict(pixels)
         except Overloaded:
             note_error("overloaded")
             return JSONResponse(
@@ -313,13 +387,14 @@ class Shipyard:
                 status_code=503,
             )
 
-    def _answer(self, s: Scored, k: int) -> ClassifyResult:
-        """One image's result (latency filled in by the caller)."""
+    def _answer(self, s: Answered, k: int) -> ClassifyResult:
+        """One image's result, named by the version that answered it (latency filled in by the caller)."""
+        served = s.served
         return ClassifyResult(
             request_id=s.request_id,
-            model=self.tag,
-            variant=self.variant_file,
-            predictions=rank(s.probabilities, self.labels, k),
+            model=served.tag,
+            variant=served.variant_file,
+            predictions=rank(s.probabilities, served.labels, k),
             latency_ms=0.0,
             image=s.decoded.info,
             timing=Timing(

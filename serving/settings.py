@@ -60,6 +60,25 @@ def resolve_tag(tag: str) -> str:
     return str(model.tag)
 
 
+def alias_tag(model: str, alias: str) -> str:
+    """The ``name:version`` that ``alias`` of ``model``'s name points at, checked against the model store.
+
+    Raises:
+        PackageError: no such alias, or it points at a version the store no longer has.
+    """
+    from serving.aliases import AliasStore, check_alias
+
+    name = model.split(":", 1)[0]
+    version = AliasStore().target(name, check_alias(alias))
+    try:
+        return resolve_tag(f"{name}:{version}")
+    except PackageError:
+        raise PackageError(
+            f"alias {alias!r} of {name!r} points at {name}:{version}, which is not in the model store (deleted?); "
+            f"promote another version ('shipyard models promote {name}:VERSION --alias {alias}') or roll back"
+        ) from None
+
+
 def package_dir(tag: str) -> Path:
     """The directory of a registered package (it holds ``manifest.json`` and the files it lists).
 
@@ -91,10 +110,25 @@ def load_settings(environ: MutableMapping[str, str] | None = None, *, pin: bool 
     """
     env = os.environ if environ is None else environ
     config = ServeConfig.from_env(env)
-    tag = resolve_tag(config.model) if config.model else None
-    if tag is not None and pin:
+    tag = model_tag(config)
+    if tag is not None and pin and config.alias is None:  # a followed alias is read by every process itself
         env[MODEL_ENV] = tag
     return Settings(config=config, tag=tag)
+
+
+def model_tag(config: ServeConfig) -> str | None:
+    """The concrete tag ``config`` serves now: its alias's target, else its (resolved) model tag.
+
+    Raises:
+        PackageError: unknown tag or alias, or an alias pointing at a deleted version.
+    """
+    if not config.model:
+        if config.alias or config.shadow:
+            raise PackageError("serve.alias and serve.shadow need serve.model, the model's name (shipyard serve NAME)")
+        return None
+    if config.shadow:
+        alias_tag(config.model, config.shadow)
+    return alias_tag(config.model, config.alias) if config.alias else resolve_tag(config.model)
 
 
 def preflight(settings: Settings) -> str:
@@ -156,4 +190,4 @@ def served_variant_file(config: ServeConfig) -> str:
     Raises:
         PackageError / IntegrityError: as :func:`preflight`.
     """
-    return preflight(Settings(config=config, tag=resolve_tag(config.model) if config.model else None))
+    return preflight(Settings(config=config, tag=model_tag(config)))

@@ -154,3 +154,108 @@ def zero_series(
         m.errors.labels(kind=kind)
     for stage in MONITORING_STAGES:
         m.monitoring_errors.labels(stage=stage)
+
+
+# ------------------------------------------------------------------------------- model lifecycle and shadow
+
+
+@dataclass(frozen=True)
+class LifecycleMetrics:
+    """Version switches of a server following an alias (:mod:`serving.lifecycle`)."""
+
+    swaps: Any
+    load_failures: Any
+
+
+@dataclass(frozen=True)
+class ShadowMetrics:
+    """The shadow candidate against the served model (:mod:`serving.shadow`)."""
+
+    mirrored: Any
+    shed: Any
+    failures: Any
+    agreement: Any
+    max_difference: Any
+    latency: Any
+    predictions: Any
+    drift_score: Any
+    feedback: Any
+    feedback_correct: Any
+
+
+#: Rows as in :data:`_METRICS`.
+_LIFECYCLE: tuple[tuple[str, str, str, str, tuple[str, ...], dict[str, Any]], ...] = (
+    ("swaps", "Counter", "shipyard_model_swaps_total",
+     "Times this server switched to the version its alias points at.", (), {}),
+    ("load_failures", "Counter", "shipyard_model_load_failures_total",
+     "Versions the alias pointed at that failed to load or warm up (the previous one kept serving).", (), {}),
+)  # fmt: skip
+_SHADOW: tuple[tuple[str, str, str, str, tuple[str, ...], dict[str, Any]], ...] = (
+    ("mirrored", "Counter", "shipyard_shadow_mirrored_total", "Images the shadow candidate predicted.", (), {}),
+    ("shed", "Counter", "shipyard_shadow_shed_total",
+     "Requests not mirrored because the shadow queue was full.", (), {}),
+    ("failures", "Counter", "shipyard_shadow_failures_total", "Mirrored requests the candidate failed on.", (), {}),
+    ("agreement", "Gauge", "shipyard_shadow_agreement",
+     "Top-1 agreement of the candidate with the served model, by scope (window, cumulative).", ("scope",),
+     {"multiprocess_mode": "livemostrecent"}),
+    ("max_difference", "Gauge", "shipyard_shadow_max_probability_difference",
+     "Largest probability difference between candidate and served model, by scope.", ("scope",),
+     {"multiprocess_mode": "livemax"}),
+    ("latency", "Histogram", "shipyard_shadow_latency_seconds",
+     "Model time of mirrored requests, by model (primary, candidate).", ("model",), {"buckets": LATENCY_BUCKETS}),
+    ("predictions", "Counter", "shipyard_shadow_predictions_total",
+     "Predicted classes of mirrored images, by model (primary, candidate) and label.", ("model", "label"), {}),
+    ("drift_score", "Gauge", "shipyard_shadow_drift_score",
+     "The candidate's drift statistic against its own reference, by signal.", ("signal",),
+     {"multiprocess_mode": "livemax"}),
+    ("feedback", "Counter", "shipyard_shadow_feedback_total",
+     "Feedback labels of mirrored requests, by model (primary, candidate).", ("model",), {}),
+    ("feedback_correct", "Counter", "shipyard_shadow_feedback_correct_total",
+     "Feedback labels of mirrored requests that matched the prediction, by model.", ("model",), {}),
+)  # fmt: skip
+_EXTRA: dict[tuple[int, str], Any] = {}
+
+
+def _table(kind: type, rows: tuple, registry: Any | None) -> Any:
+    import prometheus_client as pc
+
+    registry = pc.REGISTRY if registry is None else registry
+    with _LOCK:
+        key = (id(registry), kind.__name__)
+        if key not in _EXTRA:
+            _EXTRA[key] = kind(**{f: _make(registry, getattr(pc, k), n, d, lb, **o) for f, k, n, d, lb, o in rows})
+        return _EXTRA[key]
+
+
+def lifecycle_metrics(registry: Any | None = None) -> LifecycleMetrics:
+    """The lifecycle metrics in ``registry`` (default: the global one), created once, at 0."""
+    return _table(LifecycleMetrics, _LIFECYCLE, registry)
+
+
+def lifecycle_event(kind: str, tag: str) -> None:
+    """Count a ``swap`` or a ``failure`` of :class:`serving.lifecycle.ModelHolder`. Never raises."""
+    try:
+        m = lifecycle_metrics()
+        (m.swaps if kind == "swap" else m.load_failures).inc()
+    except Exception:
+        logger.debug("lifecycle metric failed", exc_info=True)
+
+
+def shadow_metrics(labels: tuple[str, ...] = (), signals: tuple[str, ...] | None = None,
+                   registry: Any | None = None) -> ShadowMetrics:
+    """The shadow metrics, every series created at 0 (``labels``: the model's; ``signals``: the drift signals)."""
+    from serving.monitoring.signals import SIGNALS
+
+    m = _table(ShadowMetrics, _SHADOW, registry)
+    for scope in ("window", "cumulative"):
+        m.agreement.labels(scope=scope)
+        m.max_difference.labels(scope=scope)
+    for model in ("primary", "candidate"):
+        m.latency.labels(model=model)
+        m.feedback.labels(model=model)
+        m.feedback_correct.labels(model=model)
+        for label in labels:
+            m.predictions.labels(model=model, label=label)
+    for signal in SIGNALS if signals is None else signals:
+        m.drift_score.labels(signal=signal)
+    return m

@@ -39,6 +39,17 @@ def register(sub) -> None:
         default=None,
         help="run the model in its own process shared by the API workers (bentoml.depends)",
     )
+    p.add_argument(
+        "--alias",
+        default=None,
+        help="follow this alias of the model NAME (e.g. production): switch versions without a restart when it moves",
+    )
+    p.add_argument(
+        "--shadow",
+        default=None,
+        help="also run the version this alias (e.g. candidate) points at on mirrored traffic; report at /shadow",
+    )
+    p.add_argument("--shadow-share", type=float, default=None, help="share of requests mirrored to the shadow (0-1)")
     p.add_argument("--dry-run", action="store_true", help="print the command and settings, start nothing")
     p.set_defaults(handler=_serve)
 
@@ -57,13 +68,16 @@ def serve_config(args: Any) -> Any:
         "variant": args.variant,
         "workers": args.workers,
         "model_service": args.model_service,
+        "alias": args.alias,
+        "shadow": args.shadow,
+        "shadow_share": args.shadow_share,
     }
     return serve_config_for(args.tag, args.config, args.overrides, flags)
 
 
 def _serve(args) -> int:
     from serving.process import run_foreground, serve_command
-    from serving.settings import served_variant_file
+    from serving.settings import model_tag, served_variant_file
 
     config = serve_config(args)
     if args.dry_run:
@@ -71,8 +85,10 @@ def _serve(args) -> int:
         for key, value in sorted(config.to_env().items()):
             print(f"{key}={value}")
         return 0
+    following = f" (alias {config.alias}: {model_tag(config)})" if config.alias else ""
     print(
-        f"serving {config.model} (variant {served_variant_file(config)}) on http://{config.host}:{config.port}; Ctrl+C stops",
+        f"serving {config.model}{following} (variant {served_variant_file(config)}) on "
+        f"http://{config.host}:{config.port}; Ctrl+C stops",
         flush=True,
     )
     return run_foreground(config)
