@@ -66,6 +66,7 @@ class AccuracyEstimate:
 
     @property
     def available(self) -> bool:
+        """True when the package has a calibration (the estimate then appears after a full window)."""
         return self.calibration is not None
 
     def add(self, confidences: list[float] | np.ndarray) -> float | None:
