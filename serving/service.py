@@ -147,7 +147,7 @@ class Shipyard:
         model_service = bentoml.depends(ShipyardModel)
 
     def __init__(self) -> None:
-        from serving.monitoring.metrics import lifecycle_event, lifecycle_metrics
+        from serving.monitoring.metrics import lifecycle_event, lifecycle_metrics, shadow_metrics
 
         limit_blas_threads()  # the cores are for inference; the monitor's matrix products get one
         lifecycle_metrics()  # the swap and load-failure counters start at 0
@@ -156,6 +156,7 @@ class Shipyard:
                                   drain_s=CONFIG.timeout_s * 2)
         if CONFIG.alias:
             self.models.follow(first.split(":", 1)[0], CONFIG.alias, poll_s=CONFIG.alias_poll_s)
+        shadow_metrics(tuple(self.labels))  # every shadow series at 0, with or without a shadow
         self.shadow = start_shadow(CONFIG, first.split(":", 1)[0]) if CONFIG.shadow else None
         self.default_top_k = CONFIG.top_k
         self.max_batch_images = CONFIG.max_batch_images

@@ -489,7 +489,7 @@ def serve_config_for(
     from serving.settings import model_tag
 
     # fails early, with the store's listing hint, when the tag or the alias is unknown
-    package_path(model_tag(serve_config) or serve_config.model)
+    package_path(model_tag(serve_config) if serve_config.alias or serve_config.shadow else serve_config.model)
     return serve_config
 
 
