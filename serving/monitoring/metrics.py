@@ -216,10 +216,17 @@ _SHADOW: tuple[tuple[str, str, str, str, tuple[str, ...], dict[str, Any]], ...] 
 _EXTRA: dict[tuple[int, str], Any] = {}
 
 
+def pc_registry(registry: Any | None) -> Any:
+    """``registry``, or prometheus_client's global one."""
+    import prometheus_client as pc
+
+    return pc.REGISTRY if registry is None else registry
+
+
 def _table(kind: type, rows: tuple, registry: Any | None) -> Any:
     import prometheus_client as pc
 
-    registry = pc.REGISTRY if registry is None else registry
+    registry = pc_registry(registry)
     with _LOCK:
         key = (id(registry), kind.__name__)
         if key not in _EXTRA:
@@ -246,9 +253,11 @@ def shadow_metrics(labels: tuple[str, ...] = (), signals: tuple[str, ...] | None
     """The shadow metrics, every series created at 0 (``labels``: the model's; ``signals``: the drift signals)."""
     from serving.monitoring.signals import SIGNALS
 
+    fresh = (id(pc_registry(registry)), ShadowMetrics.__name__) not in _EXTRA
     m = _table(ShadowMetrics, _SHADOW, registry)
     for scope in ("window", "cumulative"):
-        m.agreement.labels(scope=scope)
+        if fresh:  # no agreement measured yet: NaN (as shipyard_live_accuracy), not a 0 that would alarm
+            m.agreement.labels(scope=scope).set(float("nan"))
         m.max_difference.labels(scope=scope)
     for model in ("primary", "candidate"):
         m.latency.labels(model=model)
