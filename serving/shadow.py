@@ -134,6 +134,7 @@ class Shadow:
     # -------------------------------------------------------------------------------------- worker
 
     def _run(self) -> None:
+        _lowest_priority()
         while True:
             item = self._queue.get()
             if item is None:
@@ -254,6 +255,17 @@ class Shadow:
             self._queue.put_nowait(None)
         self._thread.join(timeout=5.0)
         self.models.close()
+
+
+def _lowest_priority() -> None:
+    """Run this thread (and the candidate's inference, which runs on it) at the lowest CPU priority: on a busy
+    machine the primary's threads go first, the shadow queue fills and mirrored requests are shed."""
+    import os
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # Linux: per-thread niceness
+    except (AttributeError, OSError) as exc:
+        logger.info("shadow thread keeps the default priority: %s", exc)
 
 
 def start_shadow(config: ServeConfig, name: str) -> Shadow | None:
