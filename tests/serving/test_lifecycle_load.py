@@ -14,7 +14,10 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+import pytest
 from serving_support import running_server
+
+from edge.errors import PackageError
 
 NAME = "serving-tiny"
 #: How long responses may keep naming the old version after the alias moved (poll + load + warm-up + drain).
@@ -129,6 +132,8 @@ def test_a_model_service_follows_the_alias_too(served, images, tmp_path):
     shipyard.promote(served.tag, "svc")
     with running_server(NAME, tmp_path / "svc.log", alias="svc", alias_poll_s=0.3, model_service=True) as server:
         assert _classify(server.url, images.png[0]) == served.tag
+        with pytest.raises(PackageError, match="runs no shadow"):
+            shipyard.promote(v3, "svc", require_shadow_agreement=0.98, server=server.url)
         shipyard.promote(v3, "svc")
         deadline = time.monotonic() + SWITCH_S
         while _classify(server.url, images.png[0]) != v3:
