@@ -115,6 +115,28 @@ def _int8(ctx: BuildContext) -> QuantizationConfig:
     return QuantizationConfig.for_int8(ctx.config.representative_samples)
 
 
+def _fine_tune(
+    ctx: BuildContext, model: Any, x: np.ndarray, y: np.ndarray, epochs: int, callbacks: list | None = None
+) -> dict[str, list[float]]:
+    """Fine-tune a wrapped model with the optimize config's learning rate, batch size and seed."""
+    cfg = ctx.config
+    return fine_tune(
+        model,
+        x,
+        y,
+        epochs=epochs,
+        learning_rate=cfg.fine_tune_learning_rate,
+        batch_size=cfg.fine_tune_batch_size,
+        callbacks=callbacks,
+        seed=cfg.seed,
+    )
+
+
+def _int8_from(ctx: BuildContext, parent: Any, rep: np.ndarray, details: dict[str, Any]) -> Built:
+    """The int8 TFLite file of a fine-tuned float model, with that model as the variant's parent."""
+    return Built(content=convert_to_tflite(parent, _int8(ctx), rep), parent=parent, details=details)
+
+
 def _build_litert_int8(ctx: BuildContext) -> Built:
     rep = ctx.require_representative()
     float_tflite = convert_to_tflite(ctx.model, QuantizationConfig.for_float32())
@@ -125,19 +147,8 @@ def _build_qat(ctx: BuildContext) -> Built:
     x, y = ctx.require_train("quantization-aware training")
     rep = ctx.require_representative()
     qat, info = quantize_aware_model(ctx.model)
-    history = fine_tune(
-        qat,
-        x,
-        y,
-        epochs=ctx.config.qat_epochs,
-        learning_rate=ctx.config.fine_tune_learning_rate,
-        batch_size=ctx.config.fine_tune_batch_size,
-        seed=ctx.config.seed,
-    )
-    content = convert_to_tflite(qat, _int8(ctx), rep)
-    return Built(
-        content=content, parent=qat, details={**info, "history": history, "epochs": ctx.config.qat_epochs}
-    )
+    history = _fine_tune(ctx, qat, x, y, ctx.config.qat_epochs)
+    return _int8_from(ctx, qat, rep, {**info, "history": history, "epochs": ctx.config.qat_epochs})
 
 
 def _pruning_schedule(n: int, batch: int, epochs: int) -> tuple[int, int]:
@@ -162,33 +173,20 @@ def _build_pruned(ctx: BuildContext) -> Built:
         frequency=freq,
         min_weights=cfg.prune_min_weights,
     )
-    history = fine_tune(
-        wrapped,
-        x,
-        y,
-        epochs=cfg.prune_epochs,
-        learning_rate=cfg.fine_tune_learning_rate,
-        batch_size=cfg.fine_tune_batch_size,
-        callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
-        seed=cfg.seed,
-    )
+    history = _fine_tune(ctx, wrapped, x, y, cfg.prune_epochs, [tfmot.sparsity.keras.UpdatePruningStep()])
     stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
     pruned_sparsity = weight_sparsity(
         [w for layer in stripped.layers if layer.name in names for w in keras_weights(layer)]
     )
-    content = convert_to_tflite(stripped, _int8(ctx), rep)
-    return Built(
-        content=content,
-        parent=stripped,
-        details={
-            "pruned_layers": names,
-            "target_sparsity": cfg.prune_sparsity,
-            "pruned_layers_sparsity": pruned_sparsity,
-            "keras_sparsity": weight_sparsity(keras_weights(stripped)),
-            "schedule": {"kind": "polynomial_decay", "begin_step": 0, "end_step": end, "frequency": freq},
-            "history": history,
-        },
-    )
+    details = {
+        "pruned_layers": names,
+        "target_sparsity": cfg.prune_sparsity,
+        "pruned_layers_sparsity": pruned_sparsity,
+        "keras_sparsity": weight_sparsity(keras_weights(stripped)),
+        "schedule": {"kind": "polynomial_decay", "begin_step": 0, "end_step": end, "frequency": freq},
+        "history": history,
+    }
+    return _int8_from(ctx, stripped, rep, details)
 
 
 def _build_clustered(ctx: BuildContext) -> Built:
@@ -198,32 +196,15 @@ def _build_clustered(ctx: BuildContext) -> Built:
     x, y = ctx.require_train("weight clustering")
     rep = ctx.require_representative()
     wrapped, names = cluster_model(ctx.model, clusters=cfg.clusters, min_weights=cfg.prune_min_weights)
-    history = fine_tune(
-        wrapped,
-        x,
-        y,
-        epochs=cfg.cluster_epochs,
-        learning_rate=cfg.fine_tune_learning_rate,
-        batch_size=cfg.fine_tune_batch_size,
-        seed=cfg.seed,
-    )
+    history = _fine_tune(ctx, wrapped, x, y, cfg.cluster_epochs)
     stripped = tfmot.clustering.keras.strip_clustering(wrapped)
     unique = {
         layer.name: len(np.unique(keras_weights(layer)[0]))
         for layer in stripped.layers
         if layer.name in names
     }
-    content = convert_to_tflite(stripped, _int8(ctx), rep)
-    return Built(
-        content=content,
-        parent=stripped,
-        details={
-            "clustered_layers": names,
-            "clusters": cfg.clusters,
-            "unique_values_per_layer": unique,
-            "history": history,
-        },
-    )
+    details = {"clustered_layers": names, "clusters": cfg.clusters, "unique_values_per_layer": unique}
+    return _int8_from(ctx, stripped, rep, {**details, "history": history})
 
 
 def _build_onnx(ctx: BuildContext) -> Built:

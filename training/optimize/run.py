@@ -292,6 +292,28 @@ def package_info(manifest: Manifest) -> dict[str, str]:
     }
 
 
+def _write_report(
+    package: Path,
+    manifest: Manifest,
+    shown: list[VariantResult],
+    reference: Any,
+    notes: list[str],
+    config: Any,
+    seconds: float,
+) -> list[str]:
+    """Write the optimization report, record its files in the manifest and save the manifest."""
+    from edge.manifest import record_file, write_manifest
+    from training.optimize.report import write_report
+
+    report_files = write_report(
+        package, manifest, shown, reference, notes=notes, config=config.optimize, seconds=seconds
+    )
+    for rel in report_files:
+        record_file(package, manifest, rel)
+    write_manifest(package, manifest)
+    return report_files
+
+
 def _with_data_path(config: Any, data: str | Path | None) -> Any:
     if data is None:
         return config
@@ -324,9 +346,7 @@ def run_optimize(
         PackageError / IntegrityError: not a package, or the Keras model's hash does not match.
         ConfigError: an unknown variant or bad config.
     """
-    from edge.manifest import record_file, write_manifest
     from training.optimize.data import load_optimize_data, optimize_config_for
-    from training.optimize.report import write_report
     from training.package import load_package_model
 
     started = time.perf_counter()
@@ -350,12 +370,7 @@ def run_optimize(
     _record_variants(package, manifest, results, reference)
     shown = _report_rows(manifest, results, keys, notes)
     seconds = time.perf_counter() - started
-    report_files = write_report(
-        package, manifest, shown, reference, notes=notes, config=config.optimize, seconds=seconds
-    )
-    for rel in report_files:
-        record_file(package, manifest, rel)
-    write_manifest(package, manifest)
+    report_files = _write_report(package, manifest, shown, reference, notes, config, seconds)
     if register:
         from training.registry import update_registered
 
