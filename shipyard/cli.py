@@ -48,6 +48,16 @@ def add_overrides(
     )
 
 
+def progress_printer(quiet: bool):
+    """A ``progress`` callback for the API: each line to stderr as it comes, or nothing with ``--quiet``."""
+
+    def progress(line: str) -> None:
+        if not quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    return progress
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, run the verb's handler, map Shipyard errors to one line and exit code 2."""
     args = build_parser().parse_args(argv)

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from edge.config import ConfigError
-from shipyard.cli import add_overrides
+from shipyard.cli import add_overrides, progress_printer
 
 
 def add_folds_args(p: argparse.ArgumentParser) -> None:
@@ -32,9 +31,7 @@ def run_folds(args) -> int:
     """Cross-validate ``args.package`` (a config) with ``args.folds`` folds; print the table and the folder."""
     from shipyard import api
 
-    def progress(line: str) -> None:
-        if not args.quiet:
-            print(line, file=sys.stderr, flush=True)
+    progress = progress_printer(args.quiet)
 
     outcome = api.cross_validate(
         args.package, folds=args.folds, data=args.data, output=args.output, overrides=args.overrides,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+from shipyard.cli import progress_printer
 
 
 def register(sub) -> None:
@@ -26,9 +26,7 @@ def register(sub) -> None:
 def _ensemble(args) -> int:
     from shipyard import api
 
-    def progress(line: str) -> None:
-        if not args.quiet:
-            print(line, file=sys.stderr, flush=True)
+    progress = progress_printer(args.quiet)
 
     outcome = api.ensemble(args.packages, args.output, name=args.name, progress=progress)
     print(outcome.table)

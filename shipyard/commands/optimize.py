@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from shipyard.cli import add_overrides
+from shipyard.cli import add_overrides, progress_printer
 
 
 def register(sub) -> None:
@@ -45,9 +45,7 @@ def _optimize(args) -> int:
     from shipyard import api
     from training.optimize import terminal_table
 
-    def progress(line: str) -> None:
-        if not args.quiet:
-            print(line, file=sys.stderr, flush=True)
+    progress = progress_printer(args.quiet)
 
     outcome = api.optimize(
         args.package,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shipyard.cli import add_config_args
+from shipyard.cli import add_config_args, progress_printer
 from shipyard.commands.crossval import add_folds_args, check_plain, run_folds
 
 
@@ -79,9 +79,7 @@ def _pipeline(args) -> int:
 
     from shipyard import api
 
-    def progress(line: str) -> None:
-        if not args.quiet:
-            print(line, file=sys.stderr, flush=True)
+    progress = progress_printer(args.quiet)
 
     result = api.pipeline(
         args.config, data=args.data, output=args.output, verbose=_verbosity(args), optimize=not args.no_optimize,

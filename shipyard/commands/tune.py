@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import get_args
 
-from shipyard.cli import add_config_args
+from shipyard.cli import add_config_args, progress_printer
 
 _DESCRIPTION = """\
 Searches the config keys listed in tune.space (random search, Hyperband or Bayesian optimization:
@@ -58,9 +57,7 @@ def _tune(args) -> int:
     if args.tuner:
         overrides.append(f"tune.tuner={args.tuner}")
 
-    def progress(line: str) -> None:
-        if not args.quiet:
-            print(line, file=sys.stderr, flush=True)
+    progress = progress_printer(args.quiet)
 
     outcome = api.tune(
         args.config, data=args.data, output=args.output, fresh=args.fresh, progress=progress, overrides=overrides
