@@ -15,19 +15,20 @@ from edge.manifest import read_manifest, verify_package, write_manifest
 
 
 @pytest.fixture(scope="module")
-def members(tiny_package, small_demo_dir, tmp_path_factory) -> list[Path]:
-    """The tiny package and two more trained on the same data with other seeds."""
+def members(demo_dir, tmp_path_factory) -> list[Path]:
+    """Three tiny models trained on the ten demo digits with different seeds, deterministically (so the test
+    sees the same members on every run of this TensorFlow build)."""
     from training.config import load_training_config
     from training.pipeline import run_train
 
     out = tmp_path_factory.mktemp("members")
-    packages = [tiny_package]
-    for seed in (1, 2):
+    packages = []
+    for seed in (1, 2, 3):
         cfg = load_training_config(
             None,
-            [*TINY_TRAIN, f"model.name=tiny-s{seed}", "train.epochs=3", "train.version=v1", f"train.seed={seed}",
-             "report.plots=false", "report.record=false"],
-            data=small_demo_dir,
+            [*TINY_TRAIN, f"model.name=tiny-s{seed}", "train.epochs=6", "train.version=v1", f"train.seed={seed}",
+             "train.deterministic=true", "report.plots=false", "report.record=false"],
+            data=demo_dir,
         )
         packages.append(run_train(cfg, out, verbose=0).package)
     return packages
@@ -41,17 +42,14 @@ def ensemble(members, tmp_path_factory):
 
 
 def test_an_ensemble_of_seeded_tiny_models_matches_the_best_member(members, ensemble):
-    """Averaging cannot raise the log loss above the members' mean (Jensen); it beats the members' mean accuracy
-    and comes within two test images of the best member. Not always above the best: here the seeds give members
-    of 90%, 96% and 100% on the 81 test images and the ensemble 97.5%; a member that is already perfect cannot be
-    beaten, and averaging lets the weaker members outvote it on borderline images."""
+    """On the 270 held-out digits the seeded members score about 95%, 96% and 84% (measured here) and their
+    average 97.4%: at least the best member. Averaging also cannot raise the log loss above the members' mean."""
     metrics = ensemble.metrics
     tags = [read_manifest(p).tag for p in members]
     assert list(metrics) == ["ensemble", *tags]
-    two_images = 2 / metrics["ensemble"]["count"]
     accuracies = [metrics[t]["accuracy"] for t in tags]
-    assert metrics["ensemble"]["accuracy"] >= max(accuracies) - two_images - 1e-9, ensemble.table
-    assert metrics["ensemble"]["accuracy"] >= np.mean(accuracies), ensemble.table
+    assert metrics["ensemble"]["accuracy"] >= max(accuracies), ensemble.table
+    assert metrics["ensemble"]["macro"]["f1"] >= max(metrics[t]["macro"]["f1"] for t in tags) - 1e-9, ensemble.table
     assert metrics["ensemble"]["loss"] <= np.mean([metrics[t]["loss"] for t in tags]) + 1e-6, ensemble.table
     # it averages: the ensemble's test probabilities are the mean of the members'
     probs = [np.load(p / "reference" / "predictions.npz")["probabilities"] for p in [*members, ensemble.package]]
