@@ -528,3 +528,31 @@ def test_eval_samples_takes_a_random_subset_not_the_first_classes():
     # macro F1 as training's evaluation defines it: classes without test images do not count
     probs = np.eye(3)[[0, 0, 1, 1]]
     assert _accuracy_f1(np.array([0, 0, 1, 1]), probs, 3) == (1.0, 1.0)
+
+
+def test_litert_quantizer_output_with_large_weights_keeps_them_through_the_metadata_writer():
+    """Above 256 KB of weights LiteRT's quantizer stores them after the flatbuffer (buffers by offset); the
+    metadata writer used to drop them (a MobileNetV2 file shrank from 2.7 MB to 0.46 MB and would not load)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from training._tf import keras, tf
+    from training.optimize.conversion import quantize_with_litert
+    from training.optimize.metadata import add_tflite_metadata
+
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255.0)(inputs))
+    outputs = keras.layers.Dense(3, activation="softmax", name="probabilities")(keras.layers.Dense(128)(x))
+    model = keras.Model(inputs, outputs)  # 393K weights in the first Dense: over the quantizer's 256 KB
+    representative = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    quantized = quantize_with_litert(tf.lite.TFLiteConverter.from_keras_model(model).convert(), representative)
+    assert len(quantized) > 393_000
+    labelled = add_tflite_metadata(quantized, ["a", "b", "c"], {"name": "t", "version": "1", "description": "d"})
+    assert len(labelled) >= len(quantized)
+    outputs = []
+    for content in (quantized, labelled):
+        interpreter = Interpreter(model_content=content)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], (representative[:1] - 128).astype(np.int8))
+        interpreter.invoke()
+        outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
