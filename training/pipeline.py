@@ -194,6 +194,8 @@ def run_pipeline(
     from training.registry import gate_problem, register
 
     outcome = run_train(config, output, verbose=verbose)
+    if outcome.manifest is None:  # a multi-worker run's non-chief: the chief writes and registers the package
+        return PipelineOutcome(package=outcome.package, tag=None, train=outcome, optimize=None)
     optimized = None
     blocked = None
     if optimize:

@@ -25,11 +25,11 @@ def register(sub) -> None:
 
 
 def _inspect(args) -> int:
-    from training.config import load_training_config
+    from shipyard.config import load_pipeline_config
     from training.data import inspect_dataset
     from training.models import image_size_for
 
-    config = load_training_config(args.config, args.overrides, data=args.dir)
+    config = load_pipeline_config(args.config, args.overrides, data=args.dir)  # a whole pipeline file works
     size = image_size_for(config.model, config.data.image_size)
     report = inspect_dataset(Path(args.dir), config.data, size, training=config)
     print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else report.to_table())

@@ -92,7 +92,9 @@ def _pipeline(args) -> int:
 
         print()
         print(terminal_table(result.optimize.results, result.optimize.reference))
-    if result.tag is None:
+    if result.tag is None and result.blocked is None:
+        print(f"\ntrained {outcome.epochs} epochs in {outcome.seconds:.1f}s as a worker; the chief registers the package")
+    elif result.tag is None:
         print(
             f"\ntrained {outcome.epochs} epochs in {outcome.seconds:.1f}s; NOT registered: {result.blocked}. Fix the "
             "variant (shipyard optimize), or pass --allow-failed-gates to register it anyway",
