@@ -6,6 +6,9 @@ All are ``ValueError`` subclasses, so library callers can catch one type; the se
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class ShipyardError(ValueError):
     """Base class of every error Shipyard raises on purpose (the message says what and how to fix)."""
@@ -49,3 +52,17 @@ class ModelFileError(ShipyardError):
 
 class DataError(InputError):
     """A data folder is missing, empty, or not laid out as one subfolder per class (optionally under splits)."""
+
+
+def run_mapped(run: Callable[[], int | None]) -> int:
+    """Run a command's handler and return its exit status: a :class:`ShipyardError` becomes one line
+    ``error: ...`` on stderr and 2, Ctrl+C becomes ``interrupted`` and 130. The one error mapper of the
+    ``shipyard`` command line and of ``python -m serving.loadtest``."""
+    try:
+        return int(run() or 0)
+    except ShipyardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

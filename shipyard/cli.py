@@ -13,7 +13,7 @@ import importlib
 import pkgutil
 import sys
 
-from edge.errors import ShipyardError
+from edge.errors import run_mapped
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,15 +61,7 @@ def progress_printer(quiet: bool):
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, run the verb's handler, map Shipyard errors to one line and exit code 2."""
     args = build_parser().parse_args(argv)
-    try:
-        code = args.handler(args)
-    except ShipyardError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return int(code or 0)
+    return run_mapped(lambda: args.handler(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -364,16 +364,9 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m serving.loadtest ARGS`` = ``shipyard loadtest ARGS``; Shipyard errors are one line, exit 2."""
-    from edge.errors import ShipyardError
+    from edge.errors import run_mapped
 
     parser = argparse.ArgumentParser(prog="shipyard loadtest", description=DESCRIPTION)
     add_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        return run_from_args(args)
-    except ShipyardError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_mapped(lambda: run_from_args(args))
