@@ -32,3 +32,17 @@ def make_jpeg(seed: int = 0, size: int = 224) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(noisy.astype(np.uint8)).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
+
+
+def bench_workdir(given: Path | None, prefix: str) -> Path:
+    """The benchmark's work folder (``given``, else a new temporary one), with BentoML's home inside it and
+    the environment every benchmark needs (legacy Keras, no BentoML usage tracking)."""
+    import os
+    import tempfile
+
+    workdir = given or Path(tempfile.mkdtemp(prefix=prefix))
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ["BENTOML_HOME"] = str(workdir / "bentoml")
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    return workdir

@@ -25,7 +25,6 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import cpu_name, make_jpeg  # noqa: E402 - after the path set-up
+from benchmarks._common import bench_workdir, cpu_name, make_jpeg  # noqa: E402 - after the path set-up
 from edge.files import write_json_atomic  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -146,12 +145,8 @@ def bench_shadow(home: Path, name: str, tags: list[str], images: list[bytes], ar
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="shipyard-lifecycle-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = bench_workdir(args.workdir, "shipyard-lifecycle-bench-")
     home = workdir / "bentoml"
-    os.environ["BENTOML_HOME"] = str(home)
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
     from benchmarks.serving import NAME, build_package, register_package
 
     images = [make_jpeg(seed) for seed in range(16)]

@@ -27,7 +27,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import cpu_name, make_jpeg  # noqa: E402 - after the path set-up
+from benchmarks._common import bench_workdir, cpu_name, make_jpeg  # noqa: E402 - after the path set-up
 from edge.files import write_json_atomic  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -120,12 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the comparison and write the JSON results."""
     args = _parser().parse_args(argv)
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="shipyard-loadtest-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = bench_workdir(args.workdir, "shipyard-loadtest-bench-")
     home = workdir / "bentoml"
-    os.environ["BENTOML_HOME"] = str(home)
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
     from benchmarks.serving import build_package, register_package, start_service
 
     images = [make_jpeg(seed) for seed in range(16)]

@@ -53,7 +53,6 @@ import re
 import struct
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -66,7 +65,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import cpu_name, make_jpeg  # noqa: E402 - after the path set-up
+from benchmarks._common import bench_workdir, cpu_name, make_jpeg  # noqa: E402 - after the path set-up
 from edge.files import write_json_atomic  # noqa: E402
 from serving.process import ServerProcess, free_port  # noqa: E402
 
@@ -816,12 +815,8 @@ def main(argv: list[str] | None = None) -> int:
     if 32 not in args.clients:
         parser.error("--clients must include 32 (the targets are stated at 32 clients)")
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="shipyard-serving-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = bench_workdir(args.workdir, "shipyard-serving-bench-")
     home = workdir / "bentoml"
-    os.environ["BENTOML_HOME"] = str(home)
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 
     images = [make_jpeg(seed) for seed in range(16)]
     image_paths = []
