@@ -72,3 +72,26 @@ def fresh_venv(folder: Path, project: Path, extra: str, *, timeout: float) -> Pa
     )
     assert install.returncode == 0, install.stderr[-3000:]
     return python
+
+
+def optimized_copy(package: Path, folder: Path, variants: list[str], name: str) -> tuple[Path, str, list[str]]:
+    """A copy of ``package`` in ``folder`` with ``variants`` built (each must pass), renamed ``name`` and
+    registered in the session's model store; returns ``(package, tag, labels)``."""
+    import shutil
+
+    from edge.manifest import read_manifest, write_manifest
+    from training.optimize import optimize_config_for, run_optimize
+    from training.registry import register
+
+    pkg = folder / "pkg"
+    shutil.copytree(package, pkg)
+    config = optimize_config_for(
+        read_manifest(pkg), None, ["optimize.latency=false", "optimize.representative_samples=50"]
+    )
+    outcome = run_optimize(pkg, config, variants=variants)
+    failed = [(r.key, r.status, r.reason) for r in outcome.results if r.status != "passed"]
+    assert not failed, failed
+    manifest = read_manifest(pkg)
+    manifest.name = name
+    write_manifest(pkg, manifest)
+    return pkg, register(pkg), list(manifest.labels)

@@ -31,23 +31,10 @@ class OpsModel:
 @pytest.fixture(scope="session")
 def ops_model(tiny_package, tmp_path_factory) -> OpsModel:
     """The shared tiny package with the ONNX variants, registered as ``ops-tiny:v1`` in the session's store."""
-    from edge.manifest import read_manifest, write_manifest
-    from training.optimize import optimize_config_for, run_optimize
-    from training.registry import register
+    from _support import optimized_copy
 
-    pkg = tmp_path_factory.mktemp("ops") / "pkg"
-    shutil.copytree(tiny_package, pkg)
-    config = optimize_config_for(
-        read_manifest(pkg), None, ["optimize.latency=false", "optimize.representative_samples=50"]
-    )
-    outcome = run_optimize(pkg, config, variants=OPS_VARIANTS)
-    failed = [(r.key, r.status, r.reason) for r in outcome.results if r.status != "passed"]
-    assert not failed, failed
-    manifest = read_manifest(pkg)
-    manifest.name = OPS_NAME
-    write_manifest(pkg, manifest)
-    store = Path(os.environ["BENTOML_HOME"]) / "models"
-    return OpsModel(tag=register(pkg), package=pkg, labels=list(manifest.labels), store=store)
+    pkg, tag, labels = optimized_copy(tiny_package, tmp_path_factory.mktemp("ops"), OPS_VARIANTS, OPS_NAME)
+    return OpsModel(tag=tag, package=pkg, labels=labels, store=Path(os.environ["BENTOML_HOME"]) / "models")
 
 
 @pytest.fixture(scope="session")

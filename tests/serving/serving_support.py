@@ -42,22 +42,10 @@ class Served:
 @pytest.fixture(scope="session")
 def served(tiny_package, tmp_path_factory) -> Served:
     """The tiny package with the runnable variants, registered as ``serving-tiny:v1``."""
-    from edge.manifest import read_manifest, write_manifest
-    from training.optimize import optimize_config_for, run_optimize
-    from training.registry import register
+    from _support import optimized_copy
 
-    pkg = tmp_path_factory.mktemp("served") / "pkg"
-    shutil.copytree(tiny_package, pkg)
-    config = optimize_config_for(
-        read_manifest(pkg), None, ["optimize.latency=false", "optimize.representative_samples=50"]
-    )
-    outcome = run_optimize(pkg, config, variants=VARIANTS)
-    failed = [(r.key, r.status, r.reason) for r in outcome.results if r.status != "passed"]
-    assert not failed, failed
-    manifest = read_manifest(pkg)
-    manifest.name = SERVED_NAME
-    write_manifest(pkg, manifest)
-    return Served(tag=register(pkg), package=pkg, labels=list(manifest.labels))
+    pkg, tag, labels = optimized_copy(tiny_package, tmp_path_factory.mktemp("served"), VARIANTS, SERVED_NAME)
+    return Served(tag=tag, package=pkg, labels=labels)
 
 
 # ------------------------------------------------------------------------------------------ images
