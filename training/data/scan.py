@@ -7,6 +7,7 @@ import os
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +16,7 @@ import numpy as np
 from edge.errors import DataError
 from training.config import DataConfig
 from training.data.files import FileInfo, check_file, skip_reason_by_name
-from training.data.threads import thread_map
+from training.data.processes import parallel_map
 from training.demo import DEMO_MARKER
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -284,7 +285,8 @@ class _Tally:
 def _check_files(
     class_dirs: list[_ClassDir], labels: list[str], max_pixels: int, skipped: list[tuple[Path, str]]
 ) -> _Tally:
-    """Name checks first (no I/O), then the headers of all candidate files in parallel."""
+    """Name checks first (no I/O), then the headers of all candidate files in parallel (in the decode
+    worker processes where they run: reading headers is Python, which threads run one at a time)."""
     candidates: list[tuple[int, Path]] = []
     for n, (_, _, folder) in enumerate(class_dirs):
         for path in _walk_files(folder, skipped):
@@ -293,7 +295,7 @@ def _check_files(
                 candidates.append((n, path))
             else:
                 skipped.append((path, reason))
-    infos = thread_map(lambda item: check_file(item[1], max_pixels), candidates)
+    infos = parallel_map(partial(check_file, max_pixels=max_pixels), [path for _, path in candidates])
     index = {name: i for i, name in enumerate(labels)}
     tally = _Tally(usable={n: [] for n in range(len(class_dirs))})
     for (n, _), info in zip(candidates, infos, strict=True):

@@ -1,0 +1,341 @@
+"""Decode worker processes: ``edge.preprocess.decode_file`` in one process per core, pixels in shared memory.
+
+Threads do not scale past about one core here: Pillow releases the GIL only inside the codec, and the
+Python around it (header parsing, ``tobytes``, the pool's futures) holds it, so decoding threads and
+TensorFlow's ``numpy_function`` calls queue on one lock. Processes have a GIL each. What crosses a process
+boundary is small: the task (file paths, the contract, where to write) goes down a pipe and the answer (the
+files that failed, with the reason) comes back; the pixels are written by the worker straight into a
+shared-memory block that the caller reads, never pickled (pickling them back measured slower than threads).
+
+The workers are forked: a fork starts in milliseconds and imports nothing (a spawned interpreter would
+import ``training``, and with it TensorFlow, only to find the worker function). The child runs only this
+module's loop (Pillow, numpy, ``edge.preprocess``), never TensorFlow, and leaves with ``os._exit``; the
+garbage collector is frozen across the fork so that the child never finalizes the parent's objects.
+Where ``fork`` is not available (not Linux) the caller keeps its thread pool (:func:`decode_processes`
+returns ``None``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import itertools
+import logging
+import multiprocessing as mp
+import os
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future
+from multiprocessing import resource_tracker
+from multiprocessing.connection import Connection, wait
+from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.errors import ShipyardError
+from edge.manifest import InputContract
+from edge.preprocess import decode_file
+from training.data.threads import thread_map, workers
+
+log = logging.getLogger("shipyard.data")
+
+#: A task sent to a worker: (task id, function, its arguments); the function must be importable by name.
+_Task = tuple[int, Callable[..., Any], tuple[Any, ...]]
+
+#: In a worker: the shared-memory blocks it has attached, by name.
+_ATTACHED: dict[str, SharedMemory] = {}
+
+
+def decode_rows(
+    paths: list[bytes], out: np.ndarray, contract: InputContract, max_pixels: int
+) -> list[tuple[int, str]]:
+    """Decode ``paths`` (utf-8 bytes) into the rows of ``out`` with ``decode_file``; return (row, reason) of
+    the files that raised :class:`ShipyardError` (their rows are left as they were)."""
+    failed: list[tuple[int, str]] = []
+    for row, raw in enumerate(paths):
+        try:
+            out[row] = decode_file(Path(raw.decode("utf-8")), contract, max_pixels=max_pixels)
+        except ShipyardError as exc:
+            failed.append((row, str(exc)))
+    return failed
+
+
+def _decode_into_block(
+    name: str,
+    shape: tuple[int, ...],
+    start: int,
+    paths: list[bytes],
+    contract: InputContract,
+    max_pixels: int,
+) -> list[tuple[int, str]]:
+    """In a worker: :func:`decode_rows` into rows ``start:`` of the batch in shared-memory block ``name``."""
+    if name not in _ATTACHED:
+        _ATTACHED[name] = SharedMemory(name)
+    batch = np.ndarray(shape, np.uint8, buffer=_ATTACHED[name].buf)
+    return decode_rows(paths, batch[start : start + len(paths)], contract, max_pixels)
+
+
+def _apply(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """In a worker: ``[fn(item) for item in items]``."""
+    return [fn(item) for item in items]
+
+
+def _serve(conn: Connection) -> None:
+    """A worker's loop: run each task, answer with (task id, result, None) or (task id, None, traceback)."""
+    while True:
+        try:
+            task: _Task | None = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if task is None:
+            return
+        task_id, fn, args = task
+        try:
+            answer = (task_id, fn(*args), None)
+        except Exception:  # a bug, not a bad file (decode_rows catches those): the caller raises it
+            answer = (task_id, None, traceback.format_exc())
+        conn.send(answer)
+
+
+def _child(conn: Connection, inherited: list[int]) -> None:
+    """The forked process's entry: close the parent's ends of the pipes (so that a worker sees its parent
+    go), serve, then leave without running the parent's exit handlers."""
+    code = 0
+    try:
+        for fd in inherited:
+            os.close(fd)
+        _serve(conn)
+    except BaseException:  # anything: report it on stderr and leave
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stderr.flush()
+        os._exit(code)
+
+
+class _Blocks:
+    """Shared-memory blocks for batches, reused: a caller takes one of at least the bytes it needs."""
+
+    def __init__(self) -> None:
+        self._free: list[SharedMemory] = []
+        self._all: list[SharedMemory] = []
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> SharedMemory:
+        with self._lock:
+            for k, block in enumerate(self._free):
+                if block.size >= nbytes:
+                    return self._free.pop(k)
+        block = SharedMemory(create=True, size=max(nbytes, 1))
+        with self._lock:
+            self._all.append(block)
+        return block
+
+    def give(self, block: SharedMemory) -> None:
+        with self._lock:
+            self._free.append(block)
+
+    def close(self) -> None:
+        with self._lock:
+            for block in self._all:
+                block.close()
+                block.unlink()
+            self._all.clear()
+            self._free.clear()
+
+
+class DecodeProcesses:
+    """Forked worker processes that decode files into shared memory; several callers may use it at once.
+
+    Each :meth:`decode` call splits its files into one contiguous chunk per worker, queues each chunk on the
+    least loaded worker (so a worker always has the next chunk waiting) and waits for the answers, which one
+    reader thread routes back. A worker that dies fails its pending calls with an error that says so.
+    """
+
+    def __init__(self, processes: int) -> None:
+        ctx = mp.get_context("fork")
+        self._conns: list[Connection] = []
+        self._procs = []
+        self._send_locks: list[threading.Lock] = []
+        self._load = [0] * processes  # images queued per worker
+        self._pending: dict[int, tuple[int, int, Future]] = {}  # task id -> (worker, images, future)
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._blocks = _Blocks()
+        self.broken: str | None = None
+        # The workers must share this process's resource tracker: one they started themselves would unlink
+        # the shared memory they attached when they exit.
+        resource_tracker.ensure_running()
+        for k in range(processes):
+            parent, child = ctx.Pipe()
+            inherited = [c.fileno() for c in (*self._conns, parent)]
+            proc = ctx.Process(
+                target=_child, args=(child, inherited), name=f"shipyard-decode-{k}", daemon=True
+            )
+            gc.freeze()  # the child never collects (and finalizes) the parent's objects
+            try:
+                proc.start()
+            finally:
+                gc.unfreeze()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+            self._send_locks.append(threading.Lock())
+        self._reader = threading.Thread(target=self._read, name="shipyard-decode-reader", daemon=True)
+        self._reader.start()
+
+    @property
+    def processes(self) -> int:
+        """The number of worker processes."""
+        return len(self._procs)
+
+    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], weight: int = 1) -> Future:
+        """Run ``fn(*args)`` in the least loaded worker (``weight``: its share of work, e.g. files); return
+        a future of the result. ``fn`` must be a module-level function (it is pickled by name)."""
+        future: Future = Future()
+        with self._lock:
+            if self.broken:
+                raise RuntimeError(self.broken)
+            worker = min(range(self.processes), key=self._load.__getitem__)
+            task_id = next(self._ids)
+            self._pending[task_id] = (worker, weight, future)
+            self._load[worker] += weight
+        task: _Task = (task_id, fn, args)
+        with self._send_locks[worker]:
+            self._conns[worker].send(task)
+        return future
+
+    def map(self, fn: Callable[[Any], Any], items: list[Any], chunk: int = 64) -> list[Any]:
+        """``[fn(item) for item in items]`` in the workers, ``chunk`` items per task, in order.
+
+        Raises:
+            RuntimeError: ``fn`` raised (its traceback is in the message) or a worker died.
+        """
+        futures = [
+            self.submit(_apply, (fn, items[i : i + chunk]), len(items[i : i + chunk]))
+            for i in range(0, len(items), chunk)
+        ]
+        return [result for future in futures for result in future.result()]
+
+    def decode(
+        self, paths: list[bytes], contract: InputContract, max_pixels: int
+    ) -> tuple[np.ndarray, list[tuple[int, str]]]:
+        """Decode ``paths`` (utf-8 bytes) with ``decode_file`` in the workers, one contiguous share each.
+
+        Returns:
+            ``uint8`` ``(len(paths), H, W, 3)`` pixels (zeros in the rows of failed files) and the
+            (row, reason) of every file that raised :class:`ShipyardError`, sorted by row.
+
+        Raises:
+            RuntimeError: a worker raised something else (its traceback is in the message) or died.
+        """
+        shape = (len(paths), contract.height, contract.width, 3)
+        block = self._blocks.take(int(np.prod(shape)))
+        try:
+            n, shares = len(paths), min(self.processes, len(paths))
+            bounds = [n * k // shares for k in range(shares + 1)]
+            futures = [
+                (
+                    start,
+                    self.submit(
+                        _decode_into_block,
+                        (block.name, shape, start, paths[start:stop], contract, max_pixels),
+                        stop - start,
+                    ),
+                )
+                for start, stop in itertools.pairwise(bounds)
+            ]
+            failed = [(start + row, reason) for start, f in futures for row, reason in f.result()]
+            images = np.ndarray(shape, np.uint8, buffer=block.buf).copy()
+        finally:
+            self._blocks.give(block)
+        for row, _ in failed:
+            images[row] = 0
+        return images, sorted(failed)
+
+    def _read(self) -> None:
+        """The reader thread: route each worker's answer to its future; fail everything if a worker dies."""
+        live = dict(enumerate(self._conns))
+        while live:
+            for conn in wait(list(live.values())):
+                worker = self._conns.index(conn)
+                try:
+                    task_id, failed, error = conn.recv()
+                except (EOFError, OSError):
+                    del live[worker]
+                    self._fail(worker)
+                    continue
+                with self._lock:
+                    _, images, future = self._pending.pop(task_id)
+                    self._load[worker] -= images
+                if error is None:
+                    future.set_result(failed)
+                else:
+                    future.set_exception(RuntimeError(f"decode worker {worker} raised:\n{error}"))
+
+    def _fail(self, worker: int) -> None:
+        proc = self._procs[worker]
+        proc.join(timeout=1.0)
+        reason = (
+            f"decode worker process {worker} (pid {proc.pid}) exited unexpectedly (exit code "
+            f"{proc.exitcode}); streamed batches cannot be decoded. If it was killed for memory, "
+            "lower data.batch_size or use fewer workers"
+        )
+        with self._lock:
+            self.broken = self.broken or reason
+            pending = list(self._pending.items())
+            self._pending.clear()
+        for _, (_, _, future) in pending:
+            future.set_exception(RuntimeError(reason))
+
+    def close(self) -> None:
+        """Stop the workers and free the shared memory (idempotent)."""
+        for conn, lock in zip(self._conns, self._send_locks, strict=True):
+            try:
+                with lock:
+                    conn.send(None)
+            except OSError:
+                pass
+        for proc in self._procs:
+            proc.join(timeout=2.0)
+            if proc.is_alive():
+                proc.kill()
+        self._blocks.close()
+
+
+_POOL: DecodeProcesses | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def decode_processes(processes: int) -> DecodeProcesses | None:
+    """The process-wide decode workers (started on first use), or ``None`` where they cannot run: fewer
+    than 2 ``processes`` (a thread does as well), no ``fork`` (not Linux), or a pool whose worker died."""
+    global _POOL
+    if processes < 2 or "fork" not in mp.get_all_start_methods() or sys.platform != "linux":
+        return None
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = DecodeProcesses(processes)
+            atexit.register(_POOL.close)
+        return None if _POOL.broken else _POOL
+
+
+#: Fewer items than this are mapped in threads: a chunk or two would leave a core idle anyway.
+MIN_ITEMS_FOR_PROCESSES = 256
+
+
+def parallel_map(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """``[fn(item) for item in items]`` in order, in the decode worker processes where they run (``fn``
+    module-level, items and results picklable), else in a short-lived thread pool.
+
+    Raises:
+        RuntimeError: ``fn`` raised in a worker (its traceback is in the message) or a worker died.
+    """
+    pool = decode_processes(workers(len(items))) if len(items) >= MIN_ITEMS_FOR_PROCESSES else None
+    if pool is None:
+        return thread_map(fn, items)
+    return pool.map(fn, items, chunk=max(1, min(64, len(items) // (4 * pool.processes))))
