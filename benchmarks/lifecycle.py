@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--skip-shadow", action="store_true")
+    p.add_argument("--skip-swap", action="store_true")
     return p
 
 
@@ -134,13 +135,25 @@ def bench_shadow(home: Path, name: str, tags: list[str], images: list[bytes], ar
                 samples[key].lat += part.lat
                 samples[key].wall += part.wall
                 samples[key].errors.update(part.errors)
+        coverage = {k: _shadow_coverage(servers[k].url) for k in setups if k != "none"}
     finally:
         for s in servers.values():
             s.stop()
     rows = {k: v.summary(CLIENTS) for k, v in samples.items()}
     base = rows["none"]["throughput_rps"] or 1.0
-    return {**rows, "ratio_100": rows["shadow_100"]["throughput_rps"] / base,
+    return {**rows, "coverage": coverage, "ratio_100": rows["shadow_100"]["throughput_rps"] / base,
             "ratio_10": rows["shadow_10"]["throughput_rps"] / base, "load_1m": os.getloadavg()[0]}
+
+
+def _shadow_coverage(url: str) -> dict[str, Any]:
+    """What the shadow of the server at ``url`` saw: images mirrored, requests shed, still queued."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/shadow", timeout=10) as resp:
+        report = json.loads(resp.read())
+    return {"mirrored_images": report["cumulative"]["images"], "shed_requests": report["shed"],
+            "pending": report["pending"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,14 +172,15 @@ def main(argv: list[str] | None = None) -> int:
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count()},
         "settings": {"clients": CLIENTS, "seconds": args.seconds, "rounds": args.rounds},
-        "swap": bench_swap(home, NAME, tags, images, args, workdir),
     }
+    if not args.skip_swap:
+        report["swap"] = bench_swap(home, NAME, tags, images, args, workdir)
     if not args.skip_shadow:
         report["shadow"] = bench_shadow(home, NAME, tags, images, args, workdir)
-    swap = report["swap"]
+    swap = report.get("swap")
     report["targets"] = {
-        "swap_p99_within_2x": swap["p99_ratio"] is not None and swap["p99_ratio"] <= 2.0,
-        "swap_no_errors": not swap["swap"]["errors"] and not swap["steady"]["errors"],
+        **({"swap_p99_within_2x": swap["p99_ratio"] is not None and swap["p99_ratio"] <= 2.0,
+            "swap_no_errors": not swap["swap"]["errors"] and not swap["steady"]["errors"]} if swap else {}),
         **({"shadow_100_throughput_0.9x": report["shadow"]["ratio_100"] >= 0.9,
             "shadow_10_throughput_0.9x": report["shadow"]["ratio_10"] >= 0.9} if "shadow" in report else {}),
     }
@@ -182,11 +196,14 @@ def _print(report: dict[str, Any]) -> None:
                 f"{r['p99_ms'] or 0:>8.1f}  {r['errors'] or '-'}")
 
     print(f"{'':<22} {'requests':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  errors")
-    print(row("steady", report["swap"]["steady"]))
-    print(row("around a swap", report["swap"]["swap"]))
+    if "swap" in report:
+        print(row("steady", report["swap"]["steady"]))
+        print(row("around a swap", report["swap"]["swap"]))
     for key in ("none", "shadow_100", "shadow_10"):
         if "shadow" in report:
             print(row(f"primary, {key}", report["shadow"][key]))
+    for key, seen in (report.get("shadow") or {}).get("coverage", {}).items():
+        print(f"{key}: the shadow predicted {seen['mirrored_images']} images, shed {seen['shed_requests']} requests")
     print("targets:", report["targets"])
 
 

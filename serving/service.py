@@ -157,7 +157,10 @@ class Shipyard:
         if CONFIG.alias:
             self.models.follow(first.split(":", 1)[0], CONFIG.alias, poll_s=CONFIG.alias_poll_s)
         shadow_metrics(tuple(self.labels))  # every shadow series at 0, with or without a shadow
-        self.shadow = start_shadow(CONFIG, first.split(":", 1)[0]) if CONFIG.shadow else None
+        self.shadow, self.shadow_problem = (
+            start_shadow(CONFIG, first.split(":", 1)[0], lambda: self.models.current.value)
+            if CONFIG.shadow else (None, "no shadow: serve with --shadow ALIAS (serve.shadow)")
+        )
         self.default_top_k = CONFIG.top_k
         self.max_batch_images = CONFIG.max_batch_images
         self._decode_limiter = anyio.CapacityLimiter(4)
@@ -291,7 +294,7 @@ class Shipyard:
     def shadow_summary(self) -> dict[str, Any]:
         """What ``/shadow`` shows (``{"enabled": false}`` without ``serve.shadow``)."""
         if self.shadow is None:
-            return {"enabled": False, "reason": "no shadow: serve with --shadow ALIAS (serve.shadow)"}
+            return {"enabled": False, "reason": self.shadow_problem}
         return self.shadow.report()
 
     def record_feedback(self, request_id: str, label: str) -> dict[str, Any]:
@@ -306,7 +309,7 @@ class Shipyard:
                 if exc.status != 404 or i == len(slots) - 1:
                     raise
         if self.shadow is not None:
-            details["shadow"] = self.shadow.feedback(request_id, label)
+            details["shadow"] = self.shadow.feedback(request_id)
         return details
 
     async def _classify(
@@ -364,7 +367,7 @@ class Shipyard:
                 served.monitor.timings(decode=s.decoded.seconds, queue=s.queue_s, inference=s.out.inference_s,
                                        total=total)
         if self.shadow is not None:
-            self.shadow.offer(served.tag, pixels, scored, roundtrip)
+            self.shadow.offer(pixels, scored, roundtrip)
         return scored
 
     def _answered_by(self, asked: Loaded, code: float) -> Loaded:

@@ -3,10 +3,14 @@ share of the live requests off the request path and is compared with the served 
 
 The request path only offers a request (:meth:`Shadow.offer`: a coin flip for ``serve.shadow_share`` and a
 ``put_nowait`` on a bounded queue, a few microseconds); when the queue is full the request is shed and counted,
-never waited for. One worker thread runs the candidate (one inference thread) and records, per window of
-``serve.shadow_window`` mirrored images and since start: top-1 agreement with the primary, the largest
-probability difference, both latencies, both predicted-class distributions, and the candidate's drift scores
-against its own reference. ``/feedback`` labels score the candidate's prediction of the same request too.
+never waited for. The candidate runs in its own process at the lowest CPU priority (:mod:`serving.shadow_worker`):
+no share of this worker's GIL, only the CPU the primary leaves idle; on a saturated machine it falls behind and
+mirrored requests are shed first. This worker's shadow thread hands it up to ``serve.max_batch_size`` queued
+images at a time and records, per window of ``serve.shadow_window`` mirrored images and since start: top-1
+agreement with the primary, the largest probability difference, both latencies, both predicted-class
+distributions; the candidate's drift scores against its own reference come from its process. The candidate's
+predictions go to the feedback store beside the primary's, so ``/feedback`` labels score both, across API
+workers and server restarts.
 """
 
 from __future__ import annotations
@@ -16,40 +20,23 @@ import dataclasses
 import logging
 import queue
 import random
+import socket
+import subprocess
+import sys
 import threading
-import time
-from collections import OrderedDict
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from serving.config import ServeConfig
-from serving.lifecycle import ModelHolder
 
 logger = logging.getLogger("shipyard.serving")
 
-#: Mirrored predictions kept for ``/feedback`` to score the candidate.
-REMEMBERED = 50_000
-
-
-class Candidate:
-    """The shadow version in this process: a one-thread predictor and a drift window on its own reference."""
-
-    def __init__(self, tag: str, config: ServeConfig) -> None:
-        from serving.inference import Predictor
-        from serving.monitoring.drift import DriftWindow, load_reference
-        from serving.settings import package_dir
-
-        self.tag = tag
-        self.predictor = Predictor(package_dir(tag), config.variant, threads=1, embeddings=config.embeddings,
-                                   allow_failed_gate=True)
-        manifest = self.predictor.manifest
-        self.labels = list(manifest.labels)
-        self.window = DriftWindow(load_reference(manifest, self.predictor.package_dir), config.monitor,
-                                  manifest.variants)
-
-    def close(self) -> None:
-        self.predictor.close()
+#: Seconds the candidate's process may take to load and warm up before the shadow is given up.
+START_TIMEOUT_S = 300.0
 
 
 class Tally:
@@ -72,7 +59,7 @@ class Tally:
         self.requests += 1
         self.latency["primary"] += primary_s
         self.latency["candidate"] += candidate_s
-        np.add.at(self.classes["primary"], p, 1)
+        np.add.at(self.classes["primary"], p[p < len(self.classes["primary"])], 1)
         np.add.at(self.classes["candidate"], c[c < len(self.classes["candidate"])], 1)
 
     def report(self, labels: list[str]) -> dict[str, Any]:
@@ -86,105 +73,149 @@ class Tally:
         }
 
 
+@dataclasses.dataclass(slots=True)
+class Offered:
+    """One request offered to the shadow: its pixels, the primary's answers and their seconds."""
+
+    pixels: np.ndarray
+    scored: list[Any]
+    primary_s: float
+
+
 class Shadow:
     """The shadow candidate of one API worker (see the module docstring).
 
     Args:
         config: the server's config (``shadow``, ``shadow_share``, ``shadow_queue``, ``shadow_window``).
         name: the model's name (``shadow`` is one of its aliases).
+        served: the version this worker serves now (a :class:`serving.lifecycle.Loaded`: ``tag``, ``monitor``).
+
+    Raises:
+        RuntimeError: the candidate's process did not start (the reason in one line).
     """
 
-    def __init__(self, config: ServeConfig, name: str) -> None:
+    def __init__(self, config: ServeConfig, name: str, served: Callable[[], Any]) -> None:
         from serving.monitoring.metrics import shadow_metrics
-        from serving.settings import alias_tag
 
         self.config = config
-        tag = alias_tag(name, config.shadow or "")
-        self.models: ModelHolder[Candidate] = ModelHolder(tag, Candidate(tag, config), self._candidate,
-                                                          Candidate.close)
-        self.models.follow(name, config.shadow or "", poll_s=config.alias_poll_s)
-        self.labels = self.models.current.value.labels
+        self.served = served
+        self._proc, self._conn = _start_worker(config, name)
+        self.state: dict[str, Any] = self._expect("ready")[1]
+        self.labels: list[str] = list(self.state["labels"])
         self.cumulative, self.window, self.last_window = Tally(len(self.labels)), Tally(len(self.labels)), None
+        self._tallied = self.state["tag"]
         self.shed = 0
-        self.labelled = {"primary": [0, 0], "candidate": [0, 0]}  # [correct, labelled]
-        self._seen: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self.failed: str | None = None
         self._lock = threading.Lock()
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=config.shadow_queue)
+        self._stop = threading.Event()
+        self._queue: queue.Queue[Offered] = queue.Queue(maxsize=config.shadow_queue)
         self.metrics = shadow_metrics(tuple(self.labels))
         self._thread = threading.Thread(target=self._run, name="shipyard-shadow", daemon=True)
         self._thread.start()
 
-    def _candidate(self, tag: str) -> Candidate:
-        return Candidate(tag, self.config)
-
     # -------------------------------------------------------------------------------------- request path
 
-    def offer(self, primary_tag: str, pixels: np.ndarray, scored: list[Any], primary_s: float) -> None:
+    def offer(self, pixels: np.ndarray, scored: list[Any], primary_s: float) -> None:
         """Mirror one request to the candidate unless the coin or a full queue says no. Never raises."""
         try:
-            if self.config.shadow_share < 1.0 and random.random() >= self.config.shadow_share:
+            if self.failed or (self.config.shadow_share < 1.0 and random.random() >= self.config.shadow_share):
                 return
-            self._queue.put_nowait((primary_tag, pixels, scored, primary_s))
+            self._queue.put_nowait(Offered(pixels, scored, primary_s))
         except queue.Full:
             self.shed += 1
             self.metrics.shed.inc()
         except Exception:
             logger.debug("shadow offer failed", exc_info=True)
 
-    # -------------------------------------------------------------------------------------- worker
+    # -------------------------------------------------------------------------------------- shadow thread
 
     def _run(self) -> None:
-        _lowest_priority()
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
+        try:
+            while not self._stop.is_set():
+                batch = self._take()
+                try:
+                    if batch:
+                        self._mirror(batch)
+                    else:
+                        self.state = self._exchange(("state",))[-1]
+                except (EOFError, OSError, _Stopped):
+                    raise
+                except Exception:  # one bad batch (e.g. an unpicklable answer) costs that batch only
+                    logger.warning("shadow mirror failed", exc_info=True)
+                    self.metrics.failures.inc(sum(len(item.scored) for item in batch))
+        except (EOFError, OSError) as exc:
+            self.failed = f"the candidate's process ended ({type(exc).__name__}: {exc}); see the server log"
+            logger.error("shipyard: shadow stopped: %s", self.failed)
+        except _Stopped:
+            pass
+
+    def _take(self) -> list[Offered]:
+        """Queued requests of up to ``serve.max_batch_size`` images (waits up to 1 s for the first)."""
+        try:
+            batch = [self._queue.get(timeout=1.0)]
+        except queue.Empty:
+            return []
+        images = len(batch[0].scored)
+        while images < self.config.max_batch_size:
             try:
-                self._mirror(*item)
-            except Exception:
-                logger.warning("shadow inference failed", exc_info=True)
-                self.metrics.failures.inc()
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+            images += len(batch[-1].scored)
+        return batch
 
-    def _mirror(self, primary_tag: str, pixels: np.ndarray, scored: list[Any], primary_s: float) -> None:
-        from serving.inference import unpack
+    def _exchange(self, message: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Send ``message`` to the candidate's process and wait for its answer (however busy the machine is)."""
+        self._conn.send(message)
+        while not self._conn.poll(1.0):
+            if self._stop.is_set():
+                raise _Stopped
+        return self._conn.recv()
 
-        with self.models.acquire() as slot:
-            cand = slot.value
-            started = time.perf_counter()
-            outs = unpack(cand.predictor.predict(pixels), len(cand.labels))
-            candidate_s = time.perf_counter() - started
-            primary = np.stack([np.asarray(s.probabilities, np.float64) for s in scored])
-            candidate = np.stack([np.asarray(o.probabilities, np.float64) for o in outs])
-            with self._lock:
-                for tally in (self.cumulative, self.window):
-                    tally.add(primary, candidate, primary_s, candidate_s)
-                for s, p, c in zip(scored, primary.argmax(1), candidate.argmax(1), strict=True):
-                    self._seen[s.request_id] = (int(p), int(c))
-                while len(self._seen) > REMEMBERED:
-                    self._seen.popitem(last=False)
-                if self.window.count >= self.config.shadow_window:
-                    self.last_window = self.window.report(self.labels)
-                    self.window = Tally(len(self.labels))
-            self._observe(cand, pixels, scored, outs)
-            self._publish(primary, candidate, primary_s, candidate_s)
+    def _mirror(self, batch: list[Offered]) -> None:
+        scored = [s for item in batch for s in item.scored]
+        reply = self._exchange((
+            "mirror",
+            np.concatenate([item.pixels for item in batch]),
+            [(s.decoded.info.width, s.decoded.info.height) for s in scored],
+            [s.request_id for s in scored],
+        ))
+        self.state = reply[-1]
+        if reply[0] == "failed":
+            logger.warning("shadow inference failed: %s", reply[1])
+            self.metrics.failures.inc(len(scored))
+            return
+        _, tag, probabilities, candidate_s, _ = reply
+        self._remember(tag, scored, probabilities)
+        start = 0
+        for item in batch:
+            n = len(item.scored)
+            primary = np.stack([np.asarray(s.probabilities, np.float64) for s in item.scored])
+            candidate = probabilities[start:start + n].astype(np.float64)
+            start += n
+            self._tally(tag, primary, candidate, item.primary_s, candidate_s)
+            self._publish(primary, candidate, item.primary_s, candidate_s)
 
-    def _observe(self, cand: Candidate, pixels: np.ndarray, scored: list[Any], outs: list[Any]) -> None:
-        """The candidate's predictions into its drift window (evaluated when due)."""
-        from edge.preprocess import image_stats_batch, stats_grid
-        from serving.monitoring.signals import Observation
+    def _remember(self, tag: str, scored: list[Any], probabilities: np.ndarray) -> None:
+        """The candidate's predictions into the primary's feedback store, so that labels score them too."""
+        labels = self.state["labels"]
+        monitor = scored[0].served.monitor.monitor  # the Monitor inside the guard; None: monitoring is off
+        if monitor is None:
+            return
+        monitor.observe_shadow(tag, [(s.request_id, labels[int(i)]) for s, i in
+                                     zip(scored, probabilities.argmax(axis=1), strict=True)])
 
-        grids = [np.ascontiguousarray(stats_grid(p)) for p in pixels]
-        stats = image_stats_batch(grids)
-        for s, out, grid, row in zip(scored, outs, grids, stats, strict=True):
-            size = (s.decoded.info.width, s.decoded.info.height)
-            pred = int(np.argmax(out.probabilities))
-            obs = Observation(s.request_id, grid, size, pred, float(out.probabilities[pred]),
-                              out.embedding, cand.predictor.variant, time.time())
-            cand.window.add(dataclasses.replace(obs, features=(*map(float, row), *map(float, size))))
-            if cand.window.due():
-                for signal, result in cand.window.evaluate().items():
-                    if result.get("score") is not None:
-                        self.metrics.drift_score.labels(signal=signal).set(float(result["score"]))
+    def _tally(self, tag: str, primary: np.ndarray, candidate: np.ndarray, primary_s: float,
+               candidate_s: float) -> None:
+        with self._lock:
+            if tag != self._tallied:  # a new candidate: its agreement starts afresh
+                self.cumulative, self.window, self.last_window = Tally(len(self.labels)), Tally(len(self.labels)), None
+                self._tallied = tag
+            for tally in (self.cumulative, self.window):
+                tally.add(primary, candidate, primary_s, candidate_s)
+            if self.window.count >= self.config.shadow_window:
+                self.last_window = self.window.report(self.labels)
+                self.window = Tally(len(self.labels))
 
     def _publish(self, primary: np.ndarray, candidate: np.ndarray, primary_s: float, candidate_s: float) -> None:
         m = self.metrics
@@ -202,79 +233,122 @@ class Shadow:
         if last is not None:
             m.agreement.labels(scope="window").set(last["agreement"] or 0.0)
             m.max_difference.labels(scope="window").set(last["max_probability_difference"])
+        for signal, score in self.state["drift"]["scores"].items():
+            if score is not None:
+                m.drift_score.labels(signal=signal).set(float(score))
 
     # -------------------------------------------------------------------------------------- reports
 
-    def feedback(self, request_id: str, label: str) -> dict[str, Any] | None:
-        """Score the candidate's (and the primary's) prediction of a mirrored request; ``None`` if not mirrored."""
-        with self._lock:
-            seen = self._seen.pop(request_id, None)
-        if seen is None or label not in self.labels:
+    def feedback(self, request_id: str) -> dict[str, Any] | None:
+        """After the label of ``request_id`` is recorded: whether the primary and the candidate predicted it,
+        with each one's labelled accuracy so far; ``None`` when the candidate never saw the request."""
+        monitor = self.served().monitor.monitor
+        if monitor is None:
             return None
-        truth = self.labels.index(label)
+        rows = {"primary" if row["role"] == "primary" else "candidate": row for row in monitor.outcomes(request_id)}
+        if set(rows) != {"primary", "candidate"}:
+            return None
         out = {}
-        for which, pred in zip(("primary", "candidate"), seen, strict=True):
-            self.labelled[which][0] += int(pred == truth)
-            self.labelled[which][1] += 1
-            self.metrics.feedback_correct.labels(model=which).inc(int(pred == truth))
+        for which, row in rows.items():
             self.metrics.feedback.labels(model=which).inc()
-            out[which] = {"correct": pred == truth, "accuracy": self.labelled[which][0] / self.labelled[which][1]}
+            self.metrics.feedback_correct.labels(model=which).inc(int(row["correct"]))
+            counts = monitor.labelled_accuracy(row["model"]) or {}
+            out[which] = {"model": row["model"], "correct": row["correct"], "accuracy": counts.get("accuracy")}
         return out
 
     def brief(self) -> dict[str, Any]:
         """What ``/metadata`` says about the shadow."""
-        return {"alias": self.config.shadow, "candidate": self.models.current.tag, "share": self.config.shadow_share}
+        return {"alias": self.config.shadow, "candidate": self.state["tag"], "share": self.config.shadow_share}
 
     def report(self) -> dict[str, Any]:
         """What ``GET /shadow`` shows."""
-        cand = self.models.current.value
         with self._lock:
             cumulative = self.cumulative.report(self.labels)
             current = self.window.report(self.labels)
             last = self.last_window
-        drift = cand.window.snapshot()
+        served = self.served()
+        labelled = {}
+        for which, tag in (("primary", served.tag), ("candidate", self.state["tag"])):
+            monitor = served.monitor.monitor
+            counts = (monitor.labelled_accuracy(tag) if monitor is not None else None) or {}
+            labelled[which] = {"correct": counts.get("correct", 0), "labelled": counts.get("count", 0),
+                               "accuracy": counts.get("accuracy")}
         return {
             "enabled": True,
             **self.brief(),
+            "failed": self.failed,
             "window_size": self.config.shadow_window,
             "cumulative": cumulative,
             "window": last,
             "current_window": current,
             "shed": self.shed,
             "pending": self._queue.qsize(),
-            "labelled": {k: {"correct": c, "labelled": n, "accuracy": c / n if n else None}
-                         for k, (c, n) in self.labelled.items()},
-            "drift": {"detected": drift["detected"], "evaluations": drift["evaluations"],
-                      "scores": {k: v.get("score") for k, v in drift["signals"].items()}},
-            "lifecycle": self.models.status(),
+            "labelled": labelled,
+            "drift": self.state["drift"],
+            "lifecycle": self.state["lifecycle"],
         }
 
+    # -------------------------------------------------------------------------------------- process
+
+    def _expect(self, kind: str) -> tuple[Any, ...]:
+        if not self._conn.poll(START_TIMEOUT_S):
+            self._kill()
+            raise RuntimeError(f"the candidate's process did not start within {START_TIMEOUT_S:.0f} s")
+        try:
+            message = self._conn.recv()
+        except (EOFError, OSError):
+            code = self._proc.wait(10)
+            raise RuntimeError(f"the candidate's process exited with {code} before loading; see the log") from None
+        if message[0] != kind:
+            self._kill()
+            raise RuntimeError(str(message[1]))
+        return message
+
+    def _kill(self) -> None:
+        self._conn.close()
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(10)
+
     def close(self) -> None:
-        """Stop the worker (queued mirrors are dropped) and release the candidate."""
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(None)
+        """Stop the shadow thread (queued mirrors are dropped) and the candidate's process."""
+        self._stop.set()
         self._thread.join(timeout=5.0)
-        self.models.close()
+        with contextlib.suppress(EOFError, OSError):
+            self._conn.send(("close",))
+        self._kill()
 
 
-def _lowest_priority() -> None:
-    """Run this thread (and the candidate's inference, which runs on it) at the lowest CPU priority: on a busy
-    machine the primary's threads go first, the shadow queue fills and mirrored requests are shed."""
-    import os
+class _Stopped(Exception):
+    """The shadow was closed while it waited for the candidate."""
 
+
+def _start_worker(config: ServeConfig, name: str) -> tuple[subprocess.Popen, Connection]:
+    """``python -m serving.shadow_worker`` with one end of a socket pair; the other end, as a Connection."""
+    ours, theirs = socket.socketpair()
+    env = config.child_env()
+    root = str(Path(__file__).resolve().parents[1])  # where ``serving`` is importable from, installed or not
+    env["PYTHONPATH"] = root + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # Linux: per-thread niceness
-    except (AttributeError, OSError) as exc:
-        logger.info("shadow thread keeps the default priority: %s", exc)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "serving.shadow_worker", str(theirs.fileno()), name],
+            pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
+        )
+    finally:
+        theirs.close()
+    return proc, Connection(ours.detach())
 
 
-def start_shadow(config: ServeConfig, name: str) -> Shadow | None:
-    """The shadow of ``config.shadow``; ``None`` (logged) when it cannot start, so the primary still serves."""
+def start_shadow(config: ServeConfig, name: str, served: Callable[[], Any]) -> tuple[Shadow | None, str | None]:
+    """The shadow of ``config.shadow`` and ``None``; or ``None`` and why it did not start (logged), so that the
+    primary still serves and ``/shadow`` says why."""
     try:
-        return Shadow(config, name)
+        return Shadow(config, name, served), None
     except Exception as exc:
         logger.error("shipyard: shadow %r not started: %s", config.shadow, exc)
-        return None
+        return None, f"the shadow {config.shadow!r} did not start: {exc}"
 
 
 def check_agreement(server: str, tag: str, minimum: float) -> float:
@@ -296,7 +370,7 @@ def check_agreement(server: str, tag: str, minimum: float) -> float:
     except Exception as exc:
         raise PackageError(f"not promoted: cannot read the shadow report at {url}: {exc}") from None
     if not report.get("enabled"):
-        raise PackageError(f"not promoted: the server at {server} runs no shadow (start it with --shadow ALIAS)")
+        raise PackageError(f"not promoted: the server at {server} runs no shadow ({report.get('reason')})")
     if report.get("candidate") != tag:
         raise PackageError(f"not promoted: the server at {server} shadows {report.get('candidate')}, not {tag}")
     agreement = (report.get("cumulative") or {}).get("agreement")

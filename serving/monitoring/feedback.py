@@ -338,6 +338,18 @@ class FeedbackStore:
                 raise RuntimeError("the feedback store is closed")
             return self._counts(self._db, model or self.model)
 
+    def outcomes(self, request_id: str) -> list[dict[str, Any]]:
+        """The labelled predictions of ``request_id``, one per model that made one (the served model's and any
+        shadow's): ``model``, ``role``, ``predicted_label``, ``true_label``, ``correct``."""
+        with self._db_lock:
+            if self._db is None:
+                raise RuntimeError("the feedback store is closed")
+            rows = self._db.execute(
+                "SELECT model, role, pred, true_label FROM predictions WHERE request_id = ? AND true_label IS NOT NULL",
+                (request_id,),
+            ).fetchall()
+        return [{"model": m, "role": r, "predicted_label": p, "true_label": t, "correct": p == t} for m, r, p, t in rows]
+
     def models(self) -> list[str]:
         """Every model version the store has labels for."""
         with self._db_lock:

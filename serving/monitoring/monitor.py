@@ -305,6 +305,17 @@ class Monitor:
         except Exception as exc:
             self._fail("feedback_store", exc)
 
+    def outcomes(self, request_id: str) -> list[dict[str, Any]]:
+        """Every model's labelled prediction of ``request_id`` (see :meth:`FeedbackStore.outcomes`); empty when
+        monitoring is off or the request has no label yet. Never raises."""
+        if self._feedback is None:
+            return []
+        try:
+            return self._feedback.outcomes(str(request_id))
+        except Exception as exc:
+            self._fail("feedback_store", exc)
+            return []
+
     def labelled_accuracy(self, model: str | None = None) -> dict[str, Any] | None:
         """The accuracy that ``/feedback`` labels give ``model`` (default: the served version), across server
         starts when the store is a file: ``model``, ``count``, ``correct``, ``accuracy`` and

@@ -201,8 +201,64 @@ def test_a_shadow_candidate_reports_agreement_and_scores_feedback(served, versio
         label = served.labels[ids[0][1]]
         answer = client.post("/feedback", json={"request_id": ids[0][0], "label": label}).json()
         assert answer["details"]["shadow"]["candidate"]["correct"] == answer["details"]["shadow"]["primary"]["correct"]
-        assert client.get("/shadow").json()["labelled"]["candidate"]["labelled"] == 1
+        labelled = client.get("/shadow").json()["labelled"]
+        assert labelled["candidate"]["labelled"] == 1, labelled
+        assert answer["details"]["shadow"]["candidate"]["model"] == versions["v2"]
         metrics = _metrics()
         for name in ("shipyard_shadow_agreement{scope=\"cumulative\"} 1.0", "shipyard_shadow_mirrored_total",
                      "shipyard_shadow_drift_score", "shipyard_shadow_latency_seconds_bucket"):
             assert name in metrics, name
+    # The candidate's labelled accuracy lives in the feedback store: a restarted server still reports it.
+    with asgi_client(NAME, alias="prod-s", shadow="cand-s", shadow_window=10, alias_poll_s=0.2) as client:
+        assert client.get("/shadow").json()["labelled"] == labelled
+
+
+def _shadow_workers() -> list:
+    import psutil
+
+    return [p for p in psutil.Process().children(recursive=True) if "serving.shadow_worker" in " ".join(p.cmdline())]
+
+
+def test_the_shadow_runs_apart_at_idle_priority_and_its_death_leaves_the_primary_serving(served, versions, images):
+    import os
+
+    import shipyard
+
+    shipyard.promote(served.tag, "prod-d")
+    shipyard.promote(versions["v2"], "cand-d")
+    png = ("x.png", images.png[0], "image/png")
+    with asgi_client(NAME, alias="prod-d", shadow="cand-d", alias_poll_s=0.2) as client:
+        workers = _shadow_workers()
+        assert len(workers) == 1, workers
+        assert os.sched_getscheduler(workers[0].pid) == os.SCHED_IDLE  # only the CPU the primary leaves idle
+        workers[0].kill()
+        workers[0].wait(10)
+        deadline = time.monotonic() + 20
+        while client.get("/shadow").json()["failed"] is None:
+            assert client.post("/classify", files={"image": png}).status_code == 200
+            assert time.monotonic() < deadline, "the shadow's death was never reported"
+            time.sleep(0.2)
+        assert "process ended" in client.get("/shadow").json()["failed"]
+        resp = client.post("/classify", files={"image": png})
+        assert resp.status_code == 200 and resp.json()["model"] == served.tag
+    assert _shadow_workers() == []
+
+
+def test_a_shadow_that_cannot_load_is_reported_and_the_primary_serves(served, versions, images, tmp_path):
+    import bentoml
+
+    import shipyard
+    from serving.aliases import AliasStore
+
+    shipyard.promote(served.tag, "prod-t")
+    tampered = _version(served, tmp_path, "life-shadow-tampered")
+    path = Path(bentoml.models.get(tampered).path) / "variants" / "model_embedding.onnx"
+    path.write_bytes(path.read_bytes()[:-64])
+    AliasStore().move(NAME, "cand-t", "life-shadow-tampered")  # bypasses promote's checks, as a hand edit would
+    with asgi_client(NAME, alias="prod-t", shadow="cand-t") as client:
+        report = client.get("/shadow").json()
+        assert report["enabled"] is False and "'cand-t' did not start" in report["reason"], report
+        assert "sha256" in report["reason"].lower(), report
+        resp = client.post("/classify", files={"image": ("x.png", images.png[0], "image/png")})
+        assert resp.status_code == 200 and resp.json()["model"] == served.tag
+    assert _shadow_workers() == []
