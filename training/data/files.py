@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import ShipyardError
-from edge.preprocess import ALLOWED_FORMATS, IMAGE_SUFFIXES, open_image
+from edge.preprocess import ALLOWED_FORMATS, IMAGE_SUFFIXES, open_image, read_file
 
 #: Image formats we recognise by suffix but cannot use; reported with a hint to convert.
 UNSUPPORTED_IMAGE_SUFFIXES: frozenset[str] = frozenset(
@@ -74,7 +74,7 @@ def check_file(path: Path, max_pixels: int) -> FileInfo:
     """Read a file's header (and decode it when a cheap completeness check fails); never raises."""
     info = FileInfo(path)
     try:
-        data = path.read_bytes()
+        data = read_file(path)
     except OSError as exc:
         info.reason = f"cannot be read: {exc.strerror or exc}; check its permissions"
         return info
@@ -94,6 +94,13 @@ def check_file(path: Path, max_pixels: int) -> FileInfo:
     except Exception as exc:  # Pillow raises OSError, SyntaxError, struct.error... for broken data
         info.reason = f"is corrupt or truncated ({info.size} bytes) and cannot be decoded: {exc}"
     return info
+
+
+def check_file_fields(path: str, max_pixels: int) -> tuple[int, str | None, int, int, str, str]:
+    """:func:`check_file`'s answer as (size, reason, width, height, mode, format): a plain tuple, cheaper to
+    send back from a worker process than a :class:`FileInfo`."""
+    info = check_file(Path(path), max_pixels)
+    return info.size, info.reason, info.width, info.height, info.mode, info.format
 
 
 def skip_reason_by_name(path: Path) -> str | None:

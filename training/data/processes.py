@@ -18,20 +18,23 @@ returns ``None``).
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
+import contextlib
 import gc
 import itertools
 import logging
 import multiprocessing as mp
 import os
+import pickle
 import sys
 import threading
 import traceback
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 from multiprocessing.shared_memory import SharedMemory
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,9 +45,6 @@ from edge.preprocess import decode_file
 from training.data.threads import thread_map, workers
 
 log = logging.getLogger("shipyard.data")
-
-#: A task sent to a worker: (task id, function, its arguments); the function must be importable by name.
-_Task = tuple[int, Callable[..., Any], tuple[Any, ...]]
 
 #: In a worker: the shared-memory blocks it has attached, by name.
 _ATTACHED: dict[str, SharedMemory] = {}
@@ -58,7 +58,7 @@ def decode_rows(
     failed: list[tuple[int, str]] = []
     for row, raw in enumerate(paths):
         try:
-            out[row] = decode_file(Path(raw.decode("utf-8")), contract, max_pixels=max_pixels)
+            out[row] = decode_file(raw.decode("utf-8"), contract, max_pixels=max_pixels)
         except ShipyardError as exc:
             failed.append((row, str(exc)))
     return failed
@@ -88,13 +88,14 @@ def _serve(conn: Connection) -> None:
     """A worker's loop: run each task, answer with (task id, result, None) or (task id, None, traceback)."""
     while True:
         try:
-            task: _Task | None = conn.recv()
+            message: tuple[int, bytes] | None = conn.recv()
         except (EOFError, OSError):  # the parent is gone
             return
-        if task is None:
+        if message is None:
             return
-        task_id, fn, args = task
+        task_id, payload = message
         try:
+            fn, args = pickle.loads(payload)  # here, so that a task that cannot be unpickled is answered
             answer = (task_id, fn(*args), None)
         except Exception:  # a bug, not a bad file (decode_rows catches those): the caller raises it
             answer = (task_id, None, traceback.format_exc())
@@ -117,19 +118,40 @@ def _child(conn: Connection, inherited: list[int]) -> None:
         os._exit(code)
 
 
+#: Batches are handed to TensorFlow without a copy while they hold less shared memory than this in all;
+#: past it (a consumer that keeps many batches, e.g. a ``cache()`` after the map) they are copied out.
+LEASED_BYTES = 256 << 20
+#: A new block is made only while ``/dev/shm`` keeps this much room beside it: a full tmpfs would kill the
+#: process that touches the block (SIGBUS) instead of failing the allocation; callers fall back to threads.
+SHM_HEADROOM = 32 << 20
+
+
+def _shm_has_room(nbytes: int) -> bool:
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize >= nbytes + SHM_HEADROOM
+
+
 class _Blocks:
-    """Shared-memory blocks for batches, reused: a caller takes one of at least the bytes it needs."""
+    """Shared-memory blocks for batches, reused: a caller takes one of at least the bytes it needs and
+    gives it back, or hands its pixels out as a view that gives the block back once it is garbage."""
 
     def __init__(self) -> None:
         self._free: list[SharedMemory] = []
         self._all: list[SharedMemory] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a view's finalizer may run while this thread holds it
+        self.leased = 0  # bytes of the blocks handed out as views
 
-    def take(self, nbytes: int) -> SharedMemory:
+    def take(self, nbytes: int) -> SharedMemory | None:
+        """A free block of at least ``nbytes``, a new one, or ``None`` when ``/dev/shm`` is short of room."""
         with self._lock:
             for k, block in enumerate(self._free):
                 if block.size >= nbytes:
                     return self._free.pop(k)
+        if not _shm_has_room(nbytes):
+            return None
         block = SharedMemory(create=True, size=max(nbytes, 1))
         with self._lock:
             self._all.append(block)
@@ -139,11 +161,30 @@ class _Blocks:
         with self._lock:
             self._free.append(block)
 
+    def hand_out(self, block: SharedMemory, pixels: np.ndarray) -> np.ndarray:
+        """``pixels`` (a view of ``block``) for the caller to keep; the block is reused once the view is
+        garbage (TensorFlow keeps such an array as its tensor's memory). A copy when too much is out."""
+        with self._lock:
+            if self.leased + block.size > LEASED_BYTES:
+                out = pixels.copy()
+                self._free.append(block)
+                return out
+            self.leased += block.size
+        weakref.finalize(pixels, self._returned, block)
+        return pixels
+
+    def _returned(self, block: SharedMemory) -> None:
+        with self._lock:
+            self.leased -= block.size
+            self._free.append(block)
+
     def close(self) -> None:
         with self._lock:
             for block in self._all:
-                block.close()
-                block.unlink()
+                with contextlib.suppress(BufferError):  # a view is still alive: the mapping goes at exit
+                    block.close()
+                with contextlib.suppress(FileNotFoundError):
+                    block.unlink()
             self._all.clear()
             self._free.clear()
 
@@ -204,9 +245,9 @@ class DecodeProcesses:
             task_id = next(self._ids)
             self._pending[task_id] = (worker, weight, future)
             self._load[worker] += weight
-        task: _Task = (task_id, fn, args)
+        payload = pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
         with self._send_locks[worker]:
-            self._conns[worker].send(task)
+            self._conns[worker].send((task_id, payload))
         return future
 
     def map(self, fn: Callable[[Any], Any], items: list[Any], chunk: int = 64) -> list[Any]:
@@ -223,39 +264,42 @@ class DecodeProcesses:
 
     def decode(
         self, paths: list[bytes], contract: InputContract, max_pixels: int
-    ) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    ) -> tuple[np.ndarray, list[tuple[int, str]]] | None:
         """Decode ``paths`` (utf-8 bytes) with ``decode_file`` in the workers, one contiguous share each.
 
         Returns:
-            ``uint8`` ``(len(paths), H, W, 3)`` pixels (zeros in the rows of failed files) and the
-            (row, reason) of every file that raised :class:`ShipyardError`, sorted by row.
+            ``uint8`` ``(n, H, W, 3)`` pixels of the ``n`` files that decoded, in order (a view of shared
+            memory, reused once it is garbage), and the (row, reason) of every file that raised
+            :class:`ShipyardError`, sorted by row; ``None`` when ``/dev/shm`` has no room for the batch.
 
         Raises:
             RuntimeError: a worker raised something else (its traceback is in the message) or died.
         """
         shape = (len(paths), contract.height, contract.width, 3)
         block = self._blocks.take(int(np.prod(shape)))
+        if block is None:
+            return None
+        n, shares = len(paths), min(self.processes, len(paths))
+        bounds = [n * k // shares for k in range(shares + 1)]
+        futures: list[tuple[int, Future]] = []
         try:
-            n, shares = len(paths), min(self.processes, len(paths))
-            bounds = [n * k // shares for k in range(shares + 1)]
-            futures = [
-                (
-                    start,
-                    self.submit(
-                        _decode_into_block,
-                        (block.name, shape, start, paths[start:stop], contract, max_pixels),
-                        stop - start,
-                    ),
-                )
-                for start, stop in itertools.pairwise(bounds)
-            ]
-            failed = [(start + row, reason) for start, f in futures for row, reason in f.result()]
-            images = np.ndarray(shape, np.uint8, buffer=block.buf).copy()
-        finally:
+            for start, stop in itertools.pairwise(bounds):
+                args = (block.name, shape, start, paths[start:stop], contract, max_pixels)
+                futures.append((start, self.submit(_decode_into_block, args, stop - start)))
+            failed = sorted((start + row, reason) for start, f in futures for row, reason in f.result())
+        except BaseException:
+            concurrent.futures.wait([f for _, f in futures])  # no worker may still write into the block
             self._blocks.give(block)
-        for row, _ in failed:
-            images[row] = 0
-        return images, sorted(failed)
+            raise
+        pixels = np.ndarray(shape, np.uint8, buffer=block.buf)
+        if not failed:
+            return self._blocks.hand_out(block, pixels), failed
+        ok = np.ones(n, dtype=bool)
+        ok[[row for row, _ in failed]] = False
+        decoded = pixels[ok]  # a copy
+        del pixels
+        self._blocks.give(block)
+        return decoded, failed
 
     def _read(self) -> None:
         """The reader thread: route each worker's answer to its future; fail everything if a worker dies."""
@@ -282,8 +326,8 @@ class DecodeProcesses:
         proc.join(timeout=1.0)
         reason = (
             f"decode worker process {worker} (pid {proc.pid}) exited unexpectedly (exit code "
-            f"{proc.exitcode}); streamed batches cannot be decoded. If it was killed for memory, "
-            "lower data.batch_size or use fewer workers"
+            f"{proc.exitcode}); the data cannot be decoded in worker processes. If it was killed for "
+            "memory, lower data.batch_size"
         )
         with self._lock:
             self.broken = self.broken or reason

@@ -23,7 +23,7 @@ def decode_batch_threads(
     paths: list[bytes], contract: InputContract, max_pixels: int
 ) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """:meth:`DecodeProcesses.decode` in this process's thread pool (where worker processes cannot run)."""
-    images = np.zeros((len(paths), contract.height, contract.width, 3), dtype=np.uint8)
+    images = np.empty((len(paths), contract.height, contract.width, 3), dtype=np.uint8)
     failed: list[tuple[int, str]] = []
 
     def work(i: int) -> None:
@@ -33,7 +33,11 @@ def decode_batch_threads(
             failed.append((i, str(exc)))
 
     list(decode_pool().map(work, range(len(paths))))
-    return images, sorted(failed)
+    if not failed:
+        return images, failed
+    ok = np.ones(len(paths), dtype=bool)
+    ok[[i for i, _ in failed]] = False
+    return images[ok], sorted(failed)
 
 
 def stream_pipeline(
@@ -57,32 +61,29 @@ def stream_pipeline(
     lock = threading.Lock()
     processes = decode_processes(workers(1 << 30))
 
-    def decode_batch(paths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def decode_batch(paths: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raw = paths.tolist()
-        pool = processes if processes is not None and not processes.broken else None
-        if pool is not None:
-            images, failed = pool.decode(raw, contract, max_pixels)
-        else:
-            images, failed = decode_batch_threads(raw, contract, max_pixels)
-        ok = np.ones(len(raw), dtype=bool)
+        decoded = None
+        if processes is not None and not processes.broken:
+            decoded = processes.decode(raw, contract, max_pixels)
+        images, failed = decoded if decoded is not None else decode_batch_threads(raw, contract, max_pixels)
+        if not failed:
+            return images, labels
         for row, reason in failed:
-            ok[row] = False
             path = Path(raw[row].decode("utf-8"))
             with lock:
                 if path not in failures:
                     failures[path] = reason
                     log.warning("skipping %s: %s", path, reason)
-        return images, ok
+        return images, np.delete(labels, [row for row, _ in failed])
 
     def load(paths: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        images, ok = tf.numpy_function(decode_batch, [paths], (tf.uint8, tf.bool), name="edge_decode_batch")
-        images.set_shape((None, height, width, 3))
-        ok.set_shape((None,))
-        return tf.cond(
-            tf.reduce_all(ok),
-            lambda: (images, labels),
-            lambda: (tf.boolean_mask(images, ok), tf.boolean_mask(labels, ok)),
+        images, kept = tf.numpy_function(
+            decode_batch, [paths, labels], (tf.uint8, tf.int32), name="edge_decode_batch"
         )
+        images.set_shape((None, height, width, 3))
+        kept.set_shape((None,))
+        return images, kept
 
     paths = [str(s.path) for s in samples]
     labels = np.array([s.label for s in samples], dtype=np.int32)
