@@ -1,0 +1,191 @@
+"""training.data.processes: the forked decode workers behind the scan and the stream scheme.
+
+Every pixel they return must be ``edge.preprocess.decode_file``'s; a file that fails is masked and reported
+with decode_file's reason; a bug or a dead worker is an error that says so, never a hang or a wrong batch.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge.errors import ShipyardError
+from edge.manifest import InputContract
+from edge.preprocess import decode_file
+from training.config import DataConfig
+from training.data import build_datasets, scan_dataset
+from training.data import processes as procs
+from training.data.processes import DecodeProcesses, decode_processes
+
+CONTRACT = InputContract(height=16, width=16)
+
+
+def _folder(root: Path, per_class: int = 6) -> Path:
+    """Two classes of small JPEGs and PNGs, plus files the scan skips and one that only decoding catches."""
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 255, size=(20 + i, 24, 3), dtype=np.uint8)
+            fmt, suffix = ("JPEG", "jpg") if i % 2 else ("PNG", "png")
+            Image.fromarray(pixels).save(root / name / f"{name}_{i}.{suffix}", fmt)
+    (root / "cat" / "empty.jpg").write_bytes(b"")
+    (root / "dog" / "text.png").write_bytes(b"not an image\n" * 8)
+    good = (root / "cat" / "cat_1.jpg").read_bytes()
+    (root / "dog" / "cut.jpg").write_bytes(good[: len(good) // 2])  # truncated: the scan decodes it to decide
+    return root
+
+
+def _reason(path: Path) -> str:
+    with pytest.raises(ShipyardError) as info:
+        decode_file(path, CONTRACT)
+    return str(info.value)
+
+
+def _pool() -> DecodeProcesses:
+    pool = decode_processes(2)
+    if pool is None:
+        pytest.skip("decode worker processes need fork (Linux)")
+    return pool
+
+
+def test_the_scan_in_worker_processes_matches_the_scan_in_threads(tmp_path: Path, monkeypatch) -> None:
+    root = _folder(tmp_path / "d")
+    monkeypatch.setattr(procs, "MIN_ITEMS_FOR_PROCESSES", 10**9)
+    threads = scan_dataset(root, DataConfig())
+    monkeypatch.setattr(procs, "MIN_ITEMS_FOR_PROCESSES", 1)
+    _pool()
+    workers = scan_dataset(root, DataConfig())
+    assert workers.skipped == threads.skipped and len(workers.skipped) == 3
+    assert workers.splits == threads.splits
+    assert workers.fingerprint() == threads.fingerprint()
+    assert (workers.image_sizes, workers.image_modes, workers.formats) == (
+        threads.image_sizes,
+        threads.image_modes,
+        threads.formats,
+    )
+
+
+def test_workers_return_decode_files_pixels_and_its_reasons(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "d")
+    files = [*sorted((root / "cat").glob("cat_*")), root / "dog" / "text.png", root / "nope.jpg"]
+    files.insert(2, root / "dog" / "cut.jpg")
+    images, failed = _pool().decode([str(p).encode() for p in files], CONTRACT, 10**8)
+    bad = {2: files[2], len(files) - 2: files[-2], len(files) - 1: files[-1]}
+    assert failed == [(row, _reason(path)) for row, path in sorted(bad.items())]
+    good = [p for row, p in enumerate(files) if row not in bad]
+    assert images.dtype == np.uint8 and images.shape == (len(good), 16, 16, 3)
+    np.testing.assert_array_equal(images, np.stack([decode_file(p, CONTRACT) for p in good]))
+
+
+def test_a_bug_in_a_worker_is_raised_with_its_traceback_and_the_pool_goes_on(tmp_path: Path) -> None:
+    pool = _pool()
+    with pytest.raises(RuntimeError, match=r"(?s)decode worker \d raised.*ValueError: invalid literal"):
+        pool.map(int, ["1", "x"], chunk=1)
+    assert pool.map(int, ["1", "2", "3"], chunk=2) == [1, 2, 3]
+    with pytest.raises(RuntimeError, match=r"(?s)raised.*ModuleNotFoundError"):  # a task it cannot unpickle
+        pool.map(_defined_after_the_fork(), [1])
+    assert pool.broken is None
+
+
+def _defined_after_the_fork():
+    import types
+
+    module = types.ModuleType("shipyard_test_not_in_the_workers")
+    exec("def f(x):\n    return x\n", module.__dict__)
+    import sys
+
+    sys.modules[module.__name__] = module
+    return module.f
+
+
+def test_a_dead_worker_fails_the_call_with_an_error_that_says_so(tmp_path: Path) -> None:
+    if decode_processes(2) is None:
+        pytest.skip("decode worker processes need fork (Linux)")
+    pool = DecodeProcesses(2)  # its own pool: the process-wide one stays healthy
+    try:
+        os.kill(pool._procs[0].pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pool.broken is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pool.broken and "exited unexpectedly" in pool.broken and "-9" in pool.broken
+        with pytest.raises(RuntimeError, match="exited unexpectedly"):
+            pool.map(int, ["1", "2"], chunk=1)
+    finally:
+        pool.close()
+
+
+def test_batches_are_views_that_give_their_block_back(tmp_path: Path, monkeypatch) -> None:
+    root = _folder(tmp_path / "d")
+    paths = [str(p).encode() for p in sorted((root / "cat").glob("cat_*"))]
+    pool = _pool()
+    gc.collect()
+    before = pool._blocks.leased
+    images, _ = pool.decode(paths, CONTRACT, 10**8)
+    assert pool._blocks.leased > before and not images.flags.owndata
+    want = images.copy()
+    del images
+    gc.collect()
+    assert pool._blocks.leased == before
+    again, _ = pool.decode(paths, CONTRACT, 10**8)  # reuses the block
+    np.testing.assert_array_equal(again, want)
+    monkeypatch.setattr(procs, "LEASED_BYTES", 0)  # a consumer that keeps everything: copies from here on
+    copied, _ = pool.decode(paths, CONTRACT, 10**8)
+    assert copied.flags.owndata
+    np.testing.assert_array_equal(copied, want)
+
+
+@pytest.mark.parametrize("how", ["processes", "threads: no room on /dev/shm", "threads: no processes"])
+def test_the_stream_scheme_yields_decode_files_pixels_and_reports_failures(
+    tmp_path: Path, monkeypatch, how: str
+) -> None:
+    root = _folder(tmp_path / "d", per_class=5)
+    corrupt = root / "dog" / "corrupt.png"  # passes the scan (valid CRCs), fails to decode
+    _pool()
+    if how == "threads: no room on /dev/shm":
+        monkeypatch.setattr(procs, "_shm_has_room", lambda nbytes: False)
+        monkeypatch.setattr(procs._POOL._blocks, "_free", [])
+    elif how == "threads: no processes":
+        monkeypatch.setattr("training.data.stream.decode_processes", lambda n: None)
+    _corrupt_png(corrupt)
+    config = DataConfig(path=root, loading="stream", batch_size=3, val_fraction=0.0, test_fraction=0.0)
+    ds = build_datasets(config, CONTRACT, augment=False)
+    assert corrupt in {s.path for s in ds.scan.splits["train"]}
+    xs, ys = zip(*((x.numpy(), y.numpy()) for x, y in ds.train), strict=True)
+    images, labels = np.concatenate(xs), np.concatenate(ys)
+    good = [s for s in ds.scan.splits["train"] if s.path != corrupt]
+    want = {(s.label, decode_file(s.path, CONTRACT).tobytes()) for s in good}
+    assert (
+        len(labels) == len(good)
+        and {(int(y), x.tobytes()) for x, y in zip(images, labels, strict=True)} == want
+    )
+    assert ds.decode_failures == {corrupt: _reason(corrupt)}
+
+
+def _corrupt_png(path: Path) -> None:
+    """A PNG whose chunk CRCs are valid but whose pixel data is garbage: passes verify(), fails decoding."""
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((12, 12, 3), 90, np.uint8)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    pos = 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        if bytes(data[pos + 4 : pos + 8]) == b"IDAT":
+            start = pos + 8
+            data[start : start + length] = bytes((b * 7 + 13) % 256 for b in range(length))
+            crc = zlib.crc32(bytes(data[pos + 4 : start + length])) & 0xFFFFFFFF
+            data[start + length : start + length + 4] = struct.pack(">I", crc)
+            break
+        pos += 12 + length
+    path.write_bytes(bytes(data))
