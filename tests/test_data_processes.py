@@ -189,3 +189,20 @@ def _corrupt_png(path: Path) -> None:
             break
         pos += 12 + length
     path.write_bytes(bytes(data))
+
+
+def test_a_forked_copy_of_the_process_starts_its_own_workers() -> None:
+    parent = _pool()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            child = decode_processes(2)
+            code = 0 if child is not None and child is not parent and child.map(int, ["7"]) == [7] else 2
+            if child is not None:
+                child.close()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert parent.broken is None and parent.map(int, ["1", "2"], chunk=1) == [1, 2]

@@ -4,15 +4,18 @@ Threads do not scale past about one core here: Pillow releases the GIL only insi
 Python around it (header parsing, ``tobytes``, the pool's futures) holds it, so decoding threads and
 TensorFlow's ``numpy_function`` calls queue on one lock. Processes have a GIL each. What crosses a process
 boundary is small: the task (file paths, the contract, where to write) goes down a pipe and the answer (the
-files that failed, with the reason) comes back; the pixels are written by the worker straight into a
-shared-memory block that the caller reads, never pickled (pickling them back measured slower than threads).
+files that failed, with ``decode_file``'s reason) comes back; the pixels are written by the worker straight
+into a shared-memory block, never pickled (pickling them back measured slower than threads). The block is
+handed to TensorFlow as the batch's memory without a copy (``numpy_function`` keeps an aligned array as
+its tensor's buffer) and reused once TensorFlow lets go of it. The scan's header checks use the same workers
+(:func:`parallel_map`).
 
 The workers are forked: a fork starts in milliseconds and imports nothing (a spawned interpreter would
-import ``training``, and with it TensorFlow, only to find the worker function). The child runs only this
-module's loop (Pillow, numpy, ``edge.preprocess``), never TensorFlow, and leaves with ``os._exit``; the
-garbage collector is frozen across the fork so that the child never finalizes the parent's objects.
-Where ``fork`` is not available (not Linux) the caller keeps its thread pool (:func:`decode_processes`
-returns ``None``).
+import ``training``, and with it TensorFlow, only to find the worker function). TensorFlow's threads are
+not copied into the child, which runs only this module's loop (Pillow, numpy, ``edge.preprocess``), never
+TensorFlow, and leaves with ``os._exit``; the garbage collector is frozen across the fork so that the child
+never finalizes the parent's objects. Where ``fork`` is not available (not Linux), with one core, or when
+``/dev/shm`` is short of room, the callers use their thread pools instead.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import pickle
 import sys
 import threading
 import traceback
+import warnings
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -207,6 +211,7 @@ class DecodeProcesses:
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._blocks = _Blocks()
+        self._pid = os.getpid()  # a process forked from this one must not use (or close) these workers
         self.broken: str | None = None
         # The workers must share this process's resource tracker: one they started themselves would unlink
         # the shared memory they attached when they exit.
@@ -219,7 +224,9 @@ class DecodeProcesses:
             )
             gc.freeze()  # the child never collects (and finalizes) the parent's objects
             try:
-                proc.start()
+                with warnings.catch_warnings():  # Python 3.12+ warns of forking threads: see the module doc
+                    warnings.filterwarnings("ignore", r".*multi-threaded.*fork", DeprecationWarning)
+                    proc.start()
             finally:
                 gc.unfreeze()
             child.close()
@@ -337,7 +344,9 @@ class DecodeProcesses:
             future.set_exception(RuntimeError(reason))
 
     def close(self) -> None:
-        """Stop the workers and free the shared memory (idempotent)."""
+        """Stop the workers and free the shared memory (idempotent; nothing in a forked copy of the owner)."""
+        if os.getpid() != self._pid:
+            return
         for conn, lock in zip(self._conns, self._send_locks, strict=True):
             try:
                 with lock:
@@ -356,17 +365,27 @@ _POOL_LOCK = threading.Lock()
 
 
 def decode_processes(processes: int) -> DecodeProcesses | None:
-    """The process-wide decode workers (started on first use), or ``None`` where they cannot run: fewer
-    than 2 ``processes`` (a thread does as well), no ``fork`` (not Linux), or a pool whose worker died."""
+    """The process-wide decode workers, ``processes`` of them started on first use (in each process: a
+    forked copy of this one starts its own), or ``None`` where they cannot run: fewer than 2 ``processes``
+    (a thread does as well), no ``fork`` (not Linux), or a pool whose worker died."""
     global _POOL
     if processes < 2 or "fork" not in mp.get_all_start_methods() or sys.platform != "linux":
         return None
     with _POOL_LOCK:
-        if _POOL is None:
+        if _POOL is None or _POOL._pid != os.getpid():
             _POOL = DecodeProcesses(processes)
             atexit.register(_POOL.close)
         return None if _POOL.broken else _POOL
 
+
+def _forget_pool_in_child() -> None:
+    """After a fork: the child has no reader thread for the parent's workers, and the lock may be held."""
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 #: Fewer items than this are mapped in threads: a chunk or two would leave a core idle anyway.
 MIN_ITEMS_FOR_PROCESSES = 256

@@ -1,4 +1,10 @@
-"""Thread pools for decoding: Pillow releases the GIL while it decodes, so threads scale with the cores."""
+"""Thread pools for decoding: the memory scheme's one-off decode, small scans, and the stream scheme where
+decode worker processes cannot run (:mod:`training.data.processes`).
+
+Pillow releases the GIL only inside the codec; the Python around it (header parsing, ``tobytes``, the
+futures) holds it, so on 224 px JPEGs a pool of threads decodes at about one core's rate however many
+cores there are. The decode worker processes do not share a GIL.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ def workers(n_items: int) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    # Decoding is CPU-bound (Pillow releases the GIL): one thread per core measured best.
+    # Decoding is CPU-bound: one thread (or worker process) per core measured best.
     return max(1, min(16, cores, n_items))
 
 
