@@ -11,12 +11,15 @@ client), on 127.0.0.1.
    state, 0 errors.
 2. **shadow**: three servers side by side, no shadow, shadow at 100% and at 10% mirror share (candidate: alias
    ``candidate``), measured in interleaved rounds. Target: primary throughput with the shadow >= 0.9x without.
+   Also recorded: how many images each shadow predicted and how many requests it shed (``/shadow``): the
+   candidate runs at idle priority, so what it covers is what the primary left of the CPU.
 
 The machine's cores are shared with the load generator and whatever else runs: the 1-minute load average is
 recorded with each figure. Prints a table and writes ``benchmarks/results/lifecycle.json``.
 
     .venv/bin/python benchmarks/lifecycle.py                        # 10 s windows, 3 rounds
     .venv/bin/python benchmarks/lifecycle.py --seconds 5 --rounds 1 # quicker
+    .venv/bin/python benchmarks/lifecycle.py --skip-swap            # the shadow part only
 """
 
 from __future__ import annotations
