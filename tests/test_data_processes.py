@@ -83,6 +83,8 @@ def test_workers_return_decode_files_pixels_and_its_reasons(tmp_path: Path) -> N
     good = [p for row, p in enumerate(files) if row not in bad]
     assert images.dtype == np.uint8 and images.shape == (len(good), 16, 16, 3)
     np.testing.assert_array_equal(images, np.stack([decode_file(p, CONTRACT) for p in good]))
+    empty, none = _pool().decode([], CONTRACT, 10**8)
+    assert empty.shape == (0, 16, 16, 3) and none == []
 
 
 def test_a_bug_in_a_worker_is_raised_with_its_traceback_and_the_pool_goes_on(tmp_path: Path) -> None:

@@ -283,6 +283,8 @@ class DecodeProcesses:
             RuntimeError: a worker raised something else (its traceback is in the message) or died.
         """
         shape = (len(paths), contract.height, contract.width, 3)
+        if not paths:
+            return np.empty(shape, np.uint8), []
         block = self._blocks.take(int(np.prod(shape)))
         if block is None:
             return None
