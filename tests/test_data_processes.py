@@ -77,7 +77,7 @@ def test_workers_return_decode_files_pixels_and_its_reasons(tmp_path: Path) -> N
     root = _folder(tmp_path / "d")
     files = [*sorted((root / "cat").glob("cat_*")), root / "dog" / "text.png", root / "nope.jpg"]
     files.insert(2, root / "dog" / "cut.jpg")
-    images, failed = _pool().decode([str(p).encode() for p in files], CONTRACT, 10**8)
+    images, failed = _pool().decode([str(p) for p in files], CONTRACT, 10**8)
     bad = {2: files[2], len(files) - 2: files[-2], len(files) - 1: files[-1]}
     assert failed == [(row, _reason(path)) for row, path in sorted(bad.items())]
     good = [p for row, p in enumerate(files) if row not in bad]
@@ -126,7 +126,7 @@ def test_a_dead_worker_fails_the_call_with_an_error_that_says_so(tmp_path: Path)
 
 def test_batches_are_views_that_give_their_block_back(tmp_path: Path, monkeypatch) -> None:
     root = _folder(tmp_path / "d")
-    paths = [str(p).encode() for p in sorted((root / "cat").glob("cat_*"))]
+    paths = [str(p) for p in sorted((root / "cat").glob("cat_*"))]
     pool = _pool()
     gc.collect()
     before = pool._blocks.leased
@@ -208,3 +208,15 @@ def test_a_forked_copy_of_the_process_starts_its_own_workers() -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert parent.broken is None and parent.map(int, ["1", "2"], chunk=1) == [1, 2]
+
+
+def test_a_file_name_that_is_not_utf8_streams(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "d", per_class=3)
+    odd = Path(os.fsdecode(os.fsencode(root / "cat") + b"/caf\xe9.png"))  # Latin-1 bytes on disk
+    Image.fromarray(np.full((9, 9, 3), 200, np.uint8)).save(odd, "PNG")
+    config = DataConfig(path=root, loading="stream", batch_size=2, val_fraction=0.0, test_fraction=0.0)
+    ds = build_datasets(config, CONTRACT, augment=False)
+    assert odd in {s.path for s in ds.scan.splits["train"]}
+    images = np.concatenate([x.numpy() for x, _ in ds.train])
+    assert decode_file(odd, CONTRACT).tobytes() in {x.tobytes() for x in images}
+    assert not ds.decode_failures

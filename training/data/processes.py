@@ -55,14 +55,14 @@ _ATTACHED: dict[str, SharedMemory] = {}
 
 
 def decode_rows(
-    paths: list[bytes], out: np.ndarray, contract: InputContract, max_pixels: int
+    paths: list[str], out: np.ndarray, contract: InputContract, max_pixels: int
 ) -> list[tuple[int, str]]:
-    """Decode ``paths`` (utf-8 bytes) into the rows of ``out`` with ``decode_file``; return (row, reason) of
+    """Decode the files at ``paths`` into the rows of ``out`` with ``decode_file``; return (row, reason) of
     the files that raised :class:`ShipyardError` (their rows are left as they were)."""
     failed: list[tuple[int, str]] = []
-    for row, raw in enumerate(paths):
+    for row, path in enumerate(paths):
         try:
-            out[row] = decode_file(raw.decode("utf-8"), contract, max_pixels=max_pixels)
+            out[row] = decode_file(path, contract, max_pixels=max_pixels)
         except ShipyardError as exc:
             failed.append((row, str(exc)))
     return failed
@@ -72,7 +72,7 @@ def _decode_into_block(
     name: str,
     shape: tuple[int, ...],
     start: int,
-    paths: list[bytes],
+    paths: list[str],
     contract: InputContract,
     max_pixels: int,
 ) -> list[tuple[int, str]]:
@@ -270,9 +270,9 @@ class DecodeProcesses:
         return [result for future in futures for result in future.result()]
 
     def decode(
-        self, paths: list[bytes], contract: InputContract, max_pixels: int
+        self, paths: list[str], contract: InputContract, max_pixels: int
     ) -> tuple[np.ndarray, list[tuple[int, str]]] | None:
-        """Decode ``paths`` (utf-8 bytes) with ``decode_file`` in the workers, one contiguous share each.
+        """Decode the files at ``paths`` with ``decode_file`` in the workers, one contiguous share each.
 
         Returns:
             ``uint8`` ``(n, H, W, 3)`` pixels of the ``n`` files that decoded, in order (a view of shared

@@ -93,7 +93,7 @@ class DatasetScan:
                 rows.append(f"{rel}\t{size}\t{self.labels[s.label]}\n")
         digest = hashlib.sha256()
         for row in sorted(rows):
-            digest.update(row.encode("utf-8"))
+            digest.update(row.encode("utf-8", "surrogateescape"))  # names that are not UTF-8: their bytes
         return digest.hexdigest()
 
 

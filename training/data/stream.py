@@ -20,7 +20,7 @@ log = logging.getLogger("shipyard.data")
 
 
 def decode_batch_threads(
-    paths: list[bytes], contract: InputContract, max_pixels: int
+    paths: list[str], contract: InputContract, max_pixels: int
 ) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """:meth:`DecodeProcesses.decode` in this process's thread pool (where worker processes cannot run)."""
     images = np.empty((len(paths), contract.height, contract.width, 3), dtype=np.uint8)
@@ -28,7 +28,7 @@ def decode_batch_threads(
 
     def work(i: int) -> None:
         try:
-            images[i] = decode_file(Path(paths[i].decode("utf-8")), contract, max_pixels=max_pixels)
+            images[i] = decode_file(paths[i], contract, max_pixels=max_pixels)
         except ShipyardError as exc:
             failed.append((i, str(exc)))
 
@@ -50,7 +50,8 @@ def stream_pipeline(
 ) -> tf.data.Dataset:
     """Batches decoded from the files on the fly: ``tf.numpy_function`` around ``edge.preprocess``.
 
-    Paths are shuffled and batched first; each batch is decoded by one ``numpy_function`` call that
+    Indices into the file list are shuffled and batched first (as in the memory scheme: no string tensors
+    to shuffle or convert); each batch is decoded by one ``numpy_function`` call that
     splits its files between worker processes, one per core (:mod:`training.data.processes`), which
     write the pixels into shared memory; several batches are in flight at once, so a worker always has
     the next files waiting. One call per batch instead of per image measured 20-40% faster on 224 px
@@ -60,34 +61,32 @@ def stream_pipeline(
     height, width = contract.height, contract.width
     lock = threading.Lock()
     processes = decode_processes(workers(1 << 30))
+    paths = [str(s.path) for s in samples]
+    labels = np.array([s.label for s in samples], dtype=np.int32)
 
-    def decode_batch(paths: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        raw = paths.tolist()
+    def decode_batch(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raw = [paths[i] for i in idx.tolist()]
         decoded = None
         if processes is not None and not processes.broken:
             decoded = processes.decode(raw, contract, max_pixels)
         images, failed = decoded if decoded is not None else decode_batch_threads(raw, contract, max_pixels)
         if not failed:
-            return images, labels
+            return images, labels[idx]
         for row, reason in failed:
-            path = Path(raw[row].decode("utf-8"))
+            path = Path(raw[row])
             with lock:
                 if path not in failures:
                     failures[path] = reason
                     log.warning("skipping %s: %s", path, reason)
-        return images, np.delete(labels, [row for row, _ in failed])
+        return images, np.delete(labels[idx], [row for row, _ in failed])
 
-    def load(paths: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        images, kept = tf.numpy_function(
-            decode_batch, [paths, labels], (tf.uint8, tf.int32), name="edge_decode_batch"
-        )
+    def load(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        images, kept = tf.numpy_function(decode_batch, [idx], (tf.uint8, tf.int32), name="edge_decode_batch")
         images.set_shape((None, height, width, 3))
         kept.set_shape((None,))
         return images, kept
 
-    paths = [str(s.path) for s in samples]
-    labels = np.array([s.label for s in samples], dtype=np.int32)
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    ds = tf.data.Dataset.range(len(paths))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE)
