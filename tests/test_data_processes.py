@@ -78,6 +78,9 @@ def test_workers_return_decode_files_pixels_and_its_reasons(tmp_path: Path) -> N
     files = [*sorted((root / "cat").glob("cat_*")), root / "dog" / "text.png", root / "nope.jpg"]
     files.insert(2, root / "dog" / "cut.jpg")
     images, failed = _pool().decode([str(p) for p in files], CONTRACT, 10**8)
+    split, split_failed = _pool().decode([str(p) for p in files], CONTRACT, 10**8, shares=2)
+    np.testing.assert_array_equal(split, images)
+    assert split_failed == failed
     bad = {2: files[2], len(files) - 2: files[-2], len(files) - 1: files[-1]}
     assert failed == [(row, _reason(path)) for row, path in sorted(bad.items())]
     good = [p for row, p in enumerate(files) if row not in bad]

@@ -270,9 +270,12 @@ class DecodeProcesses:
         return [result for future in futures for result in future.result()]
 
     def decode(
-        self, paths: list[str], contract: InputContract, max_pixels: int
+        self, paths: list[str], contract: InputContract, max_pixels: int, shares: int = 1
     ) -> tuple[np.ndarray, list[tuple[int, str]]] | None:
-        """Decode the files at ``paths`` with ``decode_file`` in the workers, one contiguous share each.
+        """Decode the files at ``paths`` with ``decode_file`` in the workers, in ``shares`` contiguous tasks.
+
+        One task per batch, with several batches in flight, measured about 8% less CPU per image than a
+        share of every batch for every worker (224 px JPEGs, batch 32, 2 workers).
 
         Returns:
             ``uint8`` ``(n, H, W, 3)`` pixels of the ``n`` files that decoded, in order (a view of shared
@@ -288,7 +291,7 @@ class DecodeProcesses:
         block = self._blocks.take(int(np.prod(shape)))
         if block is None:
             return None
-        n, shares = len(paths), min(self.processes, len(paths))
+        n, shares = len(paths), max(1, min(shares, len(paths)))
         bounds = [n * k // shares for k in range(shares + 1)]
         futures: list[tuple[int, Future]] = []
         try:

@@ -89,4 +89,6 @@ def stream_pipeline(
     ds = tf.data.Dataset.range(len(paths))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    # With worker processes: a batch for each worker to decode and one waiting for it.
+    calls = 2 * processes.processes if processes is not None else tf.data.AUTOTUNE
+    return ds.batch(batch_size).map(load, num_parallel_calls=calls)
