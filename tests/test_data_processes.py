@@ -223,3 +223,21 @@ def test_a_file_name_that_is_not_utf8_streams(tmp_path: Path) -> None:
     images = np.concatenate([x.numpy() for x, _ in ds.train])
     assert decode_file(odd, CONTRACT).tobytes() in {x.tobytes() for x in images}
     assert not ds.decode_failures
+
+
+def test_the_stream_goes_on_in_threads_when_a_worker_dies(tmp_path: Path, monkeypatch, caplog) -> None:
+    if decode_processes(2) is None:
+        pytest.skip("decode worker processes need fork (Linux)")
+    root = _folder(tmp_path / "d", per_class=5)
+    pool = DecodeProcesses(2)  # its own pool: the process-wide one stays healthy
+    monkeypatch.setattr("training.data.stream.decode_processes", lambda n: pool)
+    try:
+        config = DataConfig(path=root, loading="stream", batch_size=2, val_fraction=0.0, test_fraction=0.0)
+        ds = build_datasets(config, CONTRACT, augment=False)
+        os.kill(pool._procs[1].pid, signal.SIGKILL)
+        images = np.concatenate([x.numpy() for x, _ in ds.train])
+        want = {decode_file(s.path, CONTRACT).tobytes() for s in ds.scan.splits["train"]}
+        assert len(images) == len(want) and {x.tobytes() for x in images} == want
+        assert pool.broken and "decoding in threads from here on" in caplog.text
+    finally:
+        pool.close()

@@ -127,7 +127,7 @@ def _child(conn: Connection, inherited: list[int]) -> None:
 LEASED_BYTES = 256 << 20
 #: A new block is made only while ``/dev/shm`` keeps this much room beside it: a full tmpfs would kill the
 #: process that touches the block (SIGBUS) instead of failing the allocation; callers fall back to threads.
-SHM_HEADROOM = 32 << 20
+SHM_HEADROOM = 16 << 20
 
 
 def _shm_has_room(nbytes: int) -> bool:
@@ -196,9 +196,9 @@ class _Blocks:
 class DecodeProcesses:
     """Forked worker processes that decode files into shared memory; several callers may use it at once.
 
-    Each :meth:`decode` call splits its files into one contiguous chunk per worker, queues each chunk on the
-    least loaded worker (so a worker always has the next chunk waiting) and waits for the answers, which one
-    reader thread routes back. A worker that dies fails its pending calls with an error that says so.
+    Each task goes to the least loaded worker, so with several calls in flight a worker always has the
+    next task waiting; one reader thread routes the answers back to the callers' futures. A worker that
+    dies fails the pending calls, and every later one, with an error that says so.
     """
 
     def __init__(self, processes: int) -> None:
@@ -253,8 +253,11 @@ class DecodeProcesses:
             self._pending[task_id] = (worker, weight, future)
             self._load[worker] += weight
         payload = pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
-        with self._send_locks[worker]:
-            self._conns[worker].send((task_id, payload))
+        try:
+            with self._send_locks[worker]:
+                self._conns[worker].send((task_id, payload))
+        except OSError as exc:  # the worker is gone; the reader thread fails the pending futures
+            raise RuntimeError(self.broken or f"decode worker process {worker} is gone: {exc}") from exc
         return future
 
     def map(self, fn: Callable[[Any], Any], items: list[Any], chunk: int = 64) -> list[Any]:
@@ -352,6 +355,8 @@ class DecodeProcesses:
         """Stop the workers and free the shared memory (idempotent; nothing in a forked copy of the owner)."""
         if os.getpid() != self._pid:
             return
+        with self._lock:
+            self.broken = self.broken or "the decode worker processes were closed"
         for conn, lock in zip(self._conns, self._send_locks, strict=True):
             try:
                 with lock:

@@ -55,7 +55,7 @@ def stream_pipeline(
     worker process (one per core, :mod:`training.data.processes`), which writes the pixels into shared
     memory that becomes the batch's tensor without a copy; two batches per worker are in flight, so a
     worker always has the next batch waiting. Where worker processes cannot run (one core, not Linux,
-    ``/dev/shm`` full) a thread pool decodes. Files that fail are masked out of their batch (in numpy,
+    ``/dev/shm`` full) or a worker died (killed for memory, say), a thread pool decodes. Files that fail are masked out of their batch (in numpy,
     labels with them) and recorded in ``failures``.
 
     Measured on 2,000 224 px JPEGs, batch 32, 2 cores (``benchmarks/input_pipeline.py``, medians of 3
@@ -66,36 +66,64 @@ def stream_pipeline(
     machine and load): the Python around Pillow's codec holds the GIL, so threads ran on about one core.
     """
     height, width = contract.height, contract.width
-    lock = threading.Lock()
-    processes = decode_processes(workers(1 << 30))
-    paths = [str(s.path) for s in samples]
-    labels = np.array([s.label for s in samples], dtype=np.int32)
-
-    def decode_batch(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        raw = [paths[i] for i in idx.tolist()]
-        decoded = None
-        if processes is not None and not processes.broken:
-            decoded = processes.decode(raw, contract, max_pixels)
-        images, failed = decoded if decoded is not None else decode_batch_threads(raw, contract, max_pixels)
-        if not failed:
-            return images, labels[idx]
-        for row, reason in failed:
-            path = Path(raw[row])
-            with lock:
-                if path not in failures:
-                    failures[path] = reason
-                    log.warning("skipping %s: %s", path, reason)
-        return images, np.delete(labels[idx], [row for row, _ in failed])
+    decoder = _BatchDecoder(samples, contract, max_pixels, failures)
 
     def load(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        images, kept = tf.numpy_function(decode_batch, [idx], (tf.uint8, tf.int32), name="edge_decode_batch")
+        images, kept = tf.numpy_function(decoder, [idx], (tf.uint8, tf.int32), name="edge_decode_batch")
         images.set_shape((None, height, width, 3))
         kept.set_shape((None,))
         return images, kept
 
-    ds = tf.data.Dataset.range(len(paths))
+    ds = tf.data.Dataset.range(len(samples))
     if shuffle_seed is not None:
-        ds = ds.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(samples), seed=shuffle_seed, reshuffle_each_iteration=True)
     # With worker processes: a batch for each worker to decode and one waiting for it.
-    calls = 2 * processes.processes if processes is not None else tf.data.AUTOTUNE
+    calls = 2 * decoder.processes.processes if decoder.processes is not None else tf.data.AUTOTUNE
     return ds.batch(batch_size).map(load, num_parallel_calls=calls)
+
+
+class _BatchDecoder:
+    """What a streamed pipeline's ``numpy_function`` calls: a batch of sample indices -> (pixels, labels)
+    of the files that decoded; the others go to ``failures`` (path -> reason), each logged once."""
+
+    def __init__(
+        self, samples: list[Sample], contract: InputContract, max_pixels: int, failures: dict[Path, str]
+    ) -> None:
+        self.paths = [str(s.path) for s in samples]
+        self.labels = np.array([s.label for s in samples], dtype=np.int32)
+        self.contract, self.max_pixels, self.failures = contract, max_pixels, failures
+        self.processes = decode_processes(workers(1 << 30))
+        self._lock = threading.Lock()
+        self._said_broken = False
+
+    def __call__(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raw = [self.paths[i] for i in idx.tolist()]
+        decoded = self._in_processes(raw)
+        if decoded is None:
+            decoded = decode_batch_threads(raw, self.contract, self.max_pixels)
+        images, failed = decoded
+        if not failed:
+            return images, self.labels[idx]
+        with self._lock:
+            for row, reason in failed:
+                path = Path(raw[row])
+                if path not in self.failures:
+                    self.failures[path] = reason
+                    log.warning("skipping %s: %s", path, reason)
+        return images, np.delete(self.labels[idx], [row for row, _ in failed])
+
+    def _in_processes(self, raw: list[str]) -> tuple[np.ndarray, list[tuple[int, str]]] | None:
+        """The batch decoded by the worker processes, or None: none, no room, or they died (said once)."""
+        if self.processes is None:
+            return None
+        if not self.processes.broken:
+            try:
+                return self.processes.decode(raw, self.contract, self.max_pixels)
+            except RuntimeError:
+                if not self.processes.broken:  # a bug in a worker: raise it
+                    raise
+        with self._lock:
+            if not self._said_broken:
+                self._said_broken = True
+                log.warning("%s; decoding in threads from here on", self.processes.broken)
+        return None
