@@ -388,6 +388,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _machine(load_before: float | None) -> dict:
+    from training._tf import tf
+
+    return {
+        "cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "load_average_1m": {"before": load_before, "after": _load()},
+    }
+
+
+def _summary(ratios: dict, load_before: float | None) -> str:
+    cores = _cores()
+    return (
+        f"stream / Keras idiom (no cache): epoch 1 {ratios['stream_over_keras_epoch1']}x (target >= 1.0), "
+        f"steady {ratios['stream_over_keras_steady']}x (target >= 1.2); stream steady / decode limit "
+        f"({cores} x 1 thread {ratios['decode_limit_ips']:,.0f} img/s): "
+        f"{ratios['stream_steady_over_decode_limit']}x, "
+        f"(measured, {cores} processes at once {ratios['measured_decode_limit_ips']:,.0f} img/s): "
+        f"{ratios['stream_steady_over_measured_decode_limit']}x; load average {load_before} -> {_load()}"
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; print a table and write the JSON results. Returns the results dict."""
     parser = _parser()
@@ -413,20 +438,17 @@ def main(argv: list[str] | None = None) -> dict:
     for p in files:
         p.read_bytes()
 
-    pil = bench_pil(files, args.size)
-    contract_1t = bench_decode_file(files, args.size)
-    contract_all = bench_decode_processes(files, args.size, _cores())
-    print(
-        f"raw PIL, 1 thread: {pil['ips']} img/s; edge.preprocess.decode_file, 1 thread: {contract_1t['ips']} "
-        f"img/s, {_cores()} processes at once: {contract_all['ips']} img/s"
-    )
+    raw = {
+        "raw PIL decode, 1 thread": bench_pil(files, args.size),
+        "edge decode_file, 1 thread": bench_decode_file(files, args.size),
+        f"edge decode_file, {_cores()} processes at once": bench_decode_processes(files, args.size, _cores()),
+    }
+    pil, contract_1t, contract_all = raw.values()
+    print("; ".join(f"{name}: {one['ips']} img/s" for name, one in raw.items()))
     warm_up_tf()
     idg = bench_idg(folder, args.size)
     rows = run_rounds(folder, args.size, args.epochs, args.rounds)
     ratios = _ratios(rows, contract_1t["ips"], contract_all["ips"])
-
-    from training._tf import tf
-
     results = {
         "images": len(files),
         "image_size": args.size,
@@ -435,14 +457,7 @@ def main(argv: list[str] | None = None) -> dict:
         "epochs_per_run": args.epochs,
         "rounds": args.rounds,
         "page_cache": "warm (every file read once before measuring)",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "tensorflow": tf.__version__,
-            "load_average_1m": {"before": load_before, "after": _load()},
-        },
+        "machine": _machine(load_before),
         "tf_runtime": "started before measuring (as in a training run)",
         "raw_pil_1_thread": pil,
         "decode_file_1_thread": contract_1t,
@@ -451,19 +466,8 @@ def main(argv: list[str] | None = None) -> dict:
         "pipelines": rows,
         "ratios": ratios,
     }
-    raw = {
-        "raw PIL decode, 1 thread": pil,
-        "edge decode_file, 1 thread": contract_1t,
-        f"edge decode_file, {_cores()} processes at once": contract_all,
-    }
     _print_table(rows, idg, raw)
-    print(
-        f"\nstream / Keras idiom (no cache): epoch 1 {ratios['stream_over_keras_epoch1']}x (target >= 1.0), "
-        f"steady {ratios['stream_over_keras_steady']}x (target >= 1.2); stream steady / decode limit "
-        f"({_cores()} x 1 thread {ratios['decode_limit_ips']:,.0f} img/s): {ratios['stream_steady_over_decode_limit']}x, "
-        f"(measured, {_cores()} processes at once {ratios['measured_decode_limit_ips']:,.0f} img/s): "
-        f"{ratios['stream_steady_over_measured_decode_limit']}x; load average {load_before} -> {_load()}"
-    )
+    print("\n" + _summary(ratios, load_before))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
