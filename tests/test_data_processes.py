@@ -241,3 +241,39 @@ def test_the_stream_goes_on_in_threads_when_a_worker_dies(tmp_path: Path, monkey
         assert pool.broken and "decoding in threads from here on" in caplog.text
     finally:
         pool.close()
+
+
+def _streamed(items: list, monkeypatch, threshold: int, fn=int) -> list:
+    monkeypatch.setattr(procs, "MIN_ITEMS_FOR_PROCESSES", threshold)
+    mapped = procs.StreamedMap(fn, chunk=3)
+    for item in items:
+        mapped.add(item)
+    return list(mapped.results())
+
+
+@pytest.mark.parametrize("threshold", [1, 5, 10**9])  # from the start, part-way, never (threads)
+def test_a_streamed_map_returns_the_results_in_order(monkeypatch, threshold: int) -> None:
+    _pool()
+    items = [str(i) for i in range(20)]
+    assert _streamed(items, monkeypatch, threshold) == list(range(20))
+    with pytest.raises((RuntimeError, ValueError), match="invalid literal"):
+        _streamed([*items, "x"], monkeypatch, threshold)
+
+
+def test_a_streamed_map_goes_on_in_threads_when_a_worker_dies(monkeypatch) -> None:
+    if decode_processes(2) is None:
+        pytest.skip("decode worker processes need fork (Linux)")
+    pool = DecodeProcesses(2)
+    monkeypatch.setattr(procs, "decode_processes", lambda n: pool)
+    monkeypatch.setattr(procs, "MIN_ITEMS_FOR_PROCESSES", 1)
+    try:
+        mapped = procs.StreamedMap(int, chunk=2)
+        for i in range(6):
+            mapped.add(str(i))
+        os.kill(pool._procs[0].pid, signal.SIGKILL)
+        os.kill(pool._procs[1].pid, signal.SIGKILL)
+        for i in range(6, 12):
+            mapped.add(str(i))
+        assert list(mapped.results()) == list(range(12))
+    finally:
+        pool.close()

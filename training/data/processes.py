@@ -8,7 +8,7 @@ files that failed, with ``decode_file``'s reason) comes back; the pixels are wri
 into a shared-memory block, never pickled (pickling them back measured slower than threads). The block is
 handed to TensorFlow as the batch's memory without a copy (``numpy_function`` keeps an aligned array as
 its tensor's buffer) and reused once TensorFlow lets go of it. The scan's header checks use the same workers
-(:func:`parallel_map`).
+(:class:`StreamedMap`).
 
 The workers are forked: a fork starts in milliseconds and imports nothing (a spawned interpreter would
 import ``training``, and with it TensorFlow, only to find the worker function). TensorFlow's threads are
@@ -34,7 +34,7 @@ import threading
 import traceback
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
@@ -401,14 +401,62 @@ if hasattr(os, "register_at_fork"):
 MIN_ITEMS_FOR_PROCESSES = 256
 
 
-def parallel_map(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-    """``[fn(item) for item in items]`` in order, in the decode worker processes where they run (``fn``
-    module-level, items and results picklable), else in a short-lived thread pool.
+class StreamedMap:
+    """``[fn(item) for item in items]`` for items that arrive one at a time (a folder walk), in order.
 
-    Raises:
-        RuntimeError: ``fn`` raised in a worker (its traceback is in the message) or a worker died.
+    Once :data:`MIN_ITEMS_FOR_PROCESSES` items have arrived, every full chunk goes to the decode worker
+    processes at once, so they work while the caller is still walking, and :meth:`results` hands the
+    results over chunk by chunk as they come back (the caller tallies while the workers finish). Fewer
+    items, no workers, or workers that died: a thread pool maps them. ``fn`` must be module-level (a
+    ``functools.partial`` of one is fine), items and results picklable.
     """
-    pool = decode_processes(workers(len(items))) if len(items) >= MIN_ITEMS_FOR_PROCESSES else None
-    if pool is None:
-        return thread_map(fn, items)
-    return pool.map(fn, items, chunk=max(1, min(64, len(items) // (4 * pool.processes))))
+
+    def __init__(self, fn: Callable[[Any], Any], chunk: int = 64) -> None:
+        self._fn, self._chunk = fn, chunk
+        self._items: list[Any] = []
+        self._sent: list[tuple[list[Any], Future]] = []
+        self._count = 0
+        self._pool: DecodeProcesses | None = None  # None: threads (so far, or from now on)
+        self._used: DecodeProcesses | None = None
+        self._decided = False
+
+    def add(self, item: Any) -> None:
+        """One more item; it may be sent to a worker right away."""
+        self._items.append(item)
+        self._count += 1
+        if not self._decided and self._count >= MIN_ITEMS_FOR_PROCESSES:
+            self._decided = True
+            self._pool = self._used = decode_processes(workers(self._count))
+        if self._pool is not None and len(self._items) >= self._chunk:
+            self._send()
+
+    def _send(self) -> None:
+        items, self._items = self._items, []
+        try:
+            self._sent.append((items, self._pool.submit(_apply, (self._fn, items), len(items))))
+        except RuntimeError:  # the workers died: threads from here on
+            self._pool = None
+            self._sent.append((items, _done(thread_map(self._fn, items))))
+
+    def results(self) -> Iterator[Any]:
+        """The results in the order the items arrived.
+
+        Raises:
+            RuntimeError: ``fn`` raised in a worker (its traceback is in the message).
+        """
+        if self._pool is not None and self._items:
+            self._send()
+        for items, future in self._sent:
+            try:
+                yield from future.result()
+            except RuntimeError:
+                if self._used is None or not self._used.broken:  # a bug in fn: raise it
+                    raise
+                yield from thread_map(self._fn, items)
+        yield from thread_map(self._fn, self._items)
+
+
+def _done(result: Any) -> Future:
+    future: Future = Future()
+    future.set_result(result)
+    return future

@@ -16,7 +16,7 @@ import numpy as np
 from edge.errors import DataError
 from training.config import DataConfig
 from training.data.files import FileInfo, check_file_fields, skip_reason_by_name
-from training.data.processes import parallel_map
+from training.data.processes import StreamedMap
 from training.demo import DEMO_MARKER
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -292,23 +292,23 @@ class _Tally:
 def _check_files(
     class_dirs: list[_ClassDir], labels: list[str], max_pixels: int, skipped: list[tuple[Path, str]]
 ) -> _Tally:
-    """Name checks first (no I/O), then the headers of all candidate files in parallel (in the decode
-    worker processes where they run: reading headers is Python, which threads run one at a time)."""
+    """Name checks (no I/O), then the headers of the candidate files in parallel: in the decode worker
+    processes where they run (reading headers is Python, which threads run one at a time), sent while the
+    walk goes on and tallied as they come back."""
+    check = StreamedMap(partial(check_file_fields, max_pixels=max_pixels))
     candidates: list[tuple[int, Path]] = []
     for n, (_, _, folder) in enumerate(class_dirs):
         for path in _walk_files(folder, skipped):
             reason = skip_reason_by_name(path)
             if reason is None:
                 candidates.append((n, path))
+                check.add(str(path))
             else:
                 skipped.append((path, reason))
-    rows = parallel_map(
-        partial(check_file_fields, max_pixels=max_pixels), [str(path) for _, path in candidates]
-    )
-    infos = [FileInfo(path, *row) for (_, path), row in zip(candidates, rows, strict=True)]
     index = {name: i for i, name in enumerate(labels)}
     tally = _Tally(usable={n: [] for n in range(len(class_dirs))})
-    for (n, _), info in zip(candidates, infos, strict=True):
+    for (n, path), row in zip(candidates, check.results(), strict=True):
+        info = FileInfo(path, *row)
         if info.reason is not None:
             skipped.append((info.path, info.reason))
         else:
