@@ -59,13 +59,13 @@ def stream_pipeline(
     are masked out of their batch (in numpy, labels with them) and recorded in ``failures``.
 
     Measured on 2,000 224 px JPEGs, batch 32, 2 cores (``benchmarks/input_pipeline.py``, medians of 3
-    interleaved rounds; four runs at load averages 0.5-1.7, the machine shared): 7,000-8,200 images/s
-    steady and 5,600-6,400 in the first epoch (scan included), 1.04-1.25x and 0.92-1.15x
-    ``image_dataset_from_directory`` without cache, 0.84-0.93x of ``decode_file`` in one process per core
-    at once; 230-265 us of CPU per image against Keras' 275-300. The thread pool it replaced did
-    3,100-3,200 images/s in both (0.50x and 0.57x Keras, same machine and load): the Python around
-    Pillow's codec holds the GIL, so threads ran on about one core. When other processes take a core,
-    throughput follows CPU per image and the margin over Keras shrinks or goes (0.8x at load 2-3).
+    interleaved rounds; six runs at load averages 0.5-1.7, the machine shared): 7,000-8,200 images/s
+    steady and 5,500-6,400 in the first epoch (scan included), 1.04-1.25x (median 1.17x) and 0.92-1.15x
+    (median 1.03x) ``image_dataset_from_directory`` without cache, 0.76-0.93x of ``decode_file`` in one
+    process per core at once; 230-265 us of CPU per image against Keras' 275-300. The thread pool it
+    replaced did 3,100-3,200 images/s in both (0.50x and 0.57x Keras, same machine and load): the Python
+    around Pillow's codec holds the GIL, so threads ran on about one core. When other processes take a
+    core, throughput follows CPU per image and the margin over Keras shrinks or goes (0.8x at load 2-3).
     """
     height, width = contract.height, contract.width
     decoder = _BatchDecoder(samples, contract, max_pixels, failures)
