@@ -22,7 +22,8 @@ scheme a file that fails to decode is moved to ``scan.skipped``; in the stream s
 Modules: ``scan`` (layout, class folders, the split), ``files`` (checks on one file), ``plan`` (loading
 scheme and batch size), ``memory`` (decode once, gather batches), ``stream`` (decode batches on the fly),
 ``augment`` (the tf_keras augmentation), ``datasets`` (:func:`build_datasets`), ``inspect``
-(``shipyard data inspect``) and ``threads`` (the decoding thread pools).
+(``shipyard data inspect``), ``processes`` (decode worker processes, one per core, pixels in shared memory:
+what the stream scheme and the scan use on Linux) and ``threads`` (the thread pools they fall back to).
 """
 
 from edge.errors import DataError
