@@ -165,6 +165,8 @@ class Format:
         weights: ``weights(content) -> arrays``: the stored kernels, for the measured sparsity; ``None``
             for folders (the training side reads the Keras weights).
         threads: the runner honours a thread count (latency is measured with 1 thread and with all).
+        concurrent: one opened model runs batches from several threads at once (an ONNX Runtime session
+            does; a TFLite interpreter does not): the server can then run one single-threaded batch per core.
         label: how people call it, for messages.
     """
 
@@ -176,6 +178,7 @@ class Format:
     inspect: Callable[[Path], dict[str, Any]] = inspect_float
     weights: Callable[[bytes], list[np.ndarray]] | None = None
     threads: bool = False
+    concurrent: bool = False
 
     @property
     def runnable(self) -> bool:
@@ -201,6 +204,7 @@ FORMATS: dict[str, Format] = {
         inspect=inspect_onnx,
         weights=onnx_weights,
         threads=True,
+        concurrent=True,
     ),
     "saved_model": Format(name="saved_model", suffix="", label="SavedModel", directory=True),
     "keras": Format(name="keras", suffix=".keras", label="Keras"),

@@ -117,7 +117,16 @@ class ServeConfig(StrictModel):
         "of one model per API worker: less memory with several workers, one more hop per request",
     )
     threads: int | None = Field(
-        None, ge=1, description="inference threads per model (default: all cores, split over the API workers)"
+        None,
+        ge=1,
+        description="inference threads per lane (default: the cores left to each lane once they are split over "
+        "the API workers and the lanes)",
+    )
+    lanes: int | None = Field(
+        None,
+        ge=1,
+        description="batches one model runs at once, each in its own thread (default: one per core for ONNX, whose "
+        "sessions run concurrently; 1 for TFLite, whose interpreter does not, which then uses every core's thread)",
     )
     top_k: int = Field(5, ge=1)
     max_batch_size: int = Field(
@@ -182,7 +191,7 @@ class ServeConfig(StrictModel):
             if name == "monitor":
                 raw["monitor"] = _monitor_from_env(value, var, raw.get("monitor"))
                 continue
-            if value.lower() in ("", "none", "null", "auto") and name in ("model", "threads", "alias", "shadow"):
+            if value.lower() in ("", "none", "null", "auto") and name in _OPTIONAL:
                 value = None
             raw[name] = value
         try:
@@ -210,6 +219,10 @@ class ServeConfig(StrictModel):
         env = {k: v for k, v in (os.environ if environ is None else environ).items() if k not in stale}
         env.update(self.to_env())
         return env
+
+
+#: Fields whose variable may say ``none``/``auto`` (the default).
+_OPTIONAL = ("model", "threads", "lanes", "alias", "shadow")
 
 
 def _serialized_or_file(value: str, var: str) -> dict[str, Any]:

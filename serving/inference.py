@@ -8,6 +8,7 @@ the result again. Everything a request needs back travels in one ``float32`` arr
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from edge.errors import PackageError
 from edge.manifest import Manifest
 from edge.package import choose_variant, open_package, open_variant_runner
 from edge.runners import Runner
-from edge.variants import served_by_default, variant_of
+from edge.variants import FORMATS, served_by_default, variant_of
 from serving.lifecycle import version_code
 
 #: Columns after the probabilities and the embedding: inference seconds of the batch, its size, and the
@@ -132,7 +133,9 @@ class Predictor:
         self.has_embedding = "embedding" in self.runner.output_names
         self.tag = self.manifest.tag
         self.code = version_code(self.tag)
-        self._lock = threading.Lock()
+        # an ONNX Runtime session runs batches from several threads at once (the server's lanes); a TFLite
+        # interpreter must run one at a time
+        self._lock = contextlib.nullcontext() if FORMATS[self.runner.format].concurrent else threading.Lock()
         self.warmup_s = 0.0
         self.ready = False
         self.warm_up(warmup_batches)

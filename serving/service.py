@@ -22,8 +22,7 @@ import bentoml
 import numpy as np
 from starlette.responses import JSONResponse
 
-from edge.runners import default_threads
-from serving.batching import LocalModel, Overloaded, RemoteModel
+from serving.batching import LocalModel, Overloaded, RemoteModel, inference_layout
 from serving.errors import note_error
 from serving.http import ClientError, RequestGuard, Upload, quiet_client_errors
 from serving.inference import Predictor, unpack
@@ -53,8 +52,8 @@ from serving.shadow import start_shadow
 SETTINGS, SERVED_VARIANT = startup()
 CONFIG = SETTINGS.config
 BATCHING = CONFIG.batching and CONFIG.max_batch_size > 1
-#: Inference threads per model: as configured, else the cores split over the models of this server.
-THREADS = CONFIG.threads or (None if CONFIG.model_service else max(1, default_threads() // CONFIG.workers))
+#: Batches one model runs at once and the inference threads of each (see :func:`inference_layout`).
+LANES, THREADS = inference_layout(CONFIG, SERVED_VARIANT or "")
 #: Requests with at most this many pixels decode on the event loop (a 512x512 JPEG: ~1 ms); bigger
 #: ones in a worker thread, where the hand-over costs less than the decoding.
 INLINE_DECODE_PIXELS = 512 * 512
@@ -171,7 +170,7 @@ class Shipyard:
         if CONFIG.model_service:
             return load_version(tag, CONFIG, lambda _: RemoteModel(self.model_service))
         return load_version(
-            tag, CONFIG, lambda t: LocalModel(ShipyardModel.inner(t), ShipyardModel.apis["predict"])
+            tag, CONFIG, lambda t: LocalModel(ShipyardModel.inner(t), ShipyardModel.apis["predict"], LANES)
         )
 
     # The version being served now; a request keeps the one it started with (see ``score``).
@@ -278,6 +277,7 @@ class Shipyard:
                 "timeout_s": CONFIG.timeout_s,
                 "workers": CONFIG.workers,
                 "threads": THREADS,
+                "lanes": LANES,
                 "model_service": CONFIG.model_service,
                 "warmup_ms": None if self.model.warmup_s is None else self.model.warmup_s * 1000,
                 "monitoring": self.monitor.monitor is not None,

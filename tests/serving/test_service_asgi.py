@@ -3,6 +3,7 @@ adaptive batching, bad input and overload. The model is real (the tiny trained p
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -98,6 +99,8 @@ def test_metadata_describes_model_contract_variant_and_metrics(client, served, m
     assert "accuracy" in meta["metrics"] and meta["variant_metrics"]
     assert meta["serving"]["batching"] is True and meta["serving"]["max_batch_size"] >= 2
     assert meta["serving"]["warmup_ms"] > 0
+    # ONNX runs one single-threaded batch per core at once (serving.batching.inference_layout)
+    assert (meta["serving"]["lanes"], meta["serving"]["threads"]) == (max(1, len(os.sched_getaffinity(0))), 1)
 
 
 def test_feedback_feeds_live_accuracy(client, images, served):

@@ -129,3 +129,29 @@ def test_serve_command_errors_are_one_line():
     assert proc.returncode == 2 and "serve.KEY=VALUE" in proc.stderr
     proc = _shipyard("serve", env={"SHIPYARD_MODEL": ""})
     assert proc.returncode == 2 and "no model to serve" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "variant", "cores", "layout"),
+    [
+        ({}, "model_embedding.onnx", 2, (2, 1)),  # ONNX: one single-threaded lane per core
+        ({}, "fp32.tflite", 2, (1, 2)),  # TFLite: one interpreter at a time, every core's thread
+        ({"workers": 2}, "model.onnx", 4, (2, 1)),  # the cores are split over the API workers first
+        ({"lanes": 1}, "model.onnx", 4, (1, 4)),
+        ({"lanes": 2, "threads": 3}, "model.onnx", 4, (2, 3)),
+        ({"lanes": 3}, "int8.tflite", 4, (1, 4)),  # refused for TFLite: one lane (and a warning)
+        ({"model_service": True}, "model.onnx", 4, (1, 4)),  # the model service runs one batch at a time
+        ({}, "model.onnx", 1, (1, 1)),
+    ],
+)
+def test_the_inference_layout_follows_the_format_and_the_cores(settings, variant, cores, layout):
+    from serving.batching import inference_layout
+
+    assert inference_layout(ServeConfig(**settings), variant, cores) == layout
+
+
+def test_lanes_read_from_the_environment():
+    assert ServeConfig.from_env({"SHIPYARD_LANES": "auto"}).lanes is None
+    assert ServeConfig.from_env({"SHIPYARD_LANES": "3"}).lanes == 3
+    with pytest.raises(ConfigError, match="SHIPYARD_LANES"):
+        ServeConfig.from_env({"SHIPYARD_LANES": "0"})
