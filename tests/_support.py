@@ -95,3 +95,22 @@ def optimized_copy(package: Path, folder: Path, variants: list[str], name: str) 
     manifest.name = name
     write_manifest(pkg, manifest)
     return pkg, register(pkg), list(manifest.labels)
+
+
+def png_with_corrupt_idat(png: bytes) -> bytes:
+    """``png`` with its pixel data (IDAT) scrambled and the chunk's CRC fixed: passes ``verify()``, fails decoding."""
+    import struct
+    import zlib
+
+    data = bytearray(png)
+    pos = 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        if bytes(data[pos + 4 : pos + 8]) == b"IDAT":
+            start = pos + 8
+            data[start : start + length] = bytes((b * 7 + 13) % 256 for b in range(length))
+            crc = zlib.crc32(bytes(data[pos + 4 : start + length])) & 0xFFFFFFFF
+            data[start + length : start + length + 4] = struct.pack(">I", crc)
+            break
+        pos += 12 + length
+    return bytes(data)

@@ -8,13 +8,12 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import struct
-import zlib
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _support import png_with_corrupt_idat
 from PIL import Image
 
 from edge.config import ConfigError
@@ -73,23 +72,6 @@ def _jpeg_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=90)
     return buf.getvalue()
-
-
-def _png_with_corrupt_idat(img: Image.Image) -> bytes:
-    """A PNG whose chunk CRCs are all valid but whose pixel data is garbage: passes verify(), fails decode."""
-    data = bytearray(_png_bytes(img))
-    pos = 8
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind = bytes(data[pos + 4 : pos + 8])
-        if kind == b"IDAT":
-            start = pos + 8
-            data[start : start + length] = bytes((b * 7 + 13) % 256 for b in range(length))
-            crc = zlib.crc32(bytes(data[pos + 4 : start + length])) & 0xFFFFFFFF
-            data[start + length : start + length + 4] = struct.pack(">I", crc)
-            break
-        pos += 12 + length
-    return bytes(data)
 
 
 def _all_batches(ds) -> tuple[np.ndarray, np.ndarray]:
@@ -269,7 +251,7 @@ def test_bad_files_are_skipped_and_reported_by_path(tmp_path: Path) -> None:
 def test_corrupt_file_that_passes_the_scan_is_skipped_at_decode_in_both_schemes(tmp_path: Path) -> None:
     root = _make_folder(tmp_path / "d", {"cat": 5, "dog": 5})
     corrupt = root / "cat" / "corrupt.png"
-    corrupt.write_bytes(_png_with_corrupt_idat(_image(np.random.default_rng(0), (1, 2, 3))))
+    corrupt.write_bytes(png_with_corrupt_idat(_png_bytes(_image(np.random.default_rng(0), (1, 2, 3)))))
     config = DataConfig(path=root, val_fraction=0.0, test_fraction=0.0, batch_size=4)
     assert corrupt in {s.path for s in scan_dataset(root, config).splits["train"]}  # CRCs are valid
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _support import png_with_corrupt_idat
 from PIL import Image
 
 from edge.errors import ShipyardError
@@ -177,23 +178,10 @@ def test_the_stream_scheme_yields_decode_files_pixels_and_reports_failures(
 def _corrupt_png(path: Path) -> None:
     """A PNG whose chunk CRCs are valid but whose pixel data is garbage: passes verify(), fails decoding."""
     import io
-    import struct
-    import zlib
 
     buf = io.BytesIO()
     Image.fromarray(np.full((12, 12, 3), 90, np.uint8)).save(buf, "PNG")
-    data = bytearray(buf.getvalue())
-    pos = 8
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        if bytes(data[pos + 4 : pos + 8]) == b"IDAT":
-            start = pos + 8
-            data[start : start + length] = bytes((b * 7 + 13) % 256 for b in range(length))
-            crc = zlib.crc32(bytes(data[pos + 4 : start + length])) & 0xFFFFFFFF
-            data[start + length : start + length + 4] = struct.pack(">I", crc)
-            break
-        pos += 12 + length
-    path.write_bytes(bytes(data))
+    path.write_bytes(png_with_corrupt_idat(buf.getvalue()))
 
 
 def test_a_forked_copy_of_the_process_starts_its_own_workers() -> None:
