@@ -11,15 +11,15 @@ file before they load it (:func:`verify_file`).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from edge.errors import IntegrityError, PackageError
+from edge.files import read_versioned_json
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -157,22 +157,7 @@ def read_manifest(package: str | Path) -> Manifest:
             f"{str(package)!r} is not a model package: it has no {MANIFEST_NAME}. "
             "Pass the folder printed by 'shipyard train' (runs/<name>/<version>)"
         )
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PackageError(f"{path} is not valid JSON ({exc}); the package is damaged, re-create it") from exc
-    version = raw.get("schema_version") if isinstance(raw, dict) else None
-    if version != SCHEMA_VERSION:
-        raise PackageError(
-            f"{path} has schema_version {version!r}; this Shipyard reads schema_version {SCHEMA_VERSION}. "
-            "Re-create the package with this version of Shipyard"
-        )
-    try:
-        return Manifest.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise PackageError(f"{path}: field {where!r} is invalid: {first['msg']}") from exc
+    return read_versioned_json(path, Manifest, (SCHEMA_VERSION,))
 
 
 def write_manifest(package: str | Path, manifest: Manifest) -> Path:

@@ -11,14 +11,12 @@ which the server estimates its accuracy without labels (:class:`CalibrationStats
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from edge.errors import PackageError
-from edge.files import write_json_atomic
+from edge.files import read_versioned_json, write_json_atomic
 from edge.preprocess import image_stats_batch
 
 #: The version of the ``stats.json`` layout this Shipyard writes; files written before it existed are version 1.
@@ -209,26 +207,4 @@ def read_reference_stats(path: str | Path) -> ReferenceStats:
         PackageError: the file cannot be read, is not JSON, has another schema version or does not
             match :class:`ReferenceStats`; the message names the file and the field.
     """
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except OSError as exc:
-        raise PackageError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PackageError(f"{path} is not valid JSON ({exc}); re-create the package") from exc
-    if not isinstance(raw, dict):
-        raise PackageError(f"{path} holds a JSON {type(raw).__name__}, not an object; re-create the package")
-    version = raw.setdefault("schema_version", 1)
-    if version not in READABLE_SCHEMA_VERSIONS:
-        readable = " and ".join(str(v) for v in READABLE_SCHEMA_VERSIONS)
-        raise PackageError(
-            f"{path} has schema_version {version!r}; this Shipyard reads schema_version {readable}. "
-            "Re-create the package with this version of Shipyard"
-        )
-    try:
-        return ReferenceStats.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise PackageError(f"{path}: field {where!r} is invalid: {first['msg']}{more}") from exc
+    return read_versioned_json(Path(path), ReferenceStats, READABLE_SCHEMA_VERSIONS, absent_version=1)
