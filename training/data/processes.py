@@ -157,6 +157,13 @@ class _Blocks:
         if not _shm_has_room(nbytes):
             return None
         block = SharedMemory(create=True, size=max(nbytes, 1))
+        try:  # reserve the pages now: tmpfs counts them only when written, and a worker writing into a
+            # block that /dev/shm cannot hold dies of SIGBUS
+            os.posix_fallocate(block._fd, 0, block.size)
+        except (AttributeError, OSError):
+            block.close()
+            block.unlink()
+            return None
         with self._lock:
             self._all.append(block)
         return block
@@ -329,8 +336,12 @@ class DecodeProcesses:
                     self._fail(worker)
                     continue
                 with self._lock:
-                    _, images, future = self._pending.pop(task_id)
-                    self._load[worker] -= images
+                    pending = self._pending.pop(task_id, None)
+                    if pending is not None:
+                        self._load[worker] -= pending[1]
+                if pending is None:  # failed already, when another worker died
+                    continue
+                future = pending[2]
                 if error is None:
                     future.set_result(failed)
                 else:
