@@ -56,7 +56,7 @@ def inference_layout(config: Any, variant_file: str, cores: int | None = None) -
     fmt = next((f for f in FORMATS.values() if f.suffix and f.suffix == PurePosixPath(variant_file).suffix), None)
     concurrent = fmt is not None and fmt.concurrent and not config.model_service
     per_model = max(1, (cores or default_threads()) // (1 if config.model_service else config.workers))
-    lanes = config.lanes or (per_model if concurrent else 1)
+    lanes = config.lanes or (max(1, per_model // (config.threads or 1)) if concurrent else 1)
     if lanes > 1 and not concurrent:
         logger.warning("serve.lanes=%d ignored: %s runs one batch at a time%s", lanes, variant_file,
                        " in the model service" if config.model_service else "")

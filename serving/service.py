@@ -238,7 +238,7 @@ class Shipyard:
     @bentoml.api(route="/shadow")
     async def shadow_report(self) -> dict[str, Any]:
         """The shadow candidate against the served model, per window and in total (also ``GET``)."""
-        return self.shadow_summary()
+        return await anyio.to_thread.run_sync(self.shadow_summary)  # it reads the feedback store
 
     @bentoml.api(route="/metadata")
     async def metadata(self) -> Metadata:

@@ -137,7 +137,7 @@ class Shadow:
                     if batch:
                         self._mirror(batch)
                     else:
-                        self.state = self._exchange(("state",))[-1]
+                        self._set_state(self._exchange(("state",))[-1])
                 except (EOFError, OSError, _Stopped):
                     raise
                 except Exception:  # one bad batch (e.g. an unpicklable answer) costs that batch only
@@ -180,37 +180,45 @@ class Shadow:
             [(s.decoded.info.width, s.decoded.info.height) for s in scored],
             [s.request_id for s in scored],
         ))
-        self.state = reply[-1]
+        self._set_state(reply[-1])
         if reply[0] == "failed":
             logger.warning("shadow inference failed: %s", reply[1])
             self.metrics.failures.inc(len(scored))
             return
-        _, tag, probabilities, candidate_s, _ = reply
-        self._remember(tag, scored, probabilities)
+        _, tag, labels, probabilities, candidate_s, _ = reply
+        self._remember(tag, labels, scored, probabilities)
+        if tag != self._tallied:  # the candidate changed during this batch: its numbers start with the next
+            return
         start = 0
         for item in batch:
             n = len(item.scored)
             primary = np.stack([np.asarray(s.probabilities, np.float64) for s in item.scored])
             candidate = probabilities[start:start + n].astype(np.float64)
             start += n
-            self._tally(tag, primary, candidate, item.primary_s, candidate_s)
+            self._tally(primary, candidate, item.primary_s, candidate_s)
             self._publish(primary, candidate, item.primary_s, candidate_s)
 
-    def _remember(self, tag: str, scored: list[Any], probabilities: np.ndarray) -> None:
-        """The candidate's predictions into the primary's feedback store, so that labels score them too."""
-        labels = self.state["labels"]
-        monitor = scored[0].served.monitor.monitor  # the Monitor inside the guard; None: monitoring is off
+    def _set_state(self, state: dict[str, Any]) -> None:
+        """The candidate process's latest state; a new candidate behind the alias starts its tallies afresh."""
+        with self._lock:
+            if state["tag"] != self._tallied:
+                self.cumulative, self.window, self.last_window = Tally(len(self.labels)), Tally(len(self.labels)), None
+                self._tallied = state["tag"]
+            self.state = state
+
+    def _remember(self, tag: str, labels: list[str], scored: list[Any], probabilities: np.ndarray) -> None:
+        """The candidate's predictions into the feedback store beside the primary's, so that labels score them
+        too; not when the candidate is the very version that answered (one row per request and version)."""
+        monitor = self.served().monitor.monitor  # the Monitor inside the guard; None: monitoring is off
         if monitor is None:
             return
-        monitor.observe_shadow(tag, [(s.request_id, labels[int(i)]) for s, i in
-                                     zip(scored, probabilities.argmax(axis=1), strict=True)])
+        rows = [(s.request_id, labels[int(i)]) for s, i in zip(scored, probabilities.argmax(axis=1), strict=True)
+                if s.served.tag != tag]
+        if rows:
+            monitor.observe_shadow(tag, rows)
 
-    def _tally(self, tag: str, primary: np.ndarray, candidate: np.ndarray, primary_s: float,
-               candidate_s: float) -> None:
+    def _tally(self, primary: np.ndarray, candidate: np.ndarray, primary_s: float, candidate_s: float) -> None:
         with self._lock:
-            if tag != self._tallied:  # a new candidate: its agreement starts afresh
-                self.cumulative, self.window, self.last_window = Tally(len(self.labels)), Tally(len(self.labels)), None
-                self._tallied = tag
             for tally in (self.cumulative, self.window):
                 tally.add(primary, candidate, primary_s, candidate_s)
             if self.window.count >= self.config.shadow_window:
@@ -258,21 +266,23 @@ class Shadow:
 
     def brief(self) -> dict[str, Any]:
         """What ``/metadata`` says about the shadow."""
-        return {"alias": self.config.shadow, "candidate": self.state["tag"], "share": self.config.shadow_share}
+        return {"alias": self.config.shadow, "candidate": self._tallied, "share": self.config.shadow_share}
 
     def report(self) -> dict[str, Any]:
         """What ``GET /shadow`` shows."""
         with self._lock:
             cumulative = self.cumulative.report(self.labels)
             current = self.window.report(self.labels)
-            last = self.last_window
+            last, candidate, state = self.last_window, self._tallied, self.state
         served = self.served()
-        labelled = {}
-        for which, tag in (("primary", served.tag), ("candidate", self.state["tag"])):
-            monitor = served.monitor.monitor
+        monitor = served.monitor.monitor
+        labelled: dict[str, Any] = {}
+        for which, tag in (("primary", served.tag), ("candidate", candidate)):
             counts = (monitor.labelled_accuracy(tag) if monitor is not None else None) or {}
             labelled[which] = {"correct": counts.get("correct", 0), "labelled": counts.get("count", 0),
                                "accuracy": counts.get("accuracy")}
+        # the same requests for both: what to compare (the totals above count every label of each version)
+        labelled["paired"] = monitor.paired_accuracy(candidate) if monitor is not None else None
         return {
             "enabled": True,
             **self.brief(),
@@ -284,8 +294,8 @@ class Shadow:
             "shed": self.shed,
             "pending": self._queue.qsize(),
             "labelled": labelled,
-            "drift": self.state["drift"],
-            "lifecycle": self.state["lifecycle"],
+            "drift": state["drift"],
+            "lifecycle": state["lifecycle"],
         }
 
     # -------------------------------------------------------------------------------------- process
@@ -297,8 +307,10 @@ class Shadow:
         try:
             message = self._conn.recv()
         except (EOFError, OSError):
-            code = self._proc.wait(10)
-            raise RuntimeError(f"the candidate's process exited with {code} before loading; see the log") from None
+            self._kill()
+            raise RuntimeError(
+                f"the candidate's process exited with {self._proc.returncode} before loading; see the log"
+            ) from None
         if message[0] != kind:
             self._kill()
             raise RuntimeError(str(message[1]))
@@ -316,8 +328,9 @@ class Shadow:
         """Stop the shadow thread (queued mirrors are dropped) and the candidate's process."""
         self._stop.set()
         self._thread.join(timeout=5.0)
-        with contextlib.suppress(EOFError, OSError):
-            self._conn.send(("close",))
+        if not self._thread.is_alive():  # else it may be mid-send: closing the socket is the message
+            with contextlib.suppress(EOFError, OSError):
+                self._conn.send(("close",))
         self._kill()
 
 
@@ -369,6 +382,8 @@ def check_agreement(server: str, tag: str, minimum: float) -> float:
             report = json.loads(resp.read())
     except Exception as exc:
         raise PackageError(f"not promoted: cannot read the shadow report at {url}: {exc}") from None
+    if report.get("failed"):
+        raise PackageError(f"not promoted: the shadow at {server} stopped: {report['failed']}")
     if not report.get("enabled"):
         raise PackageError(f"not promoted: the server at {server} runs no shadow ({report.get('reason')})")
     if report.get("candidate") != tag:

@@ -1,7 +1,8 @@
 """The shadow candidate's own process: ``python -m serving.shadow_worker FD NAME`` (started by :mod:`serving.shadow`).
 
 The candidate runs here, not in the API worker, so that it never competes with the primary for the API
-worker's GIL, and at the lowest CPU priority Linux has (``SCHED_IDLE``; ``nice 19`` where that is refused):
+worker's GIL, and, once loaded and warmed up (the API worker waits for that), at the lowest CPU priority Linux
+has (``SCHED_IDLE``; ``nice 19`` where that is refused):
 it computes on cores the primary leaves idle and is preempted as soon as the primary's threads wake. On a
 saturated machine it falls behind, the API worker's queue fills and mirrored requests are shed.
 
@@ -9,7 +10,7 @@ It loads the version that ``NAME``'s alias ``serve.shadow`` points at (the serve
 environment, as for the server), follows the alias like the server follows its own, and answers the API
 worker over one socket (``multiprocessing.connection`` framing, pickled tuples):
 
-* ``("mirror", pixels, sizes, request_ids)`` -> ``("result", tag, probabilities, seconds, state)``, or
+* ``("mirror", pixels, sizes, request_ids)`` -> ``("result", tag, labels, probabilities, seconds, state)``, or
   ``("failed", reason, state)``: the candidate's probabilities for the images (one inference), the seconds
   it took, and the images in the candidate's drift window (its own reference);
 * ``("state",)`` -> ``("state", state)``;
@@ -70,8 +71,11 @@ class Worker:
         )
         self.models.follow(name, config.shadow or "", poll_s=config.alias_poll_s)
 
-    def mirror(self, pixels: np.ndarray, sizes: list[tuple[int, int]], ids: list[str]) -> tuple[str, np.ndarray, float]:
-        """The current candidate's ``(tag, probabilities, seconds)`` for ``pixels``; its drift window sees them."""
+    def mirror(
+        self, pixels: np.ndarray, sizes: list[tuple[int, int]], ids: list[str]
+    ) -> tuple[str, list[str], np.ndarray, float]:
+        """The current candidate's ``(tag, labels, probabilities, seconds)`` for ``pixels``; its drift window
+        sees them."""
         from serving.inference import unpack
 
         with self.models.acquire() as slot:
@@ -80,7 +84,7 @@ class Worker:
             outs = unpack(cand.predictor.predict(pixels), len(cand.labels))
             seconds = time.perf_counter() - started
             self._observe(cand, pixels, sizes, ids, outs)
-            return slot.tag, np.stack([o.probabilities for o in outs]).astype(np.float32), seconds
+            return slot.tag, cand.labels, np.stack([o.probabilities for o in outs]).astype(np.float32), seconds
 
     @staticmethod
     def _observe(cand: Candidate, pixels: np.ndarray, sizes: list[tuple[int, int]], ids: list[str],
@@ -115,13 +119,17 @@ class Worker:
 
 
 def lowest_priority() -> str:
-    """Put this process at the lowest CPU priority (``SCHED_IDLE``, else ``nice 19``); say which."""
+    """Put every thread of this process, and those it starts later, at the lowest CPU priority
+    (``SCHED_IDLE``, else ``nice 19``); say which."""
+    threads = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
     try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        for tid in threads:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
         return "SCHED_IDLE"
     except (AttributeError, OSError):
         try:
-            os.setpriority(os.PRIO_PROCESS, 0, 19)
+            for tid in threads:
+                os.setpriority(os.PRIO_PROCESS, tid, 19)
             return "nice 19"
         except (AttributeError, OSError) as exc:
             return f"default priority ({exc})"
@@ -155,8 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, format="shipyard-shadow: %(message)s")
     conn = Connection(int(argv[0]))
-    priority = lowest_priority()
-    try:
+    try:  # at normal priority: the API worker waits for this before it serves
         from serving.processing import limit_blas_threads
 
         limit_blas_threads()
@@ -164,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return 1
+    priority = lowest_priority()
     logger.warning("candidate %s loaded at %s (pid %d)", worker.models.current.tag, priority, os.getpid())
     conn.send(("ready", worker.state()))
     try:

@@ -188,8 +188,9 @@ class FeedbackStore:
         """Store ``(request_id, predicted label, time)`` predictions of ``model`` in one transaction.
 
         A shadow model calls this with the request ids of the primary's answers: a label that arrives
-        on ``/feedback`` for such a request then scores the shadow too (see :meth:`accuracy`).
-        Off the request path: it writes to the file. Drops expired rows now and then.
+        on ``/feedback`` for such a request then scores the shadow too (see :meth:`accuracy`), and a label
+        that arrived before the shadow's prediction scores it now. Off the request path: it writes to the
+        file. Drops expired rows now and then.
         """
         now = time.time()
         with self._transaction() as db:
@@ -197,18 +198,50 @@ class FeedbackStore:
                 "INSERT OR IGNORE INTO predictions (request_id, model, role, pred, t) VALUES (?, ?, ?, ?, ?)",
                 [(rid, model, role, pred, t) for rid, pred, t in rows],
             )
+            if role != PRIMARY:
+                self._label_late(db, model, [rid for rid, _, _ in rows], now)
             if now - self._last_cleanup > CLEANUP_EVERY_S:
                 self._last_cleanup = now
                 self._cleanup(db, now)
 
-    def _cleanup(self, db: sqlite3.Connection, now: float) -> None:
-        """Forget expired predictions, the oldest beyond ``capacity``, and outcomes beyond ``recent``."""
-        db.execute("DELETE FROM predictions WHERE t < ?", (now - self.ttl_s,))
+    def _label_late(self, db: sqlite3.Connection, model: str, request_ids: list[str], now: float) -> None:
+        """Score ``model``'s new predictions of requests whose label arrived before them."""
+        for start in range(0, len(request_ids), 500):  # SQLite's limit on variables per statement
+            chunk = request_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for rid, pred, true_label in db.execute(
+                f"SELECT s.request_id, s.pred, p.true_label FROM predictions s JOIN predictions p ON "
+                f"p.request_id = s.request_id AND p.role = ? AND p.true_label IS NOT NULL WHERE s.model = ? "
+                f"AND s.true_label IS NULL AND s.request_id IN ({marks})",
+                (PRIMARY, model, *chunk),
+            ).fetchall():
+                self._score(db, rid, model, pred, true_label, now)
+
+    def _score(self, db: sqlite3.Connection, request_id: str, model: str, pred: str, true_label: str,
+               now: float) -> None:
+        """Label ``model``'s prediction of ``request_id`` and count it in the totals and recent outcomes."""
+        correct = int(pred == true_label)
         db.execute(
-            "DELETE FROM predictions WHERE rowid IN (SELECT rowid FROM predictions ORDER BY t DESC "
-            "LIMIT -1 OFFSET ?)",
-            (self.capacity,),
+            "UPDATE predictions SET true_label = ?, labelled_at = ? WHERE request_id = ? AND model = ?",
+            (true_label, now, request_id, model),
         )
+        db.execute(
+            "INSERT INTO totals (model, count, correct) VALUES (?, 1, ?) "
+            "ON CONFLICT (model) DO UPDATE SET count = count + 1, correct = correct + excluded.correct",
+            (model, correct),
+        )
+        db.execute("INSERT INTO outcomes (model, labelled_at, correct) VALUES (?, ?, ?)", (model, now, correct))
+
+    def _cleanup(self, db: sqlite3.Connection, now: float) -> None:
+        """Forget expired predictions, the oldest beyond ``capacity`` (the served models' and the shadows'
+        each), and outcomes beyond ``recent``."""
+        db.execute("DELETE FROM predictions WHERE t < ?", (now - self.ttl_s,))
+        for role in ("role = ?", "role != ?"):
+            db.execute(
+                f"DELETE FROM predictions WHERE rowid IN (SELECT rowid FROM predictions WHERE {role} "
+                "ORDER BY t DESC LIMIT -1 OFFSET ?)",
+                (PRIMARY, self.capacity),
+            )
         db.execute(
             "DELETE FROM outcomes WHERE rowid IN (SELECT rowid FROM (SELECT rowid, ROW_NUMBER() OVER "
             "(PARTITION BY model ORDER BY labelled_at DESC) AS n FROM outcomes) WHERE n > ?)",
@@ -292,19 +325,8 @@ class FeedbackStore:
                 f"request {request_id!r} is expired: feedback is accepted for {self.ttl_s:g} s after a prediction"
             )
         for row_model, _, row_pred, _, row_label in rows:
-            if row_label is not None:
-                continue
-            correct = int(row_pred == true_label)
-            db.execute(
-                "UPDATE predictions SET true_label = ?, labelled_at = ? WHERE request_id = ? AND model = ?",
-                (true_label, now, request_id, row_model),
-            )
-            db.execute(
-                "INSERT INTO totals (model, count, correct) VALUES (?, 1, ?) "
-                "ON CONFLICT (model) DO UPDATE SET count = count + 1, correct = correct + excluded.correct",
-                (row_model, correct),
-            )
-            db.execute("INSERT INTO outcomes (model, labelled_at, correct) VALUES (?, ?, ?)", (row_model, now, correct))
+            if row_label is None:
+                self._score(db, request_id, row_model, row_pred, true_label, now)
         return model, pred
 
     def _counts(self, db: sqlite3.Connection, model: str) -> dict[str, Any]:
@@ -349,6 +371,21 @@ class FeedbackStore:
                 (request_id,),
             ).fetchall()
         return [{"model": m, "role": r, "predicted_label": p, "true_label": t, "correct": p == t} for m, r, p, t in rows]
+
+    def paired(self, model: str) -> dict[str, Any]:
+        """The served models' and ``model``'s (a shadow's) accuracy on the same labelled requests still kept:
+        ``requests``, ``primary_accuracy``, ``candidate_accuracy`` (``None`` before the first)."""
+        with self._db_lock:
+            if self._db is None:
+                raise RuntimeError("the feedback store is closed")
+            n, primary, candidate = self._db.execute(
+                "SELECT COUNT(*), SUM(p.pred = p.true_label), SUM(s.pred = s.true_label) FROM predictions s "
+                "JOIN predictions p ON p.request_id = s.request_id AND p.role = ? "
+                "WHERE s.model = ? AND s.role != ? AND s.true_label IS NOT NULL AND p.true_label IS NOT NULL",
+                (PRIMARY, model, PRIMARY),
+            ).fetchone()
+        return {"requests": n, "primary_accuracy": primary / n if n else None,
+                "candidate_accuracy": candidate / n if n else None}
 
     def models(self) -> list[str]:
         """Every model version the store has labels for."""

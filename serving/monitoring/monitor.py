@@ -316,6 +316,17 @@ class Monitor:
             self._fail("feedback_store", exc)
             return []
 
+    def paired_accuracy(self, model: str) -> dict[str, Any] | None:
+        """The served models' and ``model``'s accuracy on the same labelled requests (see
+        :meth:`FeedbackStore.paired`); ``None`` when monitoring is off. Never raises."""
+        if self._feedback is None:
+            return None
+        try:
+            return self._feedback.paired(str(model))
+        except Exception as exc:
+            self._fail("feedback_store", exc)
+            return None
+
     def labelled_accuracy(self, model: str | None = None) -> dict[str, Any] | None:
         """The accuracy that ``/feedback`` labels give ``model`` (default: the served version), across server
         starts when the store is a file: ``model``, ``count``, ``correct``, ``accuracy`` and

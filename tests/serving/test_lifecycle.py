@@ -262,3 +262,21 @@ def test_a_shadow_that_cannot_load_is_reported_and_the_primary_serves(served, ve
         resp = client.post("/classify", files={"image": ("x.png", images.png[0], "image/png")})
         assert resp.status_code == 200 and resp.json()["model"] == served.tag
     assert _shadow_workers() == []
+
+
+def test_a_shadow_of_the_served_version_itself_leaves_feedback_working(served, images):
+    import shipyard
+
+    shipyard.promote(served.tag, "prod-same")
+    shipyard.promote(served.tag, "cand-same")  # right after a promote both aliases name one version
+    png = ("x.png", images.png[0], "image/png")
+    with asgi_client(NAME, alias="prod-same", shadow="cand-same") as client:
+        rid = client.post("/classify", files={"image": png}).json()["request_id"]
+        deadline = time.monotonic() + 20
+        while (client.get("/shadow").json()["cumulative"]["images"] or 0) < 1:
+            assert time.monotonic() < deadline, client.get("/shadow").json()
+            time.sleep(0.1)
+        resp = client.post("/feedback", json={"request_id": rid, "label": served.labels[images.labels[0]]})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["details"]["model"] == served.tag and resp.json()["details"]["shadow"] is None
+        assert client.get("/shadow").json()["cumulative"]["agreement"] == 1.0

@@ -626,7 +626,30 @@ def test_a_shadow_model_is_scored_by_the_same_labels(make_monitor, tmp_path):
     assert mon.labelled_accuracy("never:seen") == {
         "model": "never:seen", "count": 0, "correct": 0, "accuracy": None, "recent_accuracy": None
     }
+    assert mon.paired_accuracy("digits:candidate") == {
+        "requests": 4, "primary_accuracy": 0.5, "candidate_accuracy": 1.0}
+    assert [o["role"] for o in sorted(mon.outcomes("r1"), key=lambda o: o["role"])] == ["primary", "shadow"]
+    # a label that arrives before the shadow's prediction of the request scores it when it comes
+    mon.observe_prediction("r4", pixels, (32, 32), np.eye(3)[0], None, variant="keras")
+    mon.feedback("r4", "2")
+    mon.observe_shadow("digits:candidate", [("r4", "2")])
+    assert mon.labelled_accuracy("digits:candidate")["count"] == 5
+    assert mon.paired_accuracy("digits:candidate")["requests"] == 5
     mon.observe_shadow("x:y", [("r9", object())])  # never raises, whatever it is handed
+
+
+def test_shadow_predictions_do_not_crowd_out_the_served_models_in_the_store(tmp_path):
+    from serving.monitoring.feedback import FeedbackStore
+
+    store = FeedbackStore(["a", "b"], "m:v1", ttl_s=3600, capacity=3, recent=10, path=tmp_path / "f.sqlite3")
+    now = time.time()
+    store.sync([(f"r{i}", 0, now + i) for i in range(3)])
+    store._last_cleanup = 0.0  # clean up on the next write
+    store.remember_many("m:cand", [(f"r{i}", "b", now + 10 + i) for i in range(3)])
+    assert [o["role"] for o in store.outcomes("r0")] == []  # nothing labelled yet, and nothing forgotten:
+    assert store.record("r0", 1)["model"] == "m:v1"  # the served model's 3 rows are all kept
+    assert {o["role"] for o in store.outcomes("r0")} == {"primary", "shadow"}
+    store.close()
 
 
 # -- estimated accuracy (CBPE) -----------------------------------------------------------------------
