@@ -97,6 +97,12 @@ class ServeConfig(StrictModel):
         64, ge=1, description="mirrored requests waiting for the shadow model; more are shed (counted, never waited for)"
     )
     shadow_window: int = Field(200, ge=10, description="mirrored predictions per shadow report window")
+    shadow_cpu: float = Field(
+        0.1,
+        gt=0,
+        description="the most CPU the shadow candidate may use, in cores: its process rests after each batch "
+        "to stay under it (and gets only idle CPU besides), so above it mirrored requests are shed",
+    )
     variant: str = Field("model.onnx", description="variant file to serve, e.g. model.onnx or int8.tflite")
     embeddings: bool = Field(
         True,

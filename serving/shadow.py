@@ -4,8 +4,8 @@ share of the live requests off the request path and is compared with the served 
 The request path only offers a request (:meth:`Shadow.offer`: a coin flip for ``serve.shadow_share`` and a
 ``put_nowait`` on a bounded queue, a few microseconds); when the queue is full the request is shed and counted,
 never waited for. The candidate runs in its own process at the lowest CPU priority (:mod:`serving.shadow_worker`):
-no share of this worker's GIL, only the CPU the primary leaves idle; on a saturated machine it falls behind and
-mirrored requests are shed first. This worker's shadow thread hands it up to ``serve.max_batch_size`` queued
+no share of this worker's GIL, only the CPU the primary leaves idle and at most ``serve.shadow_cpu`` cores;
+when it falls behind, mirrored requests are shed first. This worker's shadow thread hands it up to ``serve.max_batch_size`` queued
 images at a time and records, per window of ``serve.shadow_window`` mirrored images and since start: top-1
 agreement with the primary, the largest probability difference, both latencies, both predicted-class
 distributions; the candidate's drift scores against its own reference come from its process. The candidate's

@@ -2,9 +2,12 @@
 
 The candidate runs here, not in the API worker, so that it never competes with the primary for the API
 worker's GIL, and, once loaded and warmed up (the API worker waits for that), at the lowest CPU priority Linux
-has (``SCHED_IDLE``; ``nice 19`` where that is refused):
-it computes on cores the primary leaves idle and is preempted as soon as the primary's threads wake. On a
-saturated machine it falls behind, the API worker's queue fills and mirrored requests are shed.
+has (``SCHED_IDLE``; ``nice 19`` where that is refused): it computes on cores the primary leaves idle and is
+preempted as soon as the primary's threads wake. Idle CPU is not free, though (whatever the two share:
+caches, memory bandwidth, perhaps a virtual CPU's sibling hyperthread): on this 2-core machine a shadow that
+took all the idle CPU it could get cost the primary 13-16% of its throughput, so it also rests after each batch to stay under ``serve.shadow_cpu`` cores (0.1 by
+default: 0.97x the primary's throughput without a shadow, same run). When it falls behind, the API worker's
+queue fills and mirrored requests are shed.
 
 It loads the version that ``NAME``'s alias ``serve.shadow`` points at (the serve config comes in the
 environment, as for the server), follows the alias like the server follows its own, and answers the API
@@ -136,7 +139,8 @@ def lowest_priority() -> str:
 
 
 def serve(conn: Connection, worker: Worker) -> None:
-    """Answer the API worker until it says ``close`` or goes away."""
+    """Answer the API worker until it says ``close`` or goes away; after each batch, rest long enough to keep
+    this process's CPU time under ``serve.shadow_cpu`` cores."""
     while True:
         try:
             message = conn.recv()
@@ -145,6 +149,7 @@ def serve(conn: Connection, worker: Worker) -> None:
         kind = message[0]
         if kind == "close":
             return
+        used = time.process_time()
         if kind == "mirror":
             try:
                 reply: tuple[Any, ...] = ("result", *worker.mirror(*message[1:]), worker.state())
@@ -153,10 +158,12 @@ def serve(conn: Connection, worker: Worker) -> None:
                 reply = ("failed", f"{type(exc).__name__}: {exc}", worker.state())
         else:
             reply = ("state", worker.state())
+        used = time.process_time() - used
         try:
             conn.send(reply)
         except (EOFError, OSError):
             return
+        time.sleep(max(0.0, used / worker.config.shadow_cpu - used))
 
 
 def main(argv: list[str] | None = None) -> int:
