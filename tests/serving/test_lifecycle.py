@@ -280,3 +280,37 @@ def test_a_shadow_of_the_served_version_itself_leaves_feedback_working(served, i
         assert resp.status_code == 200, resp.text
         assert resp.json()["details"]["model"] == served.tag and resp.json()["details"]["shadow"] is None
         assert client.get("/shadow").json()["cumulative"]["agreement"] == 1.0
+
+
+def test_the_shadow_process_rests_to_stay_under_its_cpu_cap():
+    from multiprocessing import Pipe
+
+    from serving.config import ServeConfig
+    from serving.shadow_worker import serve
+
+    class Busy:  # a candidate whose every batch costs 30 ms of CPU
+        config = ServeConfig(shadow_cpu=0.25)
+
+        def mirror(self, *args):
+            start = time.process_time()
+            while time.process_time() - start < 0.03:
+                pass
+            return "m:v", ["a"], None, 0.03
+
+        def state(self):
+            return {"tag": "m:v"}
+
+    ours, theirs = Pipe()
+    worker = threading.Thread(target=serve, args=(theirs, Busy()), daemon=True)
+    worker.start()
+    started = time.perf_counter()
+    for _ in range(3):
+        ours.send(("mirror", None, [], []))
+        assert ours.recv()[0] == "result"
+    ours.send(("close",))
+    worker.join(5)
+    # 3 batches of 30 ms CPU at a quarter of a core: the two rests between them take at least 2 x 90 ms
+    elapsed = time.perf_counter() - started
+    assert elapsed >= 0.03 * 3 + 2 * 0.09 * 0.9, elapsed
+    with pytest.raises(Exception, match="greater than 0"):
+        ServeConfig(shadow_cpu=0)
