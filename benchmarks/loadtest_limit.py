@@ -128,10 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     folder.mkdir(exist_ok=True)
     for i, data in enumerate(images):
         (folder / f"img_{i:02d}.jpg").write_bytes(data)
-    print("building the MobileNetV2 package...", flush=True)
-    pkg = workdir / "package"
-    if not (pkg / "manifest.json").is_file():
-        pkg = build_package(workdir, images)
+    pkg = build_package(workdir, images)
     tag = register_package(pkg)
 
     server, config = start_service(home, tag, workdir, "service")

@@ -93,7 +93,11 @@ MONITORING_TARGET = 0.95
 
 
 def build_package(folder: Path, images: list[bytes]) -> Path:
-    """Build, check, package and return the MobileNetV2 package directory (TensorFlow runs here)."""
+    """Build, check, package and return the MobileNetV2 package directory, ``folder/package`` (TensorFlow runs
+    here); one already built there is returned as it is."""
+    if (folder / "package" / "manifest.json").is_file():
+        return folder / "package"
+    print("building the MobileNetV2 package...", flush=True)
     from edge.manifest import InputContract, Manifest, VariantInfo, record_file, record_tree, write_manifest
     from edge.preprocess import decode
     from edge.reference import write_reference
@@ -850,10 +854,7 @@ def main(argv: list[str] | None = None) -> int:
         path.write_bytes(data)
         image_paths.append(path)
 
-    print("building the MobileNetV2 package...", flush=True)
-    pkg = workdir / "package"
-    if not (pkg / "manifest.json").is_file():
-        pkg = build_package(workdir, images)
+    pkg = build_package(workdir, images)
     tag = register_package(pkg)
 
     from serving.config import ServeConfig
