@@ -48,13 +48,11 @@ def inference_layout(config: Any, variant_file: str, cores: int | None = None) -
     5.8-5.9 against 6.3-6.5 ms of server CPU per request, p95 no worse. With ``serve.model_service`` the
     model's own process keeps one lane (BentoML's dispatcher there runs one batch at a time).
     """
-    from pathlib import PurePosixPath
-
     from edge.runners import default_threads
-    from edge.variants import FORMATS
+    from edge.variants import variant_of
 
-    fmt = next((f for f in FORMATS.values() if f.suffix and f.suffix == PurePosixPath(variant_file).suffix), None)
-    concurrent = fmt is not None and fmt.concurrent and not config.model_service
+    variant = variant_of(variant_file)
+    concurrent = variant is not None and variant.file_format.concurrent and not config.model_service
     per_model = max(1, (cores or default_threads()) // (1 if config.model_service else config.workers))
     lanes = config.lanes or (max(1, per_model // (config.threads or 1)) if concurrent else 1)
     if lanes > 1 and not concurrent:
