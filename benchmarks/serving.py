@@ -19,7 +19,9 @@ Four measurements, each in its own process:
    under 1, 8 and 32 concurrent clients (keep-alive connections, one request in flight each), batching on
    and off: throughput, p50/p95/p99 latency, errors, the mean batch the server formed, and the server's
    CPU seconds per request (user + system time of every server process, from ``psutil``, over the
-   measured window). Once more at 32 clients with monitoring off, to show what monitoring costs.
+   measured window), split by thread from ``/proc`` (the event loop, the inference lanes and the monitor,
+   which name themselves through ``serving.threads``; the hand-written server's pool is "other threads").
+   Once more at 32 clients with monitoring off, to show what monitoring costs.
 3. **naive**: what a user would otherwise write: ``http.server.ThreadingHTTPServer`` that parses the
    upload, decodes it with Pillow and calls Keras ``model.predict`` on each request.
 4. **competent**: what a competent engineer writes by hand: Starlette on uvicorn (uvloop, httptools),
@@ -68,7 +70,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import bench_workdir, cpu_name, make_jpeg  # noqa: E402 - after the path set-up
+from benchmarks._common import bench_workdir, cpu_by_thread, cpu_name, make_jpeg, thread_cpu  # noqa: E402 - after the path set-up
 from edge.files import write_json_atomic  # noqa: E402
 from edge.runners import default_threads  # noqa: E402
 from serving.process import ServerProcess, free_port  # noqa: E402
@@ -460,6 +462,7 @@ class Sample:
     wall: float = 0.0
     cpu: float = 0.0
     own: float = 0.0
+    threads: dict[str, float] = field(default_factory=dict)
 
     def summary(self, clients: int) -> dict[str, Any]:
         lat = np.array(self.lat) * 1000
@@ -476,6 +479,7 @@ class Sample:
             "client_cpu_s_per_request": self.own / n if n else None,
             "mean_batch_size": float(np.mean(self.batches)) if self.batches else None,
             "seconds": self.wall,
+            "server_cpu_ms_per_request_by_thread": {k: v / n * 1000 for k, v in self.threads.items()} if n else {},
         }
 
 
@@ -491,7 +495,7 @@ def run_round(
 ) -> None:
     """One round: ``warmup`` unmeasured seconds, then ``seconds`` measured, of ``clients`` keep-alive
     connections posting images back to back to ``route`` (:data:`ROUTES`); adds requests, latencies and CPU
-    to ``into``."""
+    (in all, and per thread: :func:`benchmarks._common.cpu_by_thread`) to ``into``."""
     requests = [ROUTES[route](server.port, im, model) for im in images]
 
     async def main() -> None:
@@ -501,7 +505,7 @@ def run_round(
                 for c in range(clients)
             )
         )
-        cpu0, own0 = cpu_seconds(server), time.process_time()
+        cpu0, own0, threads0 = cpu_seconds(server), time.process_time(), thread_cpu(server.pids())
         started = time.perf_counter()
         errors: dict[str, int] = {}
         await asyncio.gather(
@@ -513,6 +517,8 @@ def run_round(
         into.wall += time.perf_counter() - started
         into.cpu += cpu_seconds(server) - cpu0
         into.own += time.process_time() - own0
+        for group, spent in cpu_by_thread(threads0, thread_cpu(server.pids())).items():
+            into.threads[group] = into.threads.get(group, 0.0) + spent
         for code, count in errors.items():
             into.errors[code] = into.errors.get(code, 0) + count
 
@@ -693,6 +699,7 @@ def print_table(report: dict[str, Any]) -> None:
                 f"{r['p95_ms'] or 0:>9.1f}{r['p99_ms'] or 0:>9.1f}{r['server_cpu_s_per_request'] or 0:>11.4f}"
                 f"{batch:>7}{r['client_cpu_s_per_request'] or 0:>12.4f}{errs:>8}"
             )
+    print_threads(report)
     t = report["targets"]
     print(
         f"\nserver CPU/request at 32 clients vs the limit at batch {t['limit_batch_compared']} (the batch it "
@@ -728,6 +735,19 @@ def print_table(report: dict[str, Any]) -> None:
             f"V2 binary infer vs /classify at {clients} clients: throughput {v['throughput_ratio'] or 0:.3f}x, "
             f"p95 {v['p95_ratio'] or 0:.3f}x (target within {V2_TARGET:.0%}: {'met' if v['met'] else 'NOT met'})"
         )
+
+
+def print_threads(report: dict[str, Any], clients: int = 32) -> None:
+    """Where each server's CPU went at ``clients`` clients, in ms per request, by thread group."""
+    rows = {name: _row(report[key]["rows"], clients)["server_cpu_ms_per_request_by_thread"]
+            for name, key in (("shipyard", "service_on"), ("shipyard, no monitoring", "service_on_no_monitoring"),
+                              ("competent", "competent")) if key in report}
+    groups = sorted({g for r in rows.values() for g in r}, key=lambda g: -max(r.get(g, 0.0) for r in rows.values()))
+    print(f"\nserver CPU per request by thread at {clients} clients (ms; the competent server's pool of decode + "
+          "infer threads is 'other threads'):")
+    print(f"{'server':<25}" + "".join(f"{g:>17}" for g in groups) + f"{'all':>9}")
+    for name, r in rows.items():
+        print(f"{name:<25}" + "".join(f"{r.get(g, 0.0):>17.2f}" for g in groups) + f"{sum(r.values()):>9.2f}")
 
 
 def run_servers(

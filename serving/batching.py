@@ -28,6 +28,8 @@ import anyio
 import numpy as np
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
+from serving.threads import name_native_thread
+
 BENTOML_VERSION = "1.4.39"
 logger = logging.getLogger("shipyard.serving")
 
@@ -74,7 +76,7 @@ class LocalModel:
     def __init__(self, instance: Any, method: Any, lanes: int = 1) -> None:
         self.instance = instance
         self.method = method
-        self._func = getattr(instance, method.name).local
+        self._predict = getattr(instance, method.name).local
         self._limiter = anyio.CapacityLimiter(lanes)
         self._dispatch: Any | None = None
         if method.batchable:
@@ -101,6 +103,10 @@ class LocalModel:
             )
             self._dispatcher = dispatcher
             self._dispatch = dispatcher(self._infer_batches)
+
+    def _func(self, pixels: np.ndarray) -> np.ndarray:
+        name_native_thread("shipyard-lane")  # once per worker thread: per-thread CPU shows the lanes
+        return self._predict(pixels)
 
     @property
     def warmup_s(self) -> float | None:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from serving.config import ServeConfig
+from serving.threads import name_native_thread
 
 logger = logging.getLogger("shipyard.serving")
 
@@ -130,6 +131,7 @@ class Shadow:
     # -------------------------------------------------------------------------------------- shadow thread
 
     def _run(self) -> None:
+        name_native_thread("shipyard-shadow")
         try:
             while not self._stop.is_set():
                 batch = self._take()
