@@ -31,6 +31,7 @@ from serving.monitoring.estimate import AccuracyEstimate
 from serving.monitoring.feedback import FeedbackNotFoundError, FeedbackStore, store_path
 from serving.monitoring.metrics import STAGES, MonitorMetrics, metrics_for, zero_series
 from serving.monitoring.signals import FEATURES, SIGNALS, Observation
+from serving.threads import name_native_thread
 
 logger = logging.getLogger("serving.monitoring")
 
@@ -39,6 +40,12 @@ _STOP = object()
 _LOG_EVERY = 100
 #: Most observations the monitor's thread takes from its queue at once.
 _BATCH = 64
+#: Seconds the monitor's thread waits after an observation for more to process with it (the feedback store's
+#: transaction, the request log's record and the statistics are per batch); ``flush`` and ``close`` cut it
+#: short. Measured on MobileNetV2, 2 cores, 32 clients, interleaved rounds: the monitor's thread took 0.47 ms of
+#: CPU per request without waiting, 0.28 ms at 20 ms and 0.19 ms at 100 ms (262, 273 and 284 requests/s); once
+#: the wait no longer woke on every queued observation, 0.15-0.18 ms, and monitoring on / off 0.96x-0.99x.
+_LINGER_S = 0.1
 
 
 def request_log_dir(config: MonitorConfig) -> Path:
@@ -111,6 +118,7 @@ class Monitor:
         self._metrics: MonitorMetrics | None = None
         self._sink: Any = None
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=config.queue_size)
+        self._hurry = threading.Event()  # set by flush and close: no lingering (see _LINGER_S)
         self.reference = load_reference(manifest, self.package_dir)
         for signal, reason in self.reference.problems.items():
             logger.warning("drift signal %r unavailable: %s", signal, reason)
@@ -375,6 +383,7 @@ class Monitor:
             True when done, False on timeout.
         """
         deadline = time.monotonic() + timeout
+        self._hurry.set()  # the thread processes what is queued without waiting for more (see _LINGER_S)
         with self._done:
             target = self._submitted
             while self._processed < target:
@@ -391,6 +400,7 @@ class Monitor:
         if thread is not None and thread.is_alive():
             try:
                 self._queue.put(_STOP, timeout=timeout)
+                self._hurry.set()
                 thread.join(timeout)
             except queue.Full:
                 pass
@@ -412,12 +422,17 @@ class Monitor:
             self._thread.start()
 
     def _run(self) -> None:
+        name_native_thread("shipyard-mon")
         while True:
             batch = [self._queue.get()]
+            if batch[0] is not _STOP:
+                # wait without taking items: a put then wakes no one (each wake-up is a GIL hand-over)
+                self._hurry.wait(_LINGER_S)
             while len(batch) < _BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
+                    self._hurry.clear()
                     break
             stop = any(item is _STOP for item in batch)
             items = [item for item in batch if item is not _STOP]

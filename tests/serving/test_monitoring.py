@@ -1033,3 +1033,28 @@ def test_metrics_reach_bentoml_metrics_endpoint(tiny_package, tmp_path):
     assert not (tmp_path / "monitoring").exists()
     logs = list((tmp_path / "logs" / "probe" / "data").glob("data.*.log"))
     assert sum(len(f.read_text().splitlines()) for f in logs) == 25
+
+
+def test_the_monitor_thread_gathers_a_burst_into_one_batch_and_flush_does_not_wait_for_more(
+    make_monitor, traffic, monkeypatch
+):
+    """Observations that arrive within the thread's wait (``_LINGER_S``) are processed together (one feedback
+    transaction, one request-log record); ``flush`` and ``close`` cut the wait short."""
+    import serving.monitoring.monitor as monitor_module
+
+    monkeypatch.setattr(monitor_module, "_LINGER_S", 5.0)  # long enough that only flush can end it in time
+    mon = make_monitor()
+    sizes: list[int] = []
+    process = mon._process
+    monkeypatch.setattr(mon, "_process", lambda items: (sizes.append(len(items)), process(items)))
+    x, p, e = traffic.pixels["test"], traffic.probs["test"], traffic.embeddings["test"]
+    for i in range(10):
+        mon.observe_prediction(f"burst-{i}", x[i], (32, 32), p[i], e[i], variant="keras")
+    started = time.monotonic()
+    assert mon.flush(30)
+    assert time.monotonic() - started < 4.0  # not the 5 s wait
+    assert sum(sizes) == 10 and len(sizes) <= 2, sizes  # the first may be taken alone before the rest arrive
+    mon.observe_prediction("last", x[0], (32, 32), p[0], e[0], variant="keras")
+    started = time.monotonic()
+    mon.close()
+    assert time.monotonic() - started < 4.0 and sum(sizes) == 11, sizes
