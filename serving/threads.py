@@ -4,7 +4,8 @@ Python before 3.14 leaves every thread named after the process in ``/proc/PID/ta
 ``py-spy`` without ``--threads`` and per-thread CPU accounting cannot tell the inference lanes from the event
 loop or the monitor. The threads that do the service's work name themselves (``shipyard-lane``,
 ``shipyard-mon``, ``shipyard-shadow``); ``benchmarks/serving.py`` reads these names to split the server's
-CPU time per request by thread.
+CPU time per request by thread. A lane is one of anyio's worker threads, named when it first runs a batch: it
+may also run the API's other off-loop work (large decodes, ``/feedback``), which is then counted with the lanes.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ _BATCH = 64
 #: transaction, the request log's record and the statistics are per batch); ``flush`` and ``close`` cut it
 #: short. Measured on MobileNetV2, 2 cores, 32 clients, interleaved rounds: the monitor's thread took 0.47 ms of
 #: CPU per request without waiting, 0.28 ms at 20 ms and 0.19 ms at 100 ms (262, 273 and 284 requests/s); once
-#: the wait no longer woke on every queued observation, 0.15-0.18 ms, and monitoring on / off 0.96x-0.99x.
+#: the wait no longer woke on every queued observation, 0.15-0.18 ms (monitoring on / off 0.96x at 32 clients).
 _LINGER_S = 0.1
 
 

@@ -12,7 +12,7 @@ import pytest
 from serving.threads import name_native_thread, native_thread_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks._common import cpu_by_thread, thread_cpu  # noqa: E402 - after the path set-up
+from benchmarks._common import cpu_by_thread, thread_cpu
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="native thread names are read from /proc (Linux)")
