@@ -10,7 +10,6 @@ own errors: they are logged (rate-limited) and counted in ``shipyard_monitoring_
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import logging
 import os
@@ -31,6 +30,7 @@ from serving.monitoring.estimate import AccuracyEstimate
 from serving.monitoring.feedback import FeedbackNotFoundError, FeedbackStore, store_path
 from serving.monitoring.metrics import STAGES, MonitorMetrics, metrics_for, zero_series
 from serving.monitoring.signals import FEATURES, SIGNALS, Observation
+from serving.monitoring.sink import RequestLog, request_log_dir
 from serving.threads import name_native_thread
 
 logger = logging.getLogger("serving.monitoring")
@@ -46,25 +46,6 @@ _BATCH = 64
 #: CPU per request without waiting, 0.28 ms at 20 ms and 0.19 ms at 100 ms (262, 273 and 284 requests/s); once
 #: the wait no longer woke on every queued observation, 0.15-0.18 ms (monitoring on / off 0.96x at 32 clients).
 _LINGER_S = 0.1
-
-
-def request_log_dir(config: MonitorConfig) -> Path:
-    """Where the default ``bentoml.monitor`` sink writes the request logs: ``serve.monitor.log_dir``, else
-    ``monitoring/`` in the BentoML home (``$BENTOML_HOME``, default ``~/bentoml``); never the working directory
-    that ``bentoml serve`` runs in (the checkout, or site-packages)."""
-    if config.log_dir is not None:
-        return Path(config.log_dir).expanduser().absolute()
-    return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml").expanduser().absolute() / "monitoring"
-
-
-def sink_kwargs(config: MonitorConfig) -> dict[str, Any]:
-    """``bentoml.monitor``'s ``monitor_class``/``monitor_options`` for ``config``: the default sink writes under
-    :func:`request_log_dir`; another class gets its options as configured."""
-    cls = config.sink_class or "default"
-    options = dict(config.sink_options or {})
-    if cls == "default":
-        options.setdefault("log_path", str(request_log_dir(config)))
-    return {"monitor_class": cls, "monitor_options": options}
 
 
 class Monitor:
@@ -116,7 +97,7 @@ class Monitor:
         self._timing_children: dict[str, Any] = {}
         self._prediction_children: dict[tuple[int, str], Any] = {}
         self._metrics: MonitorMetrics | None = None
-        self._sink: Any = None
+        self.request_log = RequestLog(config, self.labels)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=config.queue_size)
         self._hurry = threading.Event()  # set by flush and close: no lingering (see _LINGER_S)
         self.reference = load_reference(manifest, self.package_dir)
@@ -137,6 +118,10 @@ class Monitor:
             recent=config.window,
             path=store_path(config.feedback_store, request_log_dir(config)),
         )
+        self._start_metrics(registry, variant)
+
+    def _start_metrics(self, registry: Any | None, variant: str | None) -> None:
+        """The ``shipyard_*`` series, every one at its starting value; a failure leaves monitoring without metrics."""
         try:
             self._metrics = metrics_for(registry)
             self._timing_children = {stage: self._metrics.latency.labels(stage=stage) for stage in STAGES}
@@ -465,7 +450,7 @@ class Monitor:
             self._fail("estimate", exc)
         if self.config.sink_enabled:
             try:
-                self._log_records(items)
+                self.request_log.write(items)
             except Exception as exc:
                 self._fail("sink", exc)
         for obs in items:
@@ -501,56 +486,6 @@ class Monitor:
         if self._metrics is not None:
             self._metrics.drift_evaluations.inc()
         time.sleep(0)
-
-    def _log_records(self, items: list[Observation]) -> None:
-        """One ``bentoml.monitor`` record per request (written as one batch).
-
-        The monitor instance is created once through ``bentoml.monitor`` (so BentoML's ``monitoring``
-        config picks the class and options unless the MonitorConfig names them) and then driven
-        directly, in a fresh context each time, with BentoML's per-record variables cleared: a sink
-        that failed half-way cannot leave them set and break the next record.
-        """
-        columns: list[tuple[str, str, str, list[Any]]] = [
-            ("request", "feature", "categorical", [obs.request_id for obs in items]),
-            ("received", "feature", "numerical", [round(obs.received, 3) for obs in items]),
-            ("variant", "feature", "categorical", [obs.variant for obs in items]),
-        ]
-        for j, name in enumerate(FEATURES):
-            values = [obs.features[j] for obs in items]
-            if name in ("width", "height"):
-                columns.append((name, "feature", "numerical", [int(v) if v == v else None for v in values]))
-            else:
-                columns.append((name, "feature", "numerical", [round(float(v), 4) for v in values]))
-        columns.append(("prediction", "prediction", "categorical", [self.labels[o.prediction] for o in items]))
-        columns.append(("confidence", "prediction", "numerical", [round(o.confidence, 6) for o in items]))
-        contextvars.Context().run(self._write_sink, columns)
-
-    def _write_sink(self, columns: list[tuple[str, str, str, list[Any]]]) -> None:
-        try:
-            from bentoml._internal.monitoring.base import MON_COLUMN_VAR, MON_DATAS_VAR
-        except ImportError:  # pragma: no cover - another BentoML layout
-            MON_COLUMN_VAR = MON_DATAS_VAR = None
-        if self._sink is None:
-            import bentoml
-
-            kwargs = sink_kwargs(self.config)
-            # The first record defines the schema: log it row by row (log_batch would repeat columns).
-            manager = bentoml.monitor(self.config.sink, **kwargs)
-            mon = manager.__enter__()
-            for name, role, kind, values in columns:
-                mon.log(values[0], name, role, kind)
-            manager.__exit__(None, None, None)
-            self._sink = mon
-            columns = [(name, role, kind, values[1:]) for name, role, kind, values in columns]
-            if not columns[0][3]:
-                return
-        if MON_COLUMN_VAR is not None and MON_DATAS_VAR is not None:
-            MON_COLUMN_VAR.set(None)
-            MON_DATAS_VAR.set(None)
-        self._sink.start_record()
-        for name, role, kind, values in columns:
-            self._sink.log_batch(values, name, role, kind)
-        self._sink.stop_record()
 
     def _publish_drift(self, results: dict[str, dict[str, Any]]) -> None:
         """Set the drift gauges and log a warning when a signal starts (or stops) detecting drift."""

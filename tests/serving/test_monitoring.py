@@ -776,8 +776,8 @@ def test_a_sink_failing_mid_record_does_not_poison_the_next(make_monitor, traffi
     rng = np.random.default_rng(0)
     for _ in range(8):  # one request per batch: eight separate records
         feed(mon, traffic, "test", 1, rng)
-        if mon._sink is not None and mon._sink not in sinks:
-            sinks.append(mon._sink)
+        if mon.request_log.sink is not None and mon.request_log.sink not in sinks:
+            sinks.append(mon.request_log.sink)
     report = mon.drift()
     assert report["errors"]["sink"] == 4
     assert len(sinks) == 1 and len(sinks[0].rows) == 4
