@@ -241,12 +241,15 @@ class Route:
         limit: most body bytes (413 above).
         example: how to call it, quoted in the 415 message.
         pattern: a regular expression of the paths this rule covers (when not one fixed path).
+        answer: an ASGI app that answers the request here, after the checks, instead of BentoML's request stack
+            (see :func:`serving.routing.direct_routes`).
     """
 
     media: tuple[str, ...]
     limit: int
     example: str = ""
     pattern: str | None = None
+    answer: ASGIApp | None = None
 
 
 #: Paths that bypass the concurrency limit and the timeout (health checks and metrics), as BentoML's do.
@@ -382,6 +385,9 @@ class RequestGuard:
                     )
                     return
                 receive = _replay(body, receive)
+            if rule.answer is not None:
+                await rule.answer(scope, receive, send)
+                return
         await self.app(scope, receive, _ErrorRewriter(send, method, path))
 
     @staticmethod

@@ -144,6 +144,8 @@ class Shipyard:
         package = bentoml.models.BentoModel(SETTINGS.tag)
     if CONFIG.model_service:
         model_service = bentoml.depends(ShipyardModel)
+    #: The running instance of this class in this process, if any.
+    serving: Shipyard | None = None
 
     def __init__(self) -> None:
         from serving.monitoring.metrics import lifecycle_event, lifecycle_metrics, shadow_metrics
@@ -164,6 +166,7 @@ class Shipyard:
         self.max_batch_images = CONFIG.max_batch_images
         self._decode_limiter = anyio.CapacityLimiter(4)
         self.ready = True
+        type(self).serving = self  # the request guard answers /classify* with it (serving.routing.answer_here)
 
     def _load(self, tag: str) -> Loaded:
         """``tag`` loaded beside whatever is served (the model service's process loads its own copy)."""
@@ -189,6 +192,8 @@ class Shipyard:
 
     @bentoml.on_shutdown
     def close(self) -> None:
+        if type(self).serving is self:
+            type(self).serving = None
         if self.shadow is not None:
             self.shadow.close()
         self.models.close()
@@ -203,11 +208,7 @@ class Shipyard:
         ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> ClassifyResult:
         """Classify one uploaded image: top-k labels with probabilities, the model tag and variant."""
-        started = _request_start(ctx)
-        results = await self._classify([image], "image", top_k, started)
-        if isinstance(results, JSONResponse):
-            return results  # type: ignore[return-value]
-        return results[0]
+        return await self.answer_classify(image, top_k, _request_start(ctx))  # type: ignore[return-value]
 
     @bentoml.api(input_spec=ClassifyBatchInput, route="/classify_batch")
     async def classify_batch(
@@ -217,17 +218,7 @@ class Shipyard:
         ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> BatchResult:
         """Classify several uploaded images; one result per image, in upload order."""
-        started = _request_start(ctx)
-        results = await self._classify(images, "images", top_k, started)
-        if isinstance(results, JSONResponse):
-            return results  # type: ignore[return-value]
-        return BatchResult(
-            model=results[0].model,
-            variant=results[0].variant,
-            count=len(results),
-            latency_ms=(time.perf_counter() - started) * 1000,
-            results=results,
-        )
+        return await self.answer_batch(images, top_k, _request_start(ctx))  # type: ignore[return-value]
 
     @bentoml.api(route="/feedback")
     async def feedback(self, request_id: str, label: str) -> FeedbackResult:
@@ -251,6 +242,24 @@ class Shipyard:
         return await anyio.to_thread.run_sync(self.drift_report)
 
     # ------------------------------------------------------------------------------------ the work
+
+    async def answer_classify(self, image: Upload, top_k: int | None, started: float) -> ClassifyResult | JSONResponse:
+        """``/classify``'s answer (also called by the request guard, see :func:`serving.routing.answer_here`)."""
+        results = await self._classify([image], "image", top_k, started)
+        return results if isinstance(results, JSONResponse) else results[0]
+
+    async def answer_batch(self, images: list[Upload], top_k: int | None, started: float) -> BatchResult | JSONResponse:
+        """``/classify_batch``'s answer (also called by the request guard)."""
+        results = await self._classify(images, "images", top_k, started)
+        if isinstance(results, JSONResponse):
+            return results
+        return BatchResult(
+            model=results[0].model,
+            variant=results[0].variant,
+            count=len(results),
+            latency_ms=(time.perf_counter() - started) * 1000,
+            results=results,
+        )
 
     def describe(self) -> dict[str, Any]:
         """What ``/metadata`` shows."""
@@ -418,4 +427,4 @@ def _request_start(ctx: Any) -> float:
         return time.perf_counter()
 
 
-Shipyard.add_asgi_middleware(RequestGuard, **guard_options(CONFIG))
+Shipyard.add_asgi_middleware(RequestGuard, **guard_options(CONFIG, Shipyard.name, Shipyard.inner))

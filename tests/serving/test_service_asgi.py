@@ -443,3 +443,50 @@ def test_tracing_is_off_unless_asked_for(served, images):
                 assert c.module.Shipyard.config["tracing"] == {"excluded_urls": [".*"]}
             assert c.get("/metadata").json()["serving"]["tracing"] is tracing
             assert c.post("/classify", files=_upload(images.png[0])).status_code == 200
+
+
+# ------------------------------------------------------------------ the guard's own answers vs BentoML's
+
+
+def _answers(c, images) -> list[tuple[int, dict, str | None]]:
+    """Status, body (ids and timings dropped) and Server header of the same requests, good and bad."""
+    two = [("images", ("a.png", images.png[0], "image/png")), ("images", ("b.png", images.png[1], "image/png"))]
+    sent = [
+        ("/classify", {"files": _upload(images.png[0]), "data": {"top_k": "2"}}),
+        ("/classify", {"files": _upload(images.png[1])}),
+        ("/classify", {"files": _upload(images.png[0]), "data": {"top_k": "0"}}),
+        ("/classify", {"files": _upload(images.png[0], field="file")}),
+        ("/classify", {"files": _upload(b"\x00garbage" * 20, name="bad.bin")}),
+        ("/classify", {"files": [("image", ("a.png", images.png[0], "image/png"))] * 2}),
+        ("/classify_batch", {"files": two, "data": {"top_k": "1"}}),
+        ("/classify_batch", {"files": _upload(images.gif, name="x.gif", field="images")}),
+    ]
+    out = []
+    for path, kwargs in sent:
+        r = c.post(path, **kwargs)
+        body = r.json()
+        for result in [body, *body.get("results", [])]:
+            for key in ("request_id", "latency_ms", "timing"):
+                result.pop(key, None)
+        out.append((r.status_code, body, r.headers.get("server")))
+    return out
+
+
+def test_the_guard_answers_classify_itself_and_exactly_as_bentoml_would(served, images):
+    """By default the request guard answers /classify and /classify_batch below BentoML's request stack
+    (``serving.routing.answer_here``); with tracing on, BentoML's stack answers. Both give the same statuses,
+    bodies and Server header, for good requests and bad ones."""
+    from serving.routing import guard_options
+
+    with asgi_client(served.tag) as direct:
+        rules = guard_options(direct.module.CONFIG, "shipyard", direct.module.Shipyard.inner)["routes"]
+        assert rules["/classify"].answer is not None and rules["/classify_batch"].answer is not None
+        ours = _answers(direct, images)
+        assert direct.module.Shipyard.inner.serving is not None
+    with asgi_client(served.tag, tracing=True) as bento:
+        assert guard_options(bento.module.CONFIG, "shipyard", bento.module.Shipyard.inner)["routes"][
+            "/classify"].answer is None
+        theirs = _answers(bento, images)
+    assert [s for s, _, _ in ours] == [200, 200, 400, 400, 400, 400, 200, 415]
+    assert ours == theirs
+    assert {server for _, _, server in ours} == {"BentoML Service/shipyard"}
