@@ -242,7 +242,7 @@ class Route:
         example: how to call it, quoted in the 415 message.
         pattern: a regular expression of the paths this rule covers (when not one fixed path).
         answer: an ASGI app that answers the request here, after the checks, instead of BentoML's request stack
-            (see :func:`serving.routing.direct_routes`).
+            (see :func:`serving.routing.answer_here`).
     """
 
     media: tuple[str, ...]
@@ -262,8 +262,9 @@ class RequestGuard:
     In front: the concurrency limit (429), the timeout (504), the pickle refusal, and for each ``POST``
     route its content types (415) and body cap (413, from ``Content-Length`` before anything is read; a
     body without one is read up to the cap and no further). Behind: every 4xx/5xx body rewritten into
-    ``{"error": "..."}``. Every error response, its own and the app's, is counted once with ``count_error``
-    (the kind noted with :func:`serving.errors.note_error`, else its status's kind).
+    ``{"error": "..."}``; a route with an ``answer`` is answered by that app instead of BentoML's
+    (:func:`serving.routing.answer_here`). Every error response, its own and the app's, is counted once with
+    ``count_error`` (the kind noted with :func:`serving.errors.note_error`, else its status's kind).
 
     Args:
         app: the wrapped ASGI app.

@@ -21,7 +21,7 @@ logger = logging.getLogger("bentoml._internal.server.http_app")  # where BentoML
 
 def guard_options(config: ServeConfig, service_name: str = "shipyard", live: Any = None) -> dict[str, Any]:
     """The keyword arguments of :class:`serving.http.RequestGuard` for ``config`` and the service named
-    ``service_name``, whose running instance is ``live.serving`` (see :func:`answer_here`; ``None``: BentoML
+    ``service_name``, whose running instance is ``live.running`` (see :func:`answer_here`; ``None``: BentoML
     answers every API itself)."""
     from serving.v2.routes import INFER_PATTERN
 
@@ -69,7 +69,7 @@ def answer_here(method: str, input_spec: Any, server: str, live: Any) -> Any:
     request. Measured on MobileNetV2, 2 cores, interleaved rounds: 1.71 -> 1.37 ms of event-loop CPU per
     request, 276 -> 295 req/s at 32 clients, 262 -> 288 at 8. BentoML's outer middleware (its request
     metrics, access log and request span) and the request guard around it still see every request. Its
-    answers carry the ``Server`` header BentoML's would (``server``). The service instance is ``live.serving``
+    answers carry the ``Server`` header BentoML's would (``server``). The service instance is ``live.running``
     (the service class, where the instance puts itself while it runs: BentoML's ``get_current_service`` is one
     per process, and tests run several services in one).
     """
@@ -82,7 +82,7 @@ def answer_here(method: str, input_spec: Any, server: str, live: Any) -> Any:
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         request = Request(scope, receive)
-        service = getattr(live, "serving", None)
+        service = getattr(live, "running", None)
         if service is None:
             await send_error(send, 503, "the service is still starting or stopping; retry shortly", [named])
             return

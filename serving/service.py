@@ -145,7 +145,7 @@ class Shipyard:
     if CONFIG.model_service:
         model_service = bentoml.depends(ShipyardModel)
     #: The running instance of this class in this process, if any.
-    serving: Shipyard | None = None
+    running: Shipyard | None = None
 
     def __init__(self) -> None:
         from serving.monitoring.metrics import lifecycle_event, lifecycle_metrics, shadow_metrics
@@ -166,7 +166,7 @@ class Shipyard:
         self.max_batch_images = CONFIG.max_batch_images
         self._decode_limiter = anyio.CapacityLimiter(4)
         self.ready = True
-        type(self).serving = self  # the request guard answers /classify* with it (serving.routing.answer_here)
+        type(self).running = self  # the request guard answers /classify* with it (serving.routing.answer_here)
 
     def _load(self, tag: str) -> Loaded:
         """``tag`` loaded beside whatever is served (the model service's process loads its own copy)."""
@@ -192,8 +192,8 @@ class Shipyard:
 
     @bentoml.on_shutdown
     def close(self) -> None:
-        if type(self).serving is self:
-            type(self).serving = None
+        if type(self).running is self:
+            type(self).running = None
         if self.shadow is not None:
             self.shadow.close()
         self.models.close()

@@ -482,7 +482,7 @@ def test_the_guard_answers_classify_itself_and_exactly_as_bentoml_would(served, 
         rules = guard_options(direct.module.CONFIG, "shipyard", direct.module.Shipyard.inner)["routes"]
         assert rules["/classify"].answer is not None and rules["/classify_batch"].answer is not None
         ours = _answers(direct, images)
-        assert direct.module.Shipyard.inner.serving is not None
+        assert direct.module.Shipyard.inner.running is not None
     with asgi_client(served.tag, tracing=True) as bento:
         assert guard_options(bento.module.CONFIG, "shipyard", bento.module.Shipyard.inner)["routes"][
             "/classify"].answer is None
