@@ -81,9 +81,14 @@ def _rss_mb(server) -> float:
 
 
 def test_no_request_is_dropped_across_a_promote_and_a_rollback(served, images, small_demo_dir, tmp_path):
+    import sys
+
     import shipyard
     from serving.loadtest.config import LoadTestConfig
     from serving.loadtest.runner import run_loadtest
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from benchmarks._common import thread_cpu
 
     v2 = _register(served, tmp_path, "load-v2")
     shipyard.promote(served.tag, "live")
@@ -109,6 +114,7 @@ def test_no_request_is_dropped_across_a_promote_and_a_rollback(served, images, s
         probe.stop.set()
         probe.join(10)
         after = _rss_mb(server)
+        monitors = [pid for (pid, _), (name, _) in thread_cpu(server.pids()).items() if name == "shipyard-mon"]
         meta = json.loads(urllib.request.urlopen(server.url + "/metadata", timeout=10).read())
 
     summary = outcome["run"].summary
@@ -119,8 +125,13 @@ def test_no_request_is_dropped_across_a_promote_and_a_rollback(served, images, s
     assert max(seen_v2) < rolled_back + SWITCH_S
     assert probe.switched(served.tag, rolled_back) < SWITCH_S
     assert meta["model"] == served.tag and meta["serving"]["lifecycle"]["swaps"] == 2
-    # the old model is released: memory back near one model's level (load-time growth of allocators allowed)
-    assert after < one_model * 1.25 + 40, (one_model, after)
+    # the old versions are released: one running monitor thread per API worker (a released version's stops)
+    assert len(monitors) == 2 and len(set(monitors)) == 2, monitors
+    # and memory stays near one model's level. Allowed: allocator growth under load and per-request bookkeeping
+    # that grows until it reaches its caps (the feedback store keeps up to feedback_capacity predictions in
+    # memory; measured on the MobileNetV2 service under steady load: about 1 KB per request, before and after
+    # this check was written)
+    assert after < one_model * 1.25 + 80, (one_model, after)
     print(f"one model {one_model:.0f} MB, after promote+rollback {after:.0f} MB; locust {summary['requests']} "
           f"requests, {summary['throughput_rps']:.0f} req/s, p99 {summary['latency_ms']['p99']:.0f} ms")
 
