@@ -70,10 +70,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import bench_workdir, cpu_by_thread, cpu_name, make_jpeg, thread_cpu  # noqa: E402 - after the path set-up
+from benchmarks._common import bench_workdir, cpu_name, make_jpeg  # noqa: E402 - after the path set-up
 from edge.files import write_json_atomic  # noqa: E402
 from edge.runners import default_threads  # noqa: E402
 from serving.process import ServerProcess, free_port  # noqa: E402
+from serving.threads import cpu_by_thread, thread_cpu  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SIZE = 224
@@ -495,7 +496,7 @@ def run_round(
 ) -> None:
     """One round: ``warmup`` unmeasured seconds, then ``seconds`` measured, of ``clients`` keep-alive
     connections posting images back to back to ``route`` (:data:`ROUTES`); adds requests, latencies and CPU
-    (in all, and per thread: :func:`benchmarks._common.cpu_by_thread`) to ``into``."""
+    (in all, and per thread: :func:`serving.threads.cpu_by_thread`) to ``into``."""
     requests = [ROUTES[route](server.port, im, model) for im in images]
 
     async def main() -> None:

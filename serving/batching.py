@@ -28,7 +28,7 @@ import anyio
 import numpy as np
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
-from serving.threads import name_native_thread
+from serving.threads import LANE, name_native_thread
 
 BENTOML_VERSION = "1.4.39"
 logger = logging.getLogger("shipyard.serving")
@@ -105,7 +105,7 @@ class LocalModel:
             self._dispatch = dispatcher(self._infer_batches)
 
     def _func(self, pixels: np.ndarray) -> np.ndarray:
-        name_native_thread("shipyard-lane")  # once per worker thread: per-thread CPU shows the lanes
+        name_native_thread(LANE)  # once per worker thread: per-thread CPU shows the lanes
         return self._predict(pixels)
 
     @property

@@ -19,7 +19,7 @@ V2_EXAMPLE = "tritonclient.http, or curl -H 'Content-Type: application/json' -d 
 logger = logging.getLogger("bentoml._internal.server.http_app")  # where BentoML logs its request errors
 
 
-def guard_options(config: ServeConfig, service_name: str = "shipyard", live: Any = None) -> dict[str, Any]:
+def guard_options(config: ServeConfig, service_name: str, live: Any) -> dict[str, Any]:
     """The keyword arguments of :class:`serving.http.RequestGuard` for ``config`` and the service named
     ``service_name``, whose running instance is ``live.running`` (see :func:`answer_here`; ``None``: BentoML
     answers every API itself)."""

@@ -5,10 +5,10 @@ The request path only offers a request (:meth:`Shadow.offer`: a coin flip for ``
 ``put_nowait`` on a bounded queue, a few microseconds); when the queue is full the request is shed and counted,
 never waited for. The candidate runs in its own process at the lowest CPU priority (:mod:`serving.shadow_worker`):
 no share of this worker's GIL, only the CPU the primary leaves idle and at most ``serve.shadow_cpu`` cores;
-when it falls behind, mirrored requests are shed first. This worker's shadow thread hands it up to ``serve.max_batch_size`` queued
-images at a time and records, per window of ``serve.shadow_window`` mirrored images and since start: top-1
-agreement with the primary, the largest probability difference, both latencies, both predicted-class
-distributions; the candidate's drift scores against its own reference come from its process. The candidate's
+when it falls behind, mirrored requests are shed first. This worker's shadow thread hands it up to
+``serve.max_batch_size`` queued images at a time and records, per window of ``serve.shadow_window`` mirrored
+images and since start: top-1 agreement with the primary, the largest probability difference, both latencies,
+both predicted-class distributions; the candidate's drift scores against its own reference come from its process. The candidate's
 predictions go to the feedback store beside the primary's, so ``/feedback`` labels score both, across API
 workers and server restarts.
 """
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from serving.config import ServeConfig
-from serving.threads import name_native_thread
+from serving.threads import SHADOW, name_native_thread
 
 logger = logging.getLogger("shipyard.serving")
 
@@ -131,7 +131,7 @@ class Shadow:
     # -------------------------------------------------------------------------------------- shadow thread
 
     def _run(self) -> None:
-        name_native_thread("shipyard-shadow")
+        name_native_thread(SHADOW)
         try:
             while not self._stop.is_set():
                 batch = self._take()

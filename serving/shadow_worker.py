@@ -5,8 +5,9 @@ worker's GIL, and, once loaded and warmed up (the API worker waits for that), at
 has (``SCHED_IDLE``; ``nice 19`` where that is refused): it computes on cores the primary leaves idle and is
 preempted as soon as the primary's threads wake. Idle CPU is not free, though (whatever the two share:
 caches, memory bandwidth, perhaps a virtual CPU's sibling hyperthread): on this 2-core machine a shadow that
-took all the idle CPU it could get cost the primary 13-16% of its throughput, so it also rests after each batch to stay under ``serve.shadow_cpu`` cores (0.1 by
-default: 0.97x the primary's throughput without a shadow, same run). When it falls behind, the API worker's
+took all the idle CPU it could get cost the primary 13-16% of its throughput, so it also rests after each
+batch to stay under ``serve.shadow_cpu`` cores (0.1 by default: 0.97x the primary's throughput without a
+shadow, same run). When it falls behind, the API worker's
 queue fills and mirrored requests are shed.
 
 It loads the version that ``NAME``'s alias ``serve.shadow`` points at (the serve config comes in the

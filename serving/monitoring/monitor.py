@@ -31,7 +31,7 @@ from serving.monitoring.feedback import FeedbackNotFoundError, FeedbackStore, st
 from serving.monitoring.metrics import STAGES, MonitorMetrics, metrics_for, zero_series
 from serving.monitoring.signals import FEATURES, SIGNALS, Observation
 from serving.monitoring.sink import RequestLog, request_log_dir
-from serving.threads import name_native_thread
+from serving.threads import MONITOR, name_native_thread
 
 logger = logging.getLogger("serving.monitoring")
 
@@ -407,7 +407,7 @@ class Monitor:
             self._thread.start()
 
     def _run(self) -> None:
-        name_native_thread("shipyard-mon")
+        name_native_thread(MONITOR)
         while True:
             batch = [self._queue.get()]
             if batch[0] is not _STOP:

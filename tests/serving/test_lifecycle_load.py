@@ -81,14 +81,10 @@ def _rss_mb(server) -> float:
 
 
 def test_no_request_is_dropped_across_a_promote_and_a_rollback(served, images, small_demo_dir, tmp_path):
-    import sys
-
     import shipyard
     from serving.loadtest.config import LoadTestConfig
     from serving.loadtest.runner import run_loadtest
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from benchmarks._common import thread_cpu
+    from serving.threads import MONITOR, thread_cpu
 
     v2 = _register(served, tmp_path, "load-v2")
     shipyard.promote(served.tag, "live")
@@ -114,7 +110,7 @@ def test_no_request_is_dropped_across_a_promote_and_a_rollback(served, images, s
         probe.stop.set()
         probe.join(10)
         after = _rss_mb(server)
-        monitors = [pid for (pid, _), (name, _) in thread_cpu(server.pids()).items() if name == "shipyard-mon"]
+        monitors = [pid for (pid, _), (name, _) in thread_cpu(server.pids()).items() if name == MONITOR]
         meta = json.loads(urllib.request.urlopen(server.url + "/metadata", timeout=10).read())
 
     summary = outcome["run"].summary

@@ -261,10 +261,7 @@ def test_the_work_threads_carry_native_names_that_split_the_cpu(server, images):
     """While it answers requests the API worker's inference lanes and monitor carry their names at the operating-
     system level, and the serving benchmark's per-thread accounting attributes CPU time to each of them (counted
     in clock ticks: the requests go on until every group has some, for at most 30 s)."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from benchmarks._common import cpu_by_thread, thread_cpu
+    from serving.threads import LANE, MONITOR, cpu_by_thread, thread_cpu
 
     wanted = ("event loop", "inference lanes", "monitor")
     before = thread_cpu(server.pids())
@@ -279,5 +276,5 @@ def test_the_work_threads_carry_native_names_that_split_the_cpu(server, images):
             if all(groups.get(g, 0) > 0 for g in wanted) or time.monotonic() > deadline:
                 break
     names = {name for name, _ in after.values()}
-    assert {"shipyard-lane", "shipyard-mon"} <= names, names
+    assert {LANE, MONITOR} <= names, names
     assert all(groups.get(g, 0) > 0 for g in wanted), groups
