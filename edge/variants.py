@@ -166,7 +166,10 @@ class Format:
             for folders (the training side reads the Keras weights).
         threads: the runner honours a thread count (latency is measured with 1 thread and with all).
         concurrent: one opened model runs batches from several threads at once (an ONNX Runtime session
-            does; a TFLite interpreter does not): the server can then run one single-threaded batch per core.
+            does); a server that runs several batches at once opens one copy per thread of a model that
+            does not (a TFLite interpreter).
+        fixed_batch: changing the batch size reallocates the model's buffers (a TFLite interpreter): a
+            server runs a batch image by image on the batch size it was opened with.
         label: how people call it, for messages.
     """
 
@@ -179,6 +182,7 @@ class Format:
     weights: Callable[[bytes], list[np.ndarray]] | None = None
     threads: bool = False
     concurrent: bool = False
+    fixed_batch: bool = False
 
     @property
     def runnable(self) -> bool:
@@ -195,6 +199,7 @@ FORMATS: dict[str, Format] = {
         inspect=inspect_tflite,
         weights=tflite_weights,
         threads=True,
+        fixed_batch=True,
     ),
     "onnx": Format(
         name="onnx",
@@ -284,7 +289,17 @@ VARIANTS: dict[str, Variant] = _variants(
         quantization="none",
         gate="float",
         default_rank=1,
+        served=True,
         description="plain TFLite conversion",
+    ),
+    Variant(
+        name="fp32_embedding.tflite",
+        format="tflite",
+        quantization="none",
+        gate="float",
+        outputs=(PROBABILITIES, EMBEDDING),
+        extends="fp32.tflite",
+        description="plain TFLite with probabilities and the embedding (for drift monitoring)",
     ),
     Variant(
         name="fp16.tflite",
@@ -343,7 +358,6 @@ VARIANTS: dict[str, Variant] = _variants(
         quantization="none",
         gate="float",
         default_rank=2,
-        served=True,
         description="ONNX (tf2onnx), dynamic batch",
     ),
     Variant(
@@ -377,7 +391,7 @@ def default_order() -> list[Variant]:
 
 
 def served_by_default() -> str:
-    """The name of the variant the server serves when none is configured (``model.onnx``)."""
+    """The name of the variant the server serves when none is configured (``fp32.tflite``)."""
     return next(name for name, v in VARIANTS.items() if v.served)
 
 

@@ -111,6 +111,13 @@ def _build_tflite(quant: Callable[[BuildContext], QuantizationConfig]) -> Builde
     return build
 
 
+def _build_tflite_embedding(ctx: BuildContext) -> Built:
+    from training.models import embedding_model
+
+    # no parent: the Keras reference the gates compare with already has the embedding output
+    return Built(content=convert_to_tflite(embedding_model(ctx.model), QuantizationConfig.for_float32()))
+
+
 def _int8(ctx: BuildContext) -> QuantizationConfig:
     return QuantizationConfig.for_int8(ctx.config.representative_samples)
 
@@ -230,6 +237,7 @@ def _build_saved_model(ctx: BuildContext) -> Built:
 #: How to build each variant of :data:`edge.variants.VARIANTS`, keyed by the same names.
 BUILDERS: dict[str, Builder] = {
     "fp32.tflite": _build_tflite(lambda ctx: QuantizationConfig.for_float32()),
+    "fp32_embedding.tflite": _build_tflite_embedding,
     "fp16.tflite": _build_tflite(lambda ctx: QuantizationConfig.for_float16()),
     "dynamic.tflite": _build_tflite(lambda ctx: QuantizationConfig.for_dynamic()),
     "int8.tflite": _build_tflite(_int8),

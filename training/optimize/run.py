@@ -83,9 +83,12 @@ def _failed(result: VariantResult, status: str, reason: str) -> VariantResult:
 
 
 def _finish(result: VariantResult, built: Built, ctx: BuildContext) -> Built:
-    """The format's finishing step (TFLite metadata), so that the file written and hashed is the final one."""
+    """The format's finishing step (TFLite metadata), so that the file written and hashed is the final one.
+
+    A variant with the embedding output is the server's: the metadata describes one classification output
+    (what MediaPipe Tasks reads), so it gets none."""
     finisher = FINISHERS.get(result.spec.format)
-    if finisher is None or built.content is None or not ctx.config.tflite_metadata:
+    if finisher is None or built.content is None or not ctx.config.tflite_metadata or result.spec.outputs_embedding:
         return built
     built.content, details = finisher(built.content, ctx.labels, ctx.info)
     built.details.update(details)
