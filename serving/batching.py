@@ -40,26 +40,27 @@ class Overloaded(Exception):
 
 def inference_layout(config: Any, variant_file: str, cores: int | None = None) -> tuple[int, int]:
     """``(lanes, threads)``: how many batches one model of this server runs at once, and the inference threads
-    of each, from ``serve.lanes`` and ``serve.threads`` or, where they are unset, from the variant's format.
+    of each, from ``serve.lanes`` and ``serve.threads`` or, where they are unset, from the cores.
 
-    The cores (``cores``, default all usable ones) are split over the API workers first. A format whose
-    opened model runs batches concurrently (``edge.variants.Format.concurrent``: ONNX) gets one
-    single-threaded lane per core; one that does not (TFLite) one lane with a thread per core. Measured on
-    MobileNetV2 ONNX, 2 cores, the service under 8 and 32 clients in interleaved rounds: two single-threaded
-    lanes 270-272 and 283-288 req/s against one two-threaded lane's 248 and 238-247 (+10% and +17-19%),
-    5.8-5.9 against 6.3-6.5 ms of server CPU per request, p95 no worse. With ``serve.model_service`` the
+    The cores (``cores``, default all usable ones) are split over the API workers first; then each core gets
+    one single-threaded lane (an ONNX Runtime session runs them all; a TFLite model is opened once per lane,
+    see :class:`serving.inference.Predictor`). Measured on MobileNetV2 ONNX, 2 cores, the service under 8 and
+    32 clients in interleaved rounds: two single-threaded lanes 270-272 and 283-288 req/s against one
+    two-threaded lane's 248 and 238-247 (+10% and +17-19%), 5.8-5.9 against 6.3-6.5 ms of server CPU per
+    request, p95 no worse; the same holds for TFLite (a single-threaded interpreter per lane lets go of the
+    GIL while it runs: two of them ran 618 images/s against one's 328). With ``serve.model_service`` the
     model's own process keeps one lane (BentoML's dispatcher there runs one batch at a time).
     """
     from edge.runners import default_threads
     from edge.variants import variant_of
 
     variant = variant_of(variant_file)
-    concurrent = variant is not None and variant.file_format.concurrent and not config.model_service
+    several = variant is not None and variant.file_format.runnable and not config.model_service
     per_model = max(1, (cores or default_threads()) // (1 if config.model_service else config.workers))
-    lanes = config.lanes or (max(1, per_model // (config.threads or 1)) if concurrent else 1)
-    if lanes > 1 and not concurrent:
-        logger.warning("serve.lanes=%d ignored: %s runs one batch at a time%s", lanes, variant_file,
-                       " in the model service" if config.model_service else "")
+    lanes = config.lanes or (max(1, per_model // (config.threads or 1)) if several else 1)
+    if lanes > 1 and not several:
+        why = "the model service runs one batch at a time" if config.model_service else "not a runnable variant"
+        logger.warning("serve.lanes=%d ignored for %s: %s", lanes, variant_file, why)
         lanes = 1
     return lanes, config.threads or max(1, per_model // lanes)
 

@@ -8,8 +8,7 @@ the result again. Everything a request needs back travels in one ``float32`` arr
 
 from __future__ import annotations
 
-import contextlib
-import threading
+import queue
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -75,7 +74,7 @@ def served_variant(manifest: Manifest, requested: str, embeddings: bool, allow_f
 
     When ``embeddings`` is on and the requested variant has no embedding output, it is swapped for a
     passing variant whose table entry (:data:`edge.variants.VARIANTS`) outputs the embedding and extends
-    the requested one (``model.onnx`` -> ``model_embedding.onnx``): the same graph with a second output,
+    the requested one (``fp32.tflite`` -> ``fp32_embedding.tflite``): the same graph with a second output,
     so the drift monitor gets the embedding at no extra inference.
 
     Raises:
@@ -106,7 +105,15 @@ def _swap_for_embedding(manifest: Manifest, key: str, embeddings: bool) -> str:
 
 
 class Predictor:
-    """A warmed-up runner of one variant of a package; thread-safe :meth:`predict` of ``uint8`` batches."""
+    """A warmed-up runner of one variant of a package; thread-safe :meth:`predict` of ``uint8`` batches.
+
+    Up to ``lanes`` threads run batches at once. An ONNX Runtime session takes them all; a model whose
+    runtime runs one call at a time (``edge.variants.Format.concurrent`` off: a TFLite interpreter) is
+    opened once per lane, and one whose buffers are sized for a batch (``Format.fixed_batch``: TFLite again)
+    runs a batch image by image instead of reallocating for each new batch size. Measured on MobileNetV2,
+    one thread: LiteRT spent 3.02 ms of CPU per image at batch 1 and 3.25 at batch 4 (ONNX Runtime 3.43
+    and 3.65), so nothing is lost by going image by image.
+    """
 
     def __init__(
         self,
@@ -114,6 +121,7 @@ class Predictor:
         variant: str | None = None,
         *,
         threads: int | None = None,
+        lanes: int = 1,
         embeddings: bool = True,
         warmup_batches: tuple[int, ...] = (1,),
         allow_failed_gate: bool = False,
@@ -133,9 +141,18 @@ class Predictor:
         self.has_embedding = "embedding" in self.runner.output_names
         self.tag = self.manifest.tag
         self.code = version_code(self.tag)
-        # an ONNX Runtime session runs batches from several threads at once (the server's lanes); a TFLite
-        # interpreter must run one at a time
-        self._lock = contextlib.nullcontext() if FORMATS[self.runner.format].concurrent else threading.Lock()
+        fmt = FORMATS[self.runner.format]
+        self._by_image = fmt.fixed_batch
+        self._runners = [self.runner]
+        try:
+            while not fmt.concurrent and len(self._runners) < lanes:
+                self._runners.append(open_variant_runner(self.package_dir, key, threads, spin=False)[0])
+        except Exception:
+            self.close()
+            raise
+        self._free: queue.SimpleQueue[Runner] = queue.SimpleQueue()  # a runner per lane (ONNX: the same one)
+        for lane in range(max(1, lanes)):
+            self._free.put(self._runners[lane % len(self._runners)])
         self.warmup_s = 0.0
         self.ready = False
         self.warm_up(warmup_batches)
@@ -164,8 +181,15 @@ class Predictor:
         self.ready = True
 
     def _run(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        with self._lock:
-            outputs = self.runner.run(pixels)
+        runner = self._free.get()
+        try:
+            if self._by_image and len(pixels) > 1:
+                parts = [runner.run(pixels[i : i + 1]) for i in range(len(pixels))]
+                outputs = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+            else:
+                outputs = runner.run(pixels)
+        finally:
+            self._free.put(runner)
         probs = outputs.get("probabilities", next(iter(outputs.values())))
         emb = outputs.get("embedding") if self.has_embedding else None
         return probs, emb
@@ -177,5 +201,6 @@ class Predictor:
         return pack(probs, emb, time.perf_counter() - started, self.code)
 
     def close(self) -> None:
-        """Release the runtime."""
-        self.runner.close()
+        """Release the runtime (every copy of it)."""
+        for runner in self._runners:
+            runner.close()

@@ -87,7 +87,7 @@ class ClassifyResult(BaseModel):
 
     request_id: str = Field(description="id to send back to POST /feedback with the true label")
     model: str = Field(description="the model tag name:version")
-    variant: str = Field(description="the variant file served, e.g. model.onnx")
+    variant: str = Field(description="the variant file served, e.g. fp32_embedding.tflite")
     predictions: list[Prediction] = Field(description="top-k labels, most probable first")
     latency_ms: float = Field(description="server-side time from receiving the request to this answer")
     image: ImageInfo

@@ -114,6 +114,7 @@ def open_predictor(tag: str) -> Predictor:
         package_dir(tag),
         CONFIG.variant,
         threads=THREADS,
+        lanes=LANES,
         embeddings=CONFIG.embeddings,
         allow_failed_gate=CONFIG.allow_failed_gate,
         warmup_batches=(1, CONFIG.max_batch_size) if BATCHING else (1,),

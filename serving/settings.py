@@ -134,8 +134,8 @@ def model_tag(config: ServeConfig) -> str | None:
 def preflight(settings: Settings) -> str:
     """Check, before any worker loads it, that the configured model can be served: the tag is in the store,
     the variant is runnable, passed its gate (unless ``serve.allow_failed_gate``) and its file's sha256
-    matches. Returns the file name of the variant that will be served (``model_embedding.onnx`` when the
-    embedding variant replaces ``model.onnx``).
+    matches. Returns the file name of the variant that will be served (``fp32_embedding.tflite`` when the
+    embedding variant replaces ``fp32.tflite``).
 
     Raises:
         PackageError / IntegrityError: what is wrong, and how to fix it.

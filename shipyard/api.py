@@ -9,7 +9,7 @@ as sections (``train={"epochs": 3}``) or dotted keys (``overrides={"train.epochs
 
     run = shipyard.train("configs/demo.yaml", data="demo_data", train={"epochs": 3})
     print(run.evaluation_table)
-    report = shipyard.optimize(run.package, variants=["int8.tflite", "model.onnx"])
+    report = shipyard.optimize(run.package, variants=["fp32.tflite", "fp32_embedding.tflite", "int8.tflite"])
     tag = shipyard.register(run.package)
     with shipyard.serve(tag, background=True, port=3100) as server:
         print(server.url)

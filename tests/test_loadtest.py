@@ -545,7 +545,8 @@ def test_stepped_load_finds_the_saturation_of_a_serial_service(stand_in, small_d
 
 @pytest.fixture(scope="module")
 def served_tag(tiny_package, tmp_path_factory) -> str:
-    """The tiny package with its ``model.onnx`` variant built, registered in the test's model store."""
+    """The tiny package with its ``fp32.tflite`` variant (the one served by default) built, registered in the
+    test's model store."""
     import shutil
 
     from edge.manifest import read_manifest
@@ -555,7 +556,7 @@ def served_tag(tiny_package, tmp_path_factory) -> str:
     pkg = tmp_path_factory.mktemp("served") / "pkg"
     shutil.copytree(tiny_package, pkg)
     config = optimize_config_for(read_manifest(pkg), None, ["optimize.latency=false"])
-    outcome = run_optimize(pkg, config, variants=["model.onnx"])
+    outcome = run_optimize(pkg, config, variants=["fp32.tflite"])
     assert outcome.exit_code == 0, [(r.key, r.status, r.reason) for r in outcome.results]
     return update_registered(pkg)
 

@@ -352,6 +352,6 @@ SIGNALS: dict[str, SignalSpec] = {
         threshold_setting="mmd_threshold",
         values="embeddings",
         missing="the served variant returns no embedding; serve a variant with an 'embedding' output "
-        "(e.g. model_embedding.onnx) to monitor it",
+        "(e.g. fp32_embedding.tflite) to monitor it",
     ),
 }

@@ -30,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("--host", default=None, help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default 3000)")
     p.add_argument(
-        "--variant", default=None, help="variant to serve, e.g. model.onnx (default) or int8.tflite"
+        "--variant", default=None, help="variant to serve, e.g. fp32.tflite (default), model.onnx or int8.tflite"
     )
     p.add_argument("--workers", type=int, default=None, help="API worker processes (default 1)")
     p.add_argument(

@@ -14,8 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS_NAME = "ops-tiny"
-#: The variants the server needs: ONNX fp32 and the one that also outputs the embedding (drift).
-OPS_VARIANTS = ["model.onnx", "model_embedding.onnx"]
+#: The variants the server serves by default: fp32 TFLite and the one that also outputs the embedding (drift).
+OPS_VARIANTS = ["fp32.tflite", "fp32_embedding.tflite"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class OpsModel:
 
 @pytest.fixture(scope="session")
 def ops_model(tiny_package, tmp_path_factory) -> OpsModel:
-    """The shared tiny package with the ONNX variants, registered as ``ops-tiny:v1`` in the session's store."""
+    """The shared tiny package with the served variants, registered as ``ops-tiny:v1`` in the session's store."""
     from _support import optimized_copy
 
     pkg, tag, labels = optimized_copy(tiny_package, tmp_path_factory.mktemp("ops"), OPS_VARIANTS, OPS_NAME)

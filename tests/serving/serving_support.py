@@ -2,7 +2,8 @@
 process (Starlette's TestClient) and as a real ``bentoml serve`` on 127.0.0.1.
 
 The package is the shared tiny trained model (3 digit classes, 32 px), optimized to the variants the
-service runs (``model.onnx``, ``model_embedding.onnx``, ``fp32.tflite``, ``int8.tflite``) and registered
+service runs (``fp32.tflite`` and ``fp32_embedding.tflite``, served by default, ``model.onnx``,
+``model_embedding.onnx`` and ``int8.tflite``) and registered
 under its own name so that other tests' registrations of the tiny package cannot collide with it.
 """
 
@@ -27,7 +28,9 @@ from serving.process import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVED_NAME = "serving-tiny"
-VARIANTS = ["model.onnx", "model_embedding.onnx", "fp32.tflite", "int8.tflite"]
+VARIANTS = ["fp32.tflite", "fp32_embedding.tflite", "model.onnx", "model_embedding.onnx", "int8.tflite"]
+#: The file the service serves when its config names no variant: fp32.tflite with the embedding output.
+SERVED_FILE = "fp32_embedding.tflite"
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def _exits(tag: str, log, **settings) -> tuple[int, str]:
 
 
 def test_a_failed_gate_variant_is_refused_in_one_line_unless_allowed(served, tmp_path):
-    tag = _variant_copy(served, tmp_path, "gatefail", {"model.onnx": "failed_gate", "model_embedding.onnx": "failed_gate"})
+    tag = _variant_copy(served, tmp_path, "gatefail", {"fp32.tflite": "failed_gate", "fp32_embedding.tflite": "failed_gate"})
     code, output = _exits(tag, tmp_path / "refused.log")
     assert code != 0
     lines = [x for x in output.splitlines() if "cannot serve" in x]
@@ -52,7 +52,7 @@ def test_a_failed_gate_variant_is_refused_in_one_line_unless_allowed(served, tmp
     config = ServeConfig(model=tag, port=free_port(), allow_failed_gate=True)
     with ServerProcess(config, tmp_path / "allowed.log", cwd=ROOT) as server:
         server.wait_ready(180)
-        assert f"shipyard: serving {tag}, variant model.onnx" in server.output()
+        assert f"shipyard: serving {tag}, variant fp32.tflite" in server.output()
 
 
 def test_a_package_with_nothing_to_run_stops_the_server_at_once(served, tiny_package, tmp_path):
@@ -80,8 +80,8 @@ def test_a_package_with_nothing_to_run_stops_the_server_at_once(served, tiny_pac
 def test_the_banner_names_the_variant_really_served(served):
     from serving.settings import served_variant_file
 
-    assert served_variant_file(ServeConfig(model=served.tag)) == "model_embedding.onnx"
-    assert served_variant_file(ServeConfig(model=served.tag, embeddings=False)) == "model.onnx"
+    assert served_variant_file(ServeConfig(model=served.tag)) == "fp32_embedding.tflite"
+    assert served_variant_file(ServeConfig(model=served.tag, embeddings=False)) == "fp32.tflite"
     assert served_variant_file(ServeConfig(model=served.tag, variant="int8.tflite")) == "int8.tflite"
 
 
@@ -91,7 +91,7 @@ def test_the_pipeline_registers_only_a_passing_default_variant(served):
 
     manifest = read_manifest(served.package)
     assert gate_problem(manifest) is None
-    manifest.variants["model.onnx"].status = "failed_gate"
-    assert "model.onnx" in gate_problem(manifest) and "failed_gate" in gate_problem(manifest)
-    del manifest.variants["model.onnx"]
-    assert "has no model.onnx" in gate_problem(manifest)
+    manifest.variants["fp32.tflite"].status = "failed_gate"
+    assert "fp32.tflite" in gate_problem(manifest) and "failed_gate" in gate_problem(manifest)
+    del manifest.variants["fp32.tflite"]
+    assert "has no fp32.tflite" in gate_problem(manifest)

@@ -73,9 +73,9 @@ def test_a_process_running_the_service_never_loads_tensorflow(served, images, tm
     report = json.loads(
         next(x for x in proc.stdout.splitlines() if x.startswith("RESULT=")).removeprefix("RESULT=")
     )
-    assert report["variant"] == "model_embedding.onnx" and report["top"] in served.labels
+    assert report["variant"] == "fp32_embedding.tflite" and report["top"] in served.labels
     loaded = set(report["loaded"])
-    assert {"bentoml", "onnxruntime", "serving", "edge"} <= loaded
+    assert {"bentoml", "ai_edge_litert", "serving", "edge"} <= loaded
     assert not loaded & set(FORBIDDEN), sorted(loaded & set(FORBIDDEN))
     assert report["blas_threads"] and set(report["blas_threads"]) == {1}  # the monitor's matrix products: one core
 

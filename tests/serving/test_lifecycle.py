@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from serving_support import asgi_client
+from serving_support import SERVED_FILE, asgi_client
 
 from edge.errors import IntegrityError, PackageError
 
@@ -27,7 +27,7 @@ def _version(served, tmp_path: Path, version: str, *, failed_gate: bool = False)
     manifest = read_manifest(pkg)
     manifest.version = version
     if failed_gate:
-        for key in ("model.onnx", "model_embedding.onnx"):
+        for key in ("fp32.tflite", SERVED_FILE):
             manifest.variants[key].status = "failed_gate"
             manifest.variants[key].reason = "agreement 0.41 < 0.98 (test)"
     write_manifest(pkg, manifest)
@@ -165,7 +165,7 @@ def test_the_server_follows_its_alias_and_keeps_the_old_version_on_a_failed_load
 
         # a version that cannot load (its file changed after registration): the old one keeps serving
         broken = _version(served, tmp_path, "life-broken")
-        path = Path(bentoml.models.get(broken).path) / "variants" / "model_embedding.onnx"
+        path = Path(bentoml.models.get(broken).path) / "variants" / SERVED_FILE
         path.write_bytes(b"not a model")
         AliasStore().move(NAME, "follow", "life-broken")  # bypasses promote's checks, as a hand edit would
         deadline = time.monotonic() + 20
@@ -252,7 +252,7 @@ def test_a_shadow_that_cannot_load_is_reported_and_the_primary_serves(served, ve
 
     shipyard.promote(served.tag, "prod-t")
     tampered = _version(served, tmp_path, "life-shadow-tampered")
-    path = Path(bentoml.models.get(tampered).path) / "variants" / "model_embedding.onnx"
+    path = Path(bentoml.models.get(tampered).path) / "variants" / SERVED_FILE
     path.write_bytes(path.read_bytes()[:-64])
     AliasStore().move(NAME, "cand-t", "life-shadow-tampered")  # bypasses promote's checks, as a hand edit would
     with asgi_client(NAME, alias="prod-t", shadow="cand-t") as client:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from serving_support import assert_error, decode_all, reference_probabilities, running_server
+from serving_support import SERVED_FILE, assert_error, decode_all, reference_probabilities, running_server
 
 pytestmark = pytest.mark.network
 
@@ -49,7 +49,7 @@ def test_raw_http_classify_and_health(server, served, images):
     with httpx.Client(base_url=server.url, timeout=30) as h:
         resp = h.post("/classify", files=_files(images.jpeg, "d.jpg"))
         assert resp.status_code == 200, resp.text
-        assert resp.json()["variant"] == "model_embedding.onnx"
+        assert resp.json()["variant"] == SERVED_FILE
         assert h.get("/livez").status_code == 200 and h.get("/readyz").status_code == 200
         meta = h.get("/metadata").json()
         assert meta["model"] == served.tag and meta["serving"]["max_request_bytes"] == 1024 * 1024
@@ -97,7 +97,7 @@ def test_raw_http_bad_input_gets_4xx_json(server, images, kind, status):
 def test_concurrent_requests_are_batched_and_match_unbatched(server, served, images):
     blobs = (images.png * 2)[:16]
     expected = reference_probabilities(
-        served.package, "model_embedding.onnx", decode_all(served.package, blobs)
+        served.package, SERVED_FILE, decode_all(served.package, blobs)
     )
     with httpx.Client(base_url=server.url, timeout=60, limits=httpx.Limits(max_connections=32)) as h:
         for b in blobs[:12]:  # BentoML's dispatcher times its first calls one by one
@@ -160,7 +160,7 @@ def test_the_server_never_loads_tensorflow(server):
     for pid in server.pids():
         maps = {m.path for m in psutil.Process(pid).memory_maps()}
         assert not any("tensorflow" in p or "tf_keras" in p for p in maps), pid
-    assert any("onnxruntime" in m.path for pid in server.pids() for m in psutil.Process(pid).memory_maps())
+    assert any("ai_edge_litert" in m.path for pid in server.pids() for m in psutil.Process(pid).memory_maps())
 
 
 def test_overload_gets_429_and_slow_requests_504(served, images, tmp_path):
@@ -196,7 +196,7 @@ def test_overload_gets_429_and_slow_requests_504(served, images, tmp_path):
 def test_model_service_mode_batches_in_its_own_process(served, images, tmp_path):
     blobs = images.png[:8]
     expected = reference_probabilities(
-        served.package, "model_embedding.onnx", decode_all(served.package, blobs)
+        served.package, SERVED_FILE, decode_all(served.package, blobs)
     )
     with running_server(served.tag, tmp_path / "remote.log", model_service=True) as srv:
         assert len(srv.pids()) >= 3  # the arbiter, the API worker and the model service
@@ -232,13 +232,13 @@ def test_shipyard_serve_starts_and_stops_the_service(served, images, tmp_path):
         "--set",
         "serve.top_k=1",
         "--variant",
-        "fp32.tflite",
+        "int8.tflite",
     ]
     server = ServerProcess(ServeConfig(port=port), tmp_path / "cli.log", command=cmd).start()
     try:
         server.wait_ready()
         body = httpx.post(server.url + "/classify", files=_files(images.png[0]), timeout=30).json()
-        assert len(body["predictions"]) == 1 and body["variant"] == "fp32.tflite"  # the settings reached it
+        assert len(body["predictions"]) == 1 and body["variant"] == "int8.tflite"  # the settings reached it
         assert f"serving {served.tag}" in server.output()
         pids = server.pids()
         assert len(pids) >= 3  # shipyard, bentoml's arbiter, the API worker

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from serving_support import asgi_client, assert_error, decode_all, reference_probabilities
+from serving_support import SERVED_FILE, asgi_client, assert_error, decode_all, reference_probabilities
 
 RESULT_FIELDS = {"request_id", "model", "variant", "predictions", "latency_ms", "image", "timing"}
 
@@ -27,7 +27,7 @@ def test_classify_returns_ranked_labels_of_the_served_model(client, served, imag
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert set(body) == RESULT_FIELDS
-    assert body["model"] == served.tag and body["variant"] == "model_embedding.onnx"
+    assert body["model"] == served.tag and body["variant"] == SERVED_FILE
     assert len(body["request_id"]) == 32 and body["latency_ms"] > 0
     preds = body["predictions"]
     assert len(preds) == 3  # default top_k 5, clipped to the 3 classes
@@ -40,7 +40,7 @@ def test_classify_returns_ranked_labels_of_the_served_model(client, served, imag
     assert timing["batch_size"] >= 1 and timing["decode_ms"] > 0 and timing["inference_ms"] > 0
 
     expected = reference_probabilities(
-        served.package, "model_embedding.onnx", decode_all(served.package, images.png[:1])
+        served.package, SERVED_FILE, decode_all(served.package, images.png[:1])
     )[0]
     got = np.array([p["probability"] for p in sorted(preds, key=lambda p: p["index"])])
     np.testing.assert_allclose(got, expected, atol=1e-6)
@@ -95,7 +95,7 @@ def test_metadata_describes_model_contract_variant_and_metrics(client, served, m
     meta = resp.json()
     assert meta["model"] == served.tag and meta["labels"] == served.labels
     assert meta["input"]["height"] == meta["input"]["width"] == 32 and meta["input"]["dtype"] == "uint8"
-    assert meta["variant"] == "model_embedding.onnx" and meta["embedding"] is True
+    assert meta["variant"] == SERVED_FILE and meta["embedding"] is True
     assert "accuracy" in meta["metrics"] and meta["variant_metrics"]
     assert meta["serving"]["batching"] is True and meta["serving"]["max_batch_size"] >= 2
     assert meta["serving"]["warmup_ms"] > 0
@@ -146,7 +146,8 @@ def test_health_endpoints(client):
     [
         ("model.onnx", False, "model.onnx"),
         ("model.onnx", True, "model_embedding.onnx"),
-        ("fp32.tflite", True, "fp32.tflite"),
+        ("fp32.tflite", False, "fp32.tflite"),
+        ("fp32.tflite", True, "fp32_embedding.tflite"),
         ("int8.tflite", True, "int8.tflite"),
     ],
 )
@@ -189,7 +190,7 @@ def test_a_tampered_variant_is_refused(served, tmp_path):
     manifest.name = "serving-tampered"
     write_manifest(pkg, manifest)
     tag = register(pkg)
-    stored = package_path(tag) / "variants" / "model_embedding.onnx"
+    stored = package_path(tag) / "variants" / SERVED_FILE
     data = bytearray(stored.read_bytes())
     data[-20] ^= 0xFF
     stored.write_bytes(bytes(data))
@@ -203,7 +204,7 @@ def test_a_tampered_variant_is_refused(served, tmp_path):
 def test_concurrent_requests_are_batched_and_equal_unbatched_results(served, images):
     blobs = (images.png * 3)[:16]
     expected = reference_probabilities(
-        served.package, "model_embedding.onnx", decode_all(served.package, blobs)
+        served.package, SERVED_FILE, decode_all(served.package, blobs)
     )
     with asgi_client(served.tag, max_batch_size=8) as c:
         for b in blobs[:12]:  # BentoML's dispatcher times its first calls one by one before batching
@@ -222,6 +223,31 @@ def test_concurrent_requests_are_batched_and_equal_unbatched_results(served, ima
     for r, exp in zip(results, expected, strict=True):
         got = np.array([p["probability"] for p in sorted(r["predictions"], key=lambda p: p["index"])])
         np.testing.assert_allclose(got, exp, atol=1e-5)
+
+
+@pytest.mark.parametrize(("variant", "copies"), [(SERVED_FILE, 2), ("model_embedding.onnx", 1)])
+def test_lanes_run_batches_at_once_on_a_copy_each_where_the_runtime_needs_one(served, images, variant, copies):
+    from serving.inference import Predictor, unpack
+
+    pixels = decode_all(served.package, (images.png * 2)[:6])
+    expected = reference_probabilities(served.package, variant, pixels)
+    predictor = Predictor(served.package, variant, threads=1, lanes=2)
+    try:
+        # a TFLite interpreter runs one call at a time: one copy per lane; an ONNX Runtime session is shared
+        assert len({id(r) for r in predictor._runners}) == copies
+        barrier = threading.Barrier(4)
+
+        def batch(k: int) -> np.ndarray:
+            barrier.wait()
+            rows = unpack(predictor.predict(pixels[k % 2 :: 2]), predictor.num_classes)
+            return np.stack([r.probabilities for r in rows])
+
+        with ThreadPoolExecutor(4) as pool:  # more callers than lanes: they wait for a free runner
+            results = list(pool.map(batch, range(4)))
+    finally:
+        predictor.close()
+    for k, got in enumerate(results):  # batches of 3 (TFLite: image by image) equal single images
+        np.testing.assert_allclose(got, expected[k % 2 :: 2], atol=1e-5)
 
 
 def test_batching_off_runs_one_request_per_inference(served, images):
@@ -292,7 +318,7 @@ def test_small_images_decode_on_the_event_loop_and_large_ones_in_a_thread(client
         module.decode_opened = original
     assert "AnyIO worker thread" not in seen[0] and "AnyIO worker thread" in seen[1], seen
     assert_error(corrupt, 400, "cut.jpg", "truncated")
-    expected = reference_probabilities(served.package, "model_embedding.onnx", decode_all(served.package, [small, large]))
+    expected = reference_probabilities(served.package, SERVED_FILE, decode_all(served.package, [small, large]))
     for resp, want, size in zip(bodies, expected, (32, 600), strict=True):
         assert resp.status_code == 200, resp.text
         body = resp.json()

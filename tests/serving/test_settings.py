@@ -134,14 +134,15 @@ def test_serve_command_errors_are_one_line():
 @pytest.mark.parametrize(
     ("settings", "variant", "cores", "layout"),
     [
-        ({}, "model_embedding.onnx", 2, (2, 1)),  # ONNX: one single-threaded lane per core
-        ({}, "fp32.tflite", 2, (1, 2)),  # TFLite: one interpreter at a time, every core's thread
+        ({}, "model_embedding.onnx", 2, (2, 1)),  # one single-threaded lane per core
+        ({}, "fp32_embedding.tflite", 2, (2, 1)),  # TFLite too (an interpreter per lane)
         ({"workers": 2}, "model.onnx", 4, (2, 1)),  # the cores are split over the API workers first
         ({"lanes": 1}, "model.onnx", 4, (1, 4)),
         ({"lanes": 2, "threads": 3}, "model.onnx", 4, (2, 3)),
         ({"threads": 2}, "model.onnx", 4, (2, 2)),  # threads set: as many lanes as fit in the cores
         ({"threads": 4}, "model.onnx", 4, (1, 4)),
-        ({"lanes": 3}, "int8.tflite", 4, (1, 4)),  # refused for TFLite: one lane (and a warning)
+        ({"lanes": 3}, "int8.tflite", 4, (3, 1)),
+        ({"lanes": 3}, "unknown.bin", 4, (1, 4)),  # not a variant of the table: one lane (and a warning)
         ({"model_service": True}, "model.onnx", 4, (1, 4)),  # the model service runs one batch at a time
         ({}, "model.onnx", 1, (1, 1)),
     ],
