@@ -32,6 +32,9 @@ from serving.threads import LANE, name_native_thread
 
 BENTOML_VERSION = "1.4.39"
 logger = logging.getLogger("shipyard.serving")
+#: Single-threaded inference lanes per core when ``serve.lanes`` and ``serve.threads`` are unset (see
+#: :func:`inference_layout`).
+LANES_PER_CORE = 2
 
 
 class Overloaded(Exception):
@@ -43,13 +46,17 @@ def inference_layout(config: Any, variant_file: str, cores: int | None = None) -
     of each, from ``serve.lanes`` and ``serve.threads`` or, where they are unset, from the cores.
 
     The cores (``cores``, default all usable ones) are split over the API workers first; then each core gets
-    one single-threaded lane (an ONNX Runtime session runs them all; a TFLite model is opened once per lane,
-    see :class:`serving.inference.Predictor`). Measured on MobileNetV2 ONNX, 2 cores, the service under 8 and
-    32 clients in interleaved rounds: two single-threaded lanes 270-272 and 283-288 req/s against one
+    :data:`LANES_PER_CORE` single-threaded lanes (an ONNX Runtime session runs them all; a TFLite model is
+    opened once per lane, see :class:`serving.inference.Predictor`), or, with ``serve.threads`` set, as many
+    lanes of that many threads as fit. Measured on MobileNetV2, 2 cores, the service under 8 and 32 clients in
+    interleaved rounds: with ONNX, two single-threaded lanes 270-272 and 283-288 req/s against one
     two-threaded lane's 248 and 238-247 (+10% and +17-19%), 5.8-5.9 against 6.3-6.5 ms of server CPU per
-    request, p95 no worse; the same holds for TFLite (a single-threaded interpreter per lane lets go of the
-    GIL while it runs: two of them ran 618 images/s against one's 328). With ``serve.model_service`` the
-    model's own process keeps one lane (BentoML's dispatcher there runs one batch at a time).
+    request, p95 no worse. With ``fp32_embedding.tflite``: a single-threaded interpreter lets go of the GIL
+    while it runs (two of them ran 618 images/s against one's 328); one two-threaded lane 310 / 323 req/s
+    against two single-threaded lanes' 323 / 346; and four lanes on the two cores 339 / 369 against two
+    lanes' 318 / 344 (at 32 clients three lanes 360-372 against 344-346): while a lane hands its results back
+    and waits for the next batch, another one keeps the core busy. With ``serve.model_service`` the model's
+    own process keeps one lane (BentoML's dispatcher there runs one batch at a time).
     """
     from edge.runners import default_threads
     from edge.variants import variant_of
@@ -57,7 +64,8 @@ def inference_layout(config: Any, variant_file: str, cores: int | None = None) -
     variant = variant_of(variant_file)
     several = variant is not None and variant.file_format.runnable and not config.model_service
     per_model = max(1, (cores or default_threads()) // (1 if config.model_service else config.workers))
-    lanes = config.lanes or (max(1, per_model // (config.threads or 1)) if several else 1)
+    fit = per_model // config.threads if config.threads else per_model * LANES_PER_CORE
+    lanes = config.lanes or (max(1, fit) if several else 1)
     if lanes > 1 and not several:
         why = "the model service runs one batch at a time" if config.model_service else "not a runnable variant"
         logger.warning("serve.lanes=%d ignored for %s: %s", lanes, variant_file, why)

@@ -137,7 +137,7 @@ class ServeConfig(StrictModel):
     lanes: int | None = Field(
         None,
         ge=1,
-        description="batches one model runs at once, each in its own thread (default: one per core; an ONNX "
+        description="batches one model runs at once, each in its own thread (default: two per core; an ONNX "
         "session runs them all, a TFLite model is opened once per lane)",
     )
     top_k: int = Field(5, ge=1)

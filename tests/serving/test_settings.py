@@ -134,9 +134,9 @@ def test_serve_command_errors_are_one_line():
 @pytest.mark.parametrize(
     ("settings", "variant", "cores", "layout"),
     [
-        ({}, "model_embedding.onnx", 2, (2, 1)),  # one single-threaded lane per core
-        ({}, "fp32_embedding.tflite", 2, (2, 1)),  # TFLite too (an interpreter per lane)
-        ({"workers": 2}, "model.onnx", 4, (2, 1)),  # the cores are split over the API workers first
+        ({}, "model_embedding.onnx", 2, (4, 1)),  # two single-threaded lanes per core
+        ({}, "fp32_embedding.tflite", 2, (4, 1)),  # TFLite too (an interpreter per lane)
+        ({"workers": 2}, "model.onnx", 4, (4, 1)),  # the cores are split over the API workers first
         ({"lanes": 1}, "model.onnx", 4, (1, 4)),
         ({"lanes": 2, "threads": 3}, "model.onnx", 4, (2, 3)),
         ({"threads": 2}, "model.onnx", 4, (2, 2)),  # threads set: as many lanes as fit in the cores
@@ -144,7 +144,7 @@ def test_serve_command_errors_are_one_line():
         ({"lanes": 3}, "int8.tflite", 4, (3, 1)),
         ({"lanes": 3}, "unknown.bin", 4, (1, 4)),  # not a variant of the table: one lane (and a warning)
         ({"model_service": True}, "model.onnx", 4, (1, 4)),  # the model service runs one batch at a time
-        ({}, "model.onnx", 1, (1, 1)),
+        ({}, "model.onnx", 1, (2, 1)),
     ],
 )
 def test_the_inference_layout_follows_the_format_and_the_cores(settings, variant, cores, layout):
