@@ -1,7 +1,8 @@
 """What moving models inside a running server costs: a hot swap under load, and a shadow candidate.
 
-Model: the serving benchmark's MobileNetV2 package (224 px, 10 classes, ONNX with the embedding output; see
-``benchmarks/serving.py``), registered twice (``v1``, ``v2``: the same files) in a throw-away model store.
+Model: the serving benchmark's MobileNetV2 package (224 px, 10 classes, served as fp32 TFLite with the
+embedding output; see ``benchmarks/serving.py``), registered twice (``v1``, ``v2``: the same files) in a
+throw-away model store.
 Load: 32 keep-alive clients posting 224 px JPEGs to ``/classify`` back to back (the serving benchmark's lean
 client), on 127.0.0.1.
 

@@ -2,19 +2,20 @@
 
 Model: MobileNetV2 at 224 px, random weights, 10 classes, built by Shipyard
 (``training.models.build_model(ModelConfig(base="mobilenet_v2", weights="none"), 10, (224, 224))``),
-exported to ONNX with and without the embedding output (``training.optimize.convert_to_onnx``), checked
-against Keras, packaged with reference statistics and registered in a throw-away BentoML model store.
+exported to fp32 TFLite (the service's default variant, ``fp32_embedding.tflite``) and to ONNX (the
+competent server's model), each with and without the embedding output, checked against Keras, packaged with
+reference statistics and registered in a throw-away BentoML model store.
 Uploads: 224 px photo-like JPEGs (quality 90).
 
 Four measurements, each in its own process:
 
 1. **limit**: in one process without TensorFlow, what the service does per image with the same runner and
    variant (``serving.inference.Predictor``) and the same decoding (``edge.preprocess``): decode +
-   preprocess + infer, in two layouts: one lane with a thread per core, at batch 1 and at the service's
-   ``max_batch_size`` plus a short sweep of batch sizes (the evidence for that default); and one
-   single-threaded lane per core running at once (the service's layout for ONNX,
-   ``serving.batching.inference_layout``) at batch 1 and ``max_batch_size``. Images/s and CPU seconds per
-   image (process CPU time). The targets compare with the best layout.
+   preprocess + infer, in three layouts: one lane with a thread per core, at batch 1 and at the service's
+   ``max_batch_size`` plus a short sweep of batch sizes; one single-threaded lane per core running at once;
+   and two per core (the service's layout, ``serving.batching.inference_layout``), the last two at batch 1
+   and ``max_batch_size``. Images/s and CPU seconds per image (process CPU time). The targets compare with
+   the best layout.
 2. **service**: ``bentoml serve serving.service:Shipyard`` on 127.0.0.1 with the default ``ServeConfig``,
    under 1, 8 and 32 concurrent clients (keep-alive connections, one request in flight each), batching on
    and off: throughput, p50/p95/p99 latency, errors, the mean batch the server formed, and the server's
@@ -26,7 +27,8 @@ Four measurements, each in its own process:
    upload, decodes it with Pillow and calls Keras ``model.predict`` on each request.
 4. **competent**: what a competent engineer writes by hand: Starlette on uvicorn (uvloop, httptools),
    ONNX Runtime with one single-threaded session per core, decode + infer in a thread pool off the event
-   loop, no batching, monitoring or hardening.
+   loop, no batching, monitoring or hardening. For reference, the same server with a single-threaded LiteRT
+   interpreter per core on ``fp32.tflite`` (the runtime the service uses by default).
 
 Targets: the service (every feature on) >= 1.1x the competent server's throughput at 8 and 32 clients with
 p95 no worse; at 32 clients >= 0.9x the limit's best throughput; monitoring on >= 0.95x off; server CPU per
@@ -95,19 +97,26 @@ MONITORING_TARGET = 0.95
 # ------------------------------------------------------------------------------------------ the package
 
 
+#: The variants the benchmark package holds: the service's default (fp32 TFLite, with and without the
+#: embedding output) and the ONNX ones (the competent server's model, and ``serve.variant=model.onnx``).
+PACKAGE_VARIANTS = ("fp32.tflite", "fp32_embedding.tflite", "model.onnx", "model_embedding.onnx")
+
+
 def build_package(folder: Path, images: list[bytes]) -> Path:
     """Build, check, package and return the MobileNetV2 package directory, ``folder/package`` (TensorFlow runs
-    here); one already built there is returned as it is."""
-    if (folder / "package" / "manifest.json").is_file():
+    here); one already built there with every variant of :data:`PACKAGE_VARIANTS` is returned as it is."""
+    manifest_file = folder / "package" / "manifest.json"
+    if manifest_file.is_file() and set(PACKAGE_VARIANTS) <= set(json.loads(manifest_file.read_text())["variants"]):
         return folder / "package"
     print("building the MobileNetV2 package...", flush=True)
     from edge.manifest import InputContract, Manifest, VariantInfo, record_file, record_tree, write_manifest
     from edge.preprocess import decode
     from edge.reference import write_reference
-    from edge.runners import OnnxRunner
+    from edge.runners import open_runner
+    from edge.variants import VARIANTS
     from training.config import ModelConfig
     from training.models import build_model, embedding_model
-    from training.optimize import convert_to_onnx, onnx_metadata
+    from training.optimize import QuantizationConfig, convert_to_onnx, convert_to_tflite, onnx_metadata
     from training.package import reference_statistics
 
     contract = InputContract(height=SIZE, width=SIZE)
@@ -118,10 +127,12 @@ def build_package(folder: Path, images: list[bytes]) -> Path:
         (pkg / sub).mkdir(parents=True, exist_ok=True)
     model.save(pkg / "keras" / "model.keras")
     meta = onnx_metadata(labels, contract)
+    two = embedding_model(model)
+    fp32 = QuantizationConfig.for_float32()
+    (pkg / "variants" / "fp32.tflite").write_bytes(convert_to_tflite(model, fp32))
+    (pkg / "variants" / "fp32_embedding.tflite").write_bytes(convert_to_tflite(two, fp32))
     (pkg / "variants" / "model.onnx").write_bytes(convert_to_onnx(model, metadata=meta))
-    (pkg / "variants" / "model_embedding.onnx").write_bytes(
-        convert_to_onnx(embedding_model(model), metadata=meta)
-    )
+    (pkg / "variants" / "model_embedding.onnx").write_bytes(convert_to_onnx(two, metadata=meta))
 
     x = np.stack([decode(b, contract) for b in images])
     reference = np.concatenate([x, x[:, ::-1]])  # mirrored copies: a few more reference rows
@@ -137,21 +148,21 @@ def build_package(folder: Path, images: list[bytes]) -> Path:
     record_file(pkg, manifest, "keras/model.keras")
     record_tree(pkg, manifest, "reference")
     manifest.variants["keras"] = VariantInfo(file="keras/model.keras", format="keras", status="passed")
-    for key in ("model.onnx", "model_embedding.onnx"):
+    for key in PACKAGE_VARIANTS:
         rel = f"variants/{key}"
         entry = record_file(pkg, manifest, rel)
-        runner = OnnxRunner(pkg / rel)
+        runner = open_runner(pkg / rel)
         outputs = runner.run(x)
         probs = outputs.get("probabilities", next(iter(outputs.values())))
         agree = np.allclose(probs, keras_probs, atol=1e-4)
         manifest.variants[key] = VariantInfo(
             file=rel,
-            format="onnx",
+            format=VARIANTS[key].format,
             status="passed" if agree else "failed_gate",
             reason=None if agree else "differs from Keras by more than 1e-4",
             sha256=entry.sha256,
             bytes=entry.bytes,
-            outputs=list(runner.output_names) if len(runner.output_names) > 1 else ["probabilities"],
+            outputs=list(VARIANTS[key].outputs),
             metrics={"max_abs_diff_keras": float(np.abs(probs - keras_probs).max())},
         )
     write_manifest(pkg, manifest)
@@ -179,7 +190,7 @@ LIMIT_SCRIPT = textwrap.dedent(
     images = [open(p, "rb").read() for p in args["images"]]
     rows = []
     for lanes, threads, batches, seconds in args["layouts"]:
-        pred = Predictor(args["package"], cfg.variant, threads=threads, embeddings=cfg.embeddings,
+        pred = Predictor(args["package"], cfg.variant, threads=threads, lanes=lanes, embeddings=cfg.embeddings,
                          warmup_batches=tuple(sorted(set(batches))))
         contract = pred.manifest.input
         for batch, secs in zip(batches, seconds):
@@ -305,8 +316,8 @@ NAIVE_SCRIPT = textwrap.dedent(
 COMPETENT_SCRIPT = textwrap.dedent(
     """
     # What a competent engineer writes by hand: Starlette on uvicorn (uvloop, httptools), ONNX Runtime with one
-    # single-threaded session per core, decode + infer off the event loop in a pool of one thread per session.
-    # No batching, monitoring or hardening.
+    # single-threaded session per core (or, given a .tflite file, a LiteRT interpreter per core), decode + infer
+    # off the event loop in a pool of one thread per session. No batching, monitoring or hardening.
     import asyncio, io, json, os, sys, threading
     from concurrent.futures import ThreadPoolExecutor
     import numpy as np
@@ -322,23 +333,40 @@ COMPETENT_SCRIPT = textwrap.dedent(
     local = threading.local()
 
     def session():
-        if not hasattr(local, "sess"):
+        if hasattr(local, "run"):
+            return local.run
+        if model_path.endswith(".tflite"):
+            from ai_edge_litert.interpreter import Interpreter
+            interp = Interpreter(model_path=model_path, num_threads=1)
+            interp.allocate_tensors()
+            inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+            local.size = tuple(int(d) for d in inp["shape"][1:3])
+
+            def run(x):
+                interp.set_tensor(inp["index"], x)
+                interp.invoke()
+                return interp.get_tensor(out["index"])[0]
+        else:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = opts.inter_op_num_threads = 1
             opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            local.sess = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
-            local.name = local.sess.get_inputs()[0].name
-            local.size = tuple(local.sess.get_inputs()[0].shape[1:3])
-        return local.sess
+            sess = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
+            name = sess.get_inputs()[0].name
+            local.size = tuple(sess.get_inputs()[0].shape[1:3])
+
+            def run(x):
+                return sess.run(None, {name: x})[0][0]
+        local.run = run
+        return run
 
     def classify(data):
-        sess = session()
+        run = session()
         img = Image.open(io.BytesIO(data))
         img.draft("RGB", local.size[::-1])
         img = img.convert("RGB")
         if img.size != local.size[::-1]:
             img = img.resize(local.size[::-1], Image.Resampling.BILINEAR)
-        probs = sess.run(None, {local.name: np.asarray(img, np.float32)[None]})[0][0]
+        probs = run(np.asarray(img, np.float32)[None])
         top = np.argsort(-probs)[:5]
         return [{"label": labels[i], "probability": float(probs[i])} for i in top]
 
@@ -559,16 +587,18 @@ def start_naive(pkg: Path, workdir: Path) -> ServerProcess:
     return ServerProcess(config, workdir / "naive.log", command=cmd, environ=env, cwd=ROOT).start()
 
 
-def start_competent(pkg: Path, workdir: Path, warm_image: Path) -> ServerProcess:
-    """:data:`COMPETENT_SCRIPT` on ``model.onnx`` (no embedding output: it has no monitor to feed)."""
+def start_competent(pkg: Path, workdir: Path, warm_image: Path, variant: str = "model.onnx") -> ServerProcess:
+    """:data:`COMPETENT_SCRIPT` on ``variant`` (``model.onnx``, or ``fp32.tflite`` for the LiteRT one; no
+    embedding output: it has no monitor to feed)."""
     from edge.manifest import read_manifest
     from serving.config import ServeConfig
 
     labels = read_manifest(pkg).labels
     config = ServeConfig(port=free_port())
-    model = pkg / "variants" / "model.onnx"
+    model = pkg / "variants" / variant
     cmd = [sys.executable, "-c", COMPETENT_SCRIPT, str(model), json.dumps(labels), str(config.port), str(warm_image)]
-    return ServerProcess(config, workdir / "competent.log", command=cmd, environ=_child_env(), cwd=ROOT).start()
+    log = workdir / f"competent_{model.suffix[1:]}.log"
+    return ServerProcess(config, log, command=cmd, environ=_child_env(), cwd=ROOT).start()
 
 
 def bench_servers(
@@ -635,6 +665,7 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
         "batching_met": on32["throughput_rps"] >= off32["throughput_rps"],
         "v2_vs_classify": v2_vs_classify(report),
         "vs_competent": vs_competent(report),
+        "vs_competent_litert": vs_competent(report, "competent_litert"),
         "limit_layout_compared": {"lanes": limit[same]["lanes"], "threads": limit[same]["threads"]},
         "limit_best": {k: best[k] for k in ("lanes", "threads", "batch", "images_per_s")},
         "throughput_32_vs_limit_best": on32["throughput_rps"] / best["images_per_s"],
@@ -644,11 +675,12 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def vs_competent(report: dict[str, Any]) -> dict[str, Any]:
+def vs_competent(report: dict[str, Any], key: str = "competent") -> dict[str, Any]:
     """Per client count: the service's (batching on, every feature on) throughput and p95 against the
-    competent hand-written server's; the target is :data:`COMPETENT_TARGET` x the throughput, p95 no worse."""
+    competent hand-written server's (``key``: ``competent`` with ONNX Runtime, the target's, or
+    ``competent_litert``, for reference); the target is :data:`COMPETENT_TARGET` x the throughput, p95 no worse."""
     out = {}
-    for base in report["competent"]["rows"]:
+    for base in report[key]["rows"]:
         ours = _row(report["service_on"]["rows"], base["clients"])
         throughput = ours["throughput_rps"] / base["throughput_rps"] if base["throughput_rps"] else None
         p95 = ours["p95_ms"] / base["p95_ms"] if ours["p95_ms"] and base["p95_ms"] else None
@@ -691,6 +723,7 @@ def print_table(report: dict[str, Any]) -> None:
         ("naive keras predict", "naive"),
         ("shipyard V2 binary infer", "service_on_v2"),
         ("competent starlette+ort", "competent"),
+        ("competent starlette+litert", "competent_litert"),
     ):
         for r in report[key]["rows"]:
             errs = sum(r["errors"].values())
@@ -722,6 +755,11 @@ def print_table(report: dict[str, Any]) -> None:
             f"{v['throughput_ratio'] or 0:.2f}x, p95 {v['p95_ratio'] or 0:.2f}x (target >= {COMPETENT_TARGET}x, p95 "
             f"<= 1x: {'met' if v['met'] else 'NOT met'})"
         )
+    for clients, v in t["vs_competent_litert"].items():
+        print(
+            f"service vs the same hand-written server on LiteRT at {clients} clients (for reference): throughput "
+            f"{v['throughput_ratio'] or 0:.2f}x, p95 {v['p95_ratio'] or 0:.2f}x"
+        )
     print(
         f"throughput at 32 clients vs the limit at its best batch and layout ({t['limit_best']}): "
         f"{t['throughput_32_vs_limit_best']:.2f}x "
@@ -742,7 +780,7 @@ def print_threads(report: dict[str, Any], clients: int = 32) -> None:
     """Where each server's CPU went at ``clients`` clients, in ms per request, by thread group."""
     rows = {name: _row(report[key]["rows"], clients)["server_cpu_ms_per_request_by_thread"]
             for name, key in (("shipyard", "service_on"), ("shipyard, no monitoring", "service_on_no_monitoring"),
-                              ("competent", "competent")) if key in report}
+                              ("competent", "competent"), ("competent, litert", "competent_litert")) if key in report}
     groups = sorted({g for r in rows.values() for g in r}, key=lambda g: -max(r.get(g, 0.0) for r in rows.values()))
     print(f"\nserver CPU per request by thread at {clients} clients (ms; the competent server's pool of decode + "
           "infer threads is 'other threads'):")
@@ -772,8 +810,9 @@ def run_servers(
         startup["service_on_v2"] = startup["service_on"]
         servers["naive"] = start_naive(pkg, workdir)
         startup["naive"] = servers["naive"].wait_ready(path="/")
-        servers["competent"] = start_competent(pkg, workdir, workdir / "images" / "img_00.jpg")
-        startup["competent"] = servers["competent"].wait_ready(path="/")
+        for name, variant in (("competent", "model.onnx"), ("competent_litert", "fp32.tflite")):
+            servers[name] = start_competent(pkg, workdir, workdir / "images" / "img_00.jpg", variant)
+            startup[name] = servers[name].wait_ready(path="/")
         print("services (interleaved rounds)...", flush=True)
         rows = bench_servers(
             servers,
@@ -815,9 +854,10 @@ def make_report(
     def entry(name: str) -> dict[str, Any]:
         return {"startup_s": startup[name], "rows": rows[name], "config": configs.get(name)}
 
-    on, off, quiet, naive, v2, competent = (
+    on, off, quiet, naive, v2, competent, competent_litert = (
         entry(n)
-        for n in ("service_on", "service_off", "service_on_no_monitoring", "naive", "service_on_v2", "competent")
+        for n in ("service_on", "service_off", "service_on_no_monitoring", "naive", "service_on_v2", "competent",
+                  "competent_litert")
     )
 
     return {
@@ -837,6 +877,7 @@ def make_report(
         "naive": naive,
         "service_on_v2": v2,
         "competent": competent,
+        "competent_litert": competent_litert,
         "machine": {
             "cpu": cpu_name(),
             "cores": os.cpu_count(),
@@ -878,16 +919,18 @@ def main(argv: list[str] | None = None) -> int:
     pkg = build_package(workdir, images)
     tag = register_package(pkg)
 
+    from serving.batching import LANES_PER_CORE
     from serving.config import ServeConfig
 
     max_batch = ServeConfig().max_batch_size
     sweep = sorted({1, 2, 4, 8, max_batch, 32})
     cores = default_threads()
-    # one lane with every core's thread (the sweep: the evidence for max_batch_size), and one single-threaded
-    # lane per core (the service's layout for ONNX) at batch 1 and max_batch_size
+    # one lane with every core's thread (with a sweep of batch sizes), and one and two single-threaded lanes
+    # per core (the service's layout) at batch 1 and max_batch_size
     layouts = [
         (1, cores, sweep, [args.duration if b in (1, max_batch) else 4.0 for b in sweep]),
         *([(cores, 1, [1, max_batch], [args.duration] * 2)] if cores > 1 else []),
+        (cores * LANES_PER_CORE, 1, [1, max_batch], [args.duration] * 2),
     ]
     print("limit...", flush=True)
     limit = measure_limit(pkg, image_paths, layouts)
