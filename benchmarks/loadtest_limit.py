@@ -1,6 +1,6 @@
 """Does the load tester find the service's real limit? Its saturation point against a measured maximum.
 
-The service of ``benchmarks/serving.py`` (MobileNetV2 at 224 px, ONNX, the default ``ServeConfig``, its
+The service of ``benchmarks/serving.py`` (MobileNetV2 at 224 px, fp32 TFLite, the default ``ServeConfig``, its
 package built and registered the same way, by that script's functions) is started once on 127.0.0.1. Then,
 in interleaved rounds (``--rounds``):
 

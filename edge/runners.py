@@ -7,6 +7,7 @@ no TensorFlow: TFLite runs on ``ai-edge-litert``, ONNX on ``onnxruntime``.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,11 +22,30 @@ TFLITE_MAGIC = b"TFL3"
 
 
 def default_threads() -> int:
-    """All cores this process may use."""
+    """All cores this process may use: its CPU affinity, capped by its cgroup's CPU quota (a container's
+    ``--cpus``, a Kubernetes CPU limit), which the affinity does not show."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cores, quota) if quota else cores)
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """This process's cgroup CPU quota in whole cores (rounded up); ``None`` when there is none or it cannot be
+    read. cgroup v2 (``cpu.max``: ``"200000 100000"`` or ``"max 100000"``), else v1 (``cpu.cfs_quota_us``)."""
+    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
+        try:
+            fields = (root / quota_file).read_text().split()
+            if period_file is not None:
+                fields.append((root / period_file).read_text().strip())
+            if fields[0] == "max" or int(fields[0]) <= 0:
+                return None
+            return max(1, math.ceil(int(fields[0]) / int(fields[1])))
+        except (OSError, ValueError, IndexError, ZeroDivisionError):
+            continue
+    return None
 
 
 def sniff_format(path: str | Path) -> str:
@@ -349,6 +369,10 @@ class TFLiteRunner(Runner):
         """Every output of the last :meth:`invoke`, dequantized to float32, by name."""
         return {o.name: _dequantize(self._interp.get_tensor(o.index), o.quant) for o in self._outputs}
 
+    def close(self) -> None:
+        """Drop the interpreter (its model copy and tensor arena); the runner cannot run after this."""
+        self._interp = None
+
 
 def _tflite_spec(det: dict[str, Any]) -> TensorSpec:
     sig = det.get("shape_signature")
@@ -488,6 +512,11 @@ class OnnxRunner(Runner):
             name: o.astype(np.float32, copy=False)
             for name, o in zip(self.output_names, self._last, strict=True)
         }
+
+    def close(self) -> None:
+        """Drop the session (its weights and memory arena); the runner cannot run after this."""
+        self._sess = None
+        self._last = []
 
 
 _ORT_TYPES = {

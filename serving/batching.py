@@ -35,6 +35,10 @@ logger = logging.getLogger("shipyard.serving")
 #: Single-threaded inference lanes per core when ``serve.lanes`` and ``serve.threads`` are unset (see
 #: :func:`inference_layout`).
 LANES_PER_CORE = 2
+#: The most lanes one API worker gets by default: its event loop spends about 1.25 ms per request (MobileNetV2,
+#: ``benchmarks/serving.py``), so it feeds at most ~800 requests/s, which 8 lanes of ~300 images/s exceed; and
+#: each lane of a TFLite model holds its own copy of the model. More cores want more API workers.
+MAX_DEFAULT_LANES = 8
 
 
 class Overloaded(Exception):
@@ -45,17 +49,18 @@ def inference_layout(config: Any, variant_file: str, cores: int | None = None) -
     """``(lanes, threads)``: how many batches one model of this server runs at once, and the inference threads
     of each, from ``serve.lanes`` and ``serve.threads`` or, where they are unset, from the cores.
 
-    The cores (``cores``, default all usable ones) are split over the API workers first; then each core gets
-    :data:`LANES_PER_CORE` single-threaded lanes (an ONNX Runtime session runs them all; a TFLite model is
+    The cores (``cores``, default all usable ones: :func:`edge.runners.default_threads` counts a container's CPU
+    quota) are split over the API workers first; then each core gets :data:`LANES_PER_CORE` single-threaded
+    lanes, at most :data:`MAX_DEFAULT_LANES` (an ONNX Runtime session runs them all; a TFLite model is
     opened once per lane, see :class:`serving.inference.Predictor`), or, with ``serve.threads`` set, as many
     lanes of that many threads as fit. Measured on MobileNetV2, 2 cores, the service under 8 and 32 clients in
     interleaved rounds: with ONNX, two single-threaded lanes 270-272 and 283-288 req/s against one
     two-threaded lane's 248 and 238-247 (+10% and +17-19%), 5.8-5.9 against 6.3-6.5 ms of server CPU per
     request, p95 no worse. With ``fp32_embedding.tflite``: a single-threaded interpreter lets go of the GIL
     while it runs (two of them ran 618 images/s against one's 328); one two-threaded lane 310 / 323 req/s
-    against two single-threaded lanes' 323 / 346; and four lanes on the two cores 339 / 369 against two
-    lanes' 318 / 344 (at 32 clients three lanes 360-372 against 344-346): while a lane hands its results back
-    and waits for the next batch, another one keeps the core busy. With ``serve.model_service`` the model's
+    against two single-threaded lanes' 323 / 346; and four lanes on the two cores 339 / 369 and 329 / 362
+    against two lanes' 318 / 344 and 322 / 348, p95 1-7% higher (at 32 clients three lanes 360-372 against
+    344-346): while a lane hands its results back and waits for the next batch, another keeps the core busy. With ``serve.model_service`` the model's
     own process keeps one lane (BentoML's dispatcher there runs one batch at a time).
     """
     from edge.runners import default_threads
@@ -64,7 +69,7 @@ def inference_layout(config: Any, variant_file: str, cores: int | None = None) -
     variant = variant_of(variant_file)
     several = variant is not None and variant.file_format.runnable and not config.model_service
     per_model = max(1, (cores or default_threads()) // (1 if config.model_service else config.workers))
-    fit = per_model // config.threads if config.threads else per_model * LANES_PER_CORE
+    fit = per_model // config.threads if config.threads else min(per_model * LANES_PER_CORE, MAX_DEFAULT_LANES)
     lanes = config.lanes or (max(1, fit) if several else 1)
     if lanes > 1 and not several:
         why = "the model service runs one batch at a time" if config.model_service else "not a runnable variant"

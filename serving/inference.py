@@ -1,4 +1,5 @@
-"""The model side of the service: one runner from ``edge``, warmed up, and the batch wire format.
+"""The model side of the service: ``edge`` runners of one variant (a copy per lane where the runtime needs one),
+warmed up, and the batch wire format.
 
 The API service decodes images and sends ``uint8`` batches of the input contract to the model service's
 batchable ``predict``; BentoML's adaptive batching merges concurrent calls along the first axis and splits
@@ -18,7 +19,7 @@ import numpy as np
 from edge.errors import PackageError
 from edge.manifest import Manifest
 from edge.package import choose_variant, open_package, open_variant_runner
-from edge.runners import Runner
+from edge.runners import Runner, default_threads
 from edge.variants import FORMATS, served_by_default, variant_of
 from serving.lifecycle import version_code
 
@@ -134,6 +135,9 @@ class Predictor:
         self.package_dir = Path(package_dir)
         manifest = open_package(self.package_dir)
         key = served_variant(manifest, variant or served_by_default(), embeddings, allow_failed_gate)
+        lanes = max(1, lanes)
+        if threads is None and lanes > 1:
+            threads = max(1, default_threads() // lanes)  # the lanes share the cores
         self.runner: Runner
         # a server waits between batches: ONNX Runtime's threads must not spin there (a core each)
         self.runner, self.manifest, self.variant = open_variant_runner(self.package_dir, key, threads, spin=False)
@@ -144,63 +148,75 @@ class Predictor:
         fmt = FORMATS[self.runner.format]
         self._by_image = fmt.fixed_batch
         self._runners = [self.runner]
+        self._free: queue.SimpleQueue[Runner] = queue.SimpleQueue()  # a runner per lane (ONNX: the same one)
+        self.warmup_s = 0.0
+        self.ready = False
         try:
             while not fmt.concurrent and len(self._runners) < lanes:
                 self._runners.append(open_variant_runner(self.package_dir, key, threads, spin=False)[0])
+            self.warm_up(warmup_batches)
         except Exception:
             self.close()
             raise
-        self._free: queue.SimpleQueue[Runner] = queue.SimpleQueue()  # a runner per lane (ONNX: the same one)
-        for lane in range(max(1, lanes)):
+        for lane in range(lanes):
             self._free.put(self._runners[lane % len(self._runners)])
-        self.warmup_s = 0.0
-        self.ready = False
-        self.warm_up(warmup_batches)
 
     @property
     def num_classes(self) -> int:
         return self.manifest.num_classes
 
     def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
-        """Run zeros through the model once per batch size (allocations, kernel selection), then mark ready.
+        """Run zeros through every copy of the model once per batch size (allocations, kernel selection), then
+        mark ready.
 
         Raises:
             PackageError: the warm-up output does not have one probability per label.
         """
         started = time.perf_counter()
         contract = self.manifest.input
-        for n in sorted(set(batch_sizes)):
-            zeros = np.zeros((n, contract.height, contract.width, contract.channels), np.uint8)
-            probs, _ = self._run(zeros)
-            if probs.shape != (n, self.num_classes):
-                raise PackageError(
-                    f"variant {self.variant!r} returned shape {probs.shape} for a batch of {n}, expected "
-                    f"({n}, {self.num_classes}); the package is inconsistent, re-export the variant"
-                )
+        for runner in self._runners:
+            for n in sorted(set(batch_sizes)):
+                zeros = np.zeros((n, contract.height, contract.width, contract.channels), np.uint8)
+                probs, _ = self._outputs(runner, zeros)
+                if probs.shape != (n, self.num_classes):
+                    raise PackageError(
+                        f"variant {self.variant!r} returned shape {probs.shape} for a batch of {n}, expected "
+                        f"({n}, {self.num_classes}); the package is inconsistent, re-export the variant"
+                    )
         self.warmup_s = time.perf_counter() - started
         self.ready = True
 
-    def _run(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        runner = self._free.get()
-        try:
-            if self._by_image and len(pixels) > 1:
-                parts = [runner.run(pixels[i : i + 1]) for i in range(len(pixels))]
-                outputs = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-            else:
-                outputs = runner.run(pixels)
-        finally:
-            self._free.put(runner)
+    def _outputs(self, runner: Runner, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self._by_image and len(pixels) > 1:
+            parts = [runner.run(pixels[i : i + 1]) for i in range(len(pixels))]
+            outputs = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        else:
+            outputs = runner.run(pixels)
         probs = outputs.get("probabilities", next(iter(outputs.values())))
         emb = outputs.get("embedding") if self.has_embedding else None
         return probs, emb
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
-        """Run a ``uint8`` ``(N, H, W, 3)`` batch; return :func:`pack`'s rows."""
-        started = time.perf_counter()
-        probs, emb = self._run(pixels)
-        return pack(probs, emb, time.perf_counter() - started, self.code)
+        """Run a ``uint8`` ``(N, H, W, 3)`` batch on a free copy of the model (waiting for one when every lane's
+        is busy); return :func:`pack`'s rows, with the inference time (not the wait).
+
+        Raises:
+            RuntimeError: the predictor was closed.
+        """
+        if not self._runners:
+            raise RuntimeError(f"the predictor of {self.tag} ({self.variant_file}) was closed")
+        runner = self._free.get()
+        try:
+            started = time.perf_counter()
+            probs, emb = self._outputs(runner, pixels)
+            seconds = time.perf_counter() - started
+        finally:
+            self._free.put(runner)
+        return pack(probs, emb, seconds, self.code)
 
     def close(self) -> None:
-        """Release the runtime (every copy of it)."""
-        for runner in self._runners:
+        """Release the runtime (every copy of it); the predictor cannot run after this."""
+        runners, self._runners = self._runners, []
+        self._free = queue.SimpleQueue()
+        for runner in runners:
             runner.close()

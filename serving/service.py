@@ -1,8 +1,8 @@
 """The Shipyard prediction service (BentoML 1.4): ``bentoml serve serving.service:Shipyard``.
 
 :class:`Shipyard` is the HTTP API: it parses uploads, decodes them with ``edge``'s preprocessing and
-answers. :class:`ShipyardModel` holds the model: one warmed-up runner of one variant of a registered
-package, behind a batchable ``predict`` where BentoML's adaptive batching merges concurrent requests
+answers. :class:`ShipyardModel` holds the model: a warmed-up :class:`serving.inference.Predictor` of one variant
+of a registered package, behind a batchable ``predict`` where BentoML's adaptive batching merges concurrent requests
 into one inference call. By default each API worker holds the model and batches in process
 (:class:`serving.batching.LocalModel`); with ``serve.model_service`` the model runs in its own process,
 reached through ``bentoml.depends`` (:class:`serving.batching.RemoteModel`).

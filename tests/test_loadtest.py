@@ -5,7 +5,7 @@ Two kinds of target, both on 127.0.0.1:
 - a stand-in HTTP server in a thread of this process, with the service's HTTP surface and a behaviour the
   test chooses (healthy, slow, failing with 500, or answering 200 with malformed bodies). It is a legitimate
   "failing service" that makes the limits and the response checks fail on purpose;
-- the real service: the tiny trained package, optimized to ``model.onnx``, registered, and started by
+- the real service: the tiny trained package, optimized to ``fp32.tflite``, registered, and started by
   ``shipyard loadtest --serve TAG`` itself.
 
 Every run is bounded (a few users, a few seconds) and every process and thread started here is stopped.

@@ -103,3 +103,27 @@ def test_check_image_input_refuses_one_channel(special_models):
     runner = open_runner(special_models["gray"], num_threads=1)
     with pytest.raises(ModelFileError, match=r"takes 1 channel\(s\) per pixel"):
         runner.check_image_input()
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2),  # cgroup v2: a container's --cpus=2 / a Kubernetes limit of 2
+        ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 cores: rounded up
+        ({"cpu.max": "max 100000\n"}, None),  # no quota
+        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),  # cgroup v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu.max": "garbage\n"}, None),
+        ({}, None),  # neither file: a host, or not Linux
+    ],
+)
+def test_the_cgroup_cpu_quota_caps_the_default_threads(tmp_path, monkeypatch, files, quota):
+    import edge.runners as runners
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert runners.cgroup_cpu_quota(tmp_path) == quota
+    monkeypatch.setattr(runners, "cgroup_cpu_quota", lambda: quota)
+    monkeypatch.setattr(runners.os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert runners.default_threads() == (quota or 64)

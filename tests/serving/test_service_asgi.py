@@ -3,6 +3,7 @@ adaptive batching, bad input and overload. The model is real (the tiny trained p
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -99,8 +100,8 @@ def test_metadata_describes_model_contract_variant_and_metrics(client, served, m
     assert "accuracy" in meta["metrics"] and meta["variant_metrics"]
     assert meta["serving"]["batching"] is True and meta["serving"]["max_batch_size"] >= 2
     assert meta["serving"]["warmup_ms"] > 0
-    # ONNX runs one single-threaded batch per core at once (serving.batching.inference_layout)
-    assert (meta["serving"]["lanes"], meta["serving"]["threads"]) == (max(1, len(os.sched_getaffinity(0))), 1)
+    # two single-threaded batches per core at once (serving.batching.inference_layout)
+    assert (meta["serving"]["lanes"], meta["serving"]["threads"]) == (2 * max(1, len(os.sched_getaffinity(0))), 1)
 
 
 def test_feedback_feeds_live_accuracy(client, images, served):
@@ -225,16 +226,47 @@ def test_concurrent_requests_are_batched_and_equal_unbatched_results(served, ima
         np.testing.assert_allclose(got, exp, atol=1e-5)
 
 
+def _watched_runners(monkeypatch, fail_at: int | None = None) -> list:
+    """Make serving.inference open runners whose runs are recorded as (runner, start, end); the ``fail_at``-th
+    opening (1-based) raises."""
+    import serving.inference as inference
+
+    opened, real = [], inference.open_variant_runner
+
+    def watched(*args, **kwargs):
+        if fail_at is not None and len(opened) + 1 == fail_at:
+            raise inference.PackageError("test: this copy cannot be opened")
+        result = real(*args, **kwargs)
+        runner, run = result[0], result[0].run
+
+        def timed(x):
+            started = time.perf_counter()
+            try:
+                return run(x)
+            finally:
+                runner.spans.append((started, time.perf_counter()))
+
+        runner.spans, runner.run = [], timed
+        opened.append(runner)
+        return result
+
+    monkeypatch.setattr(inference, "open_variant_runner", watched)
+    return opened
+
+
 @pytest.mark.parametrize(("variant", "copies"), [(SERVED_FILE, 2), ("model_embedding.onnx", 1)])
-def test_lanes_run_batches_at_once_on_a_copy_each_where_the_runtime_needs_one(served, images, variant, copies):
+def test_lanes_run_batches_at_once_on_a_copy_each_where_the_runtime_needs_one(
+    served, images, monkeypatch, variant, copies
+):
     from serving.inference import Predictor, unpack
 
     pixels = decode_all(served.package, (images.png * 2)[:6])
     expected = reference_probabilities(served.package, variant, pixels)
+    opened = _watched_runners(monkeypatch)
     predictor = Predictor(served.package, variant, threads=1, lanes=2)
     try:
-        # a TFLite interpreter runs one call at a time: one copy per lane; an ONNX Runtime session is shared
-        assert len({id(r) for r in predictor._runners}) == copies
+        # a TFLite interpreter runs one call at a time: one copy per lane, each warmed up; ONNX shares its session
+        assert len(opened) == copies and all(r.spans for r in opened)
         barrier = threading.Barrier(4)
 
         def batch(k: int) -> np.ndarray:
@@ -242,12 +274,28 @@ def test_lanes_run_batches_at_once_on_a_copy_each_where_the_runtime_needs_one(se
             rows = unpack(predictor.predict(pixels[k % 2 :: 2]), predictor.num_classes)
             return np.stack([r.probabilities for r in rows])
 
-        with ThreadPoolExecutor(4) as pool:  # more callers than lanes: they wait for a free runner
+        with ThreadPoolExecutor(4) as pool:  # more callers than lanes: they wait for a free copy
             results = list(pool.map(batch, range(4)))
     finally:
         predictor.close()
     for k, got in enumerate(results):  # batches of 3 (TFLite: image by image) equal single images
         np.testing.assert_allclose(got, expected[k % 2 :: 2], atol=1e-5)
+    if copies > 1:  # no copy ever ran two calls at once
+        for runner in opened:
+            spans = sorted(runner.spans)
+            assert all(end <= nxt for (_, end), (nxt, _) in itertools.pairwise(spans)), spans
+    with pytest.raises(RuntimeError, match="closed"):
+        predictor.predict(pixels[:1])
+
+
+def test_a_copy_that_cannot_be_opened_closes_the_ones_already_open(served, monkeypatch):
+    from edge.errors import PackageError
+    from serving.inference import Predictor
+
+    opened = _watched_runners(monkeypatch, fail_at=2)
+    with pytest.raises(PackageError, match="cannot be opened"):
+        Predictor(served.package, SERVED_FILE, threads=1, lanes=2)
+    assert len(opened) == 1 and opened[0]._interp is None  # the first copy was released
 
 
 def test_batching_off_runs_one_request_per_inference(served, images):

@@ -145,6 +145,7 @@ def test_serve_command_errors_are_one_line():
         ({"lanes": 3}, "unknown.bin", 4, (1, 4)),  # not a variant of the table: one lane (and a warning)
         ({"model_service": True}, "model.onnx", 4, (1, 4)),  # the model service runs one batch at a time
         ({}, "model.onnx", 1, (2, 1)),
+        ({}, "model.onnx", 64, (8, 8)),  # at most MAX_DEFAULT_LANES, the cores left as threads (or add API workers)
     ],
 )
 def test_the_inference_layout_follows_the_format_and_the_cores(settings, variant, cores, layout):
