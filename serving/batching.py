@@ -60,8 +60,9 @@ def inference_layout(config: Any, variant_file: str, cores: int | None = None) -
     while it runs (two of them ran 618 images/s against one's 328); one two-threaded lane 310 / 323 req/s
     against two single-threaded lanes' 323 / 346; and four lanes on the two cores 339 / 369 and 329 / 362
     against two lanes' 318 / 344 and 322 / 348, p95 1-7% higher (at 32 clients three lanes 360-372 against
-    344-346): while a lane hands its results back and waits for the next batch, another keeps the core busy. With ``serve.model_service`` the model's
-    own process keeps one lane (BentoML's dispatcher there runs one batch at a time).
+    344-346): while a lane hands its results back and waits for the next batch, another keeps the core busy.
+    With ``serve.model_service`` the model's own process keeps one lane (BentoML's dispatcher there runs one
+    batch at a time).
     """
     from edge.runners import default_threads
     from edge.variants import variant_of
