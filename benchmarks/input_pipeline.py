@@ -333,7 +333,9 @@ def run_rounds(folder: Path, size: int, epochs: int, rounds: int) -> dict[str, d
 
 
 def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from edge.runners import default_threads
+
+    return default_threads()
 
 
 def _ratios(rows: dict[str, dict], decode_1t: float, decode_all: float) -> dict:

@@ -8,9 +8,9 @@ no share of this worker's GIL, only the CPU the primary leaves idle and at most 
 when it falls behind, mirrored requests are shed first. This worker's shadow thread hands it up to
 ``serve.max_batch_size`` queued images at a time and records, per window of ``serve.shadow_window`` mirrored
 images and since start: top-1 agreement with the primary, the largest probability difference, both latencies,
-both predicted-class distributions; the candidate's drift scores against its own reference come from its process. The candidate's
-predictions go to the feedback store beside the primary's, so ``/feedback`` labels score both, across API
-workers and server restarts.
+both predicted-class distributions; the candidate's drift scores against its own reference come from its
+process. The candidate's predictions go to the feedback store beside the primary's, so ``/feedback`` labels
+score both, across API workers and server restarts.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ adaptive batching, bad input and overload. The model is real (the tiny trained p
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from serving_support import SERVED_FILE, asgi_client, assert_error, decode_all, reference_probabilities
+
+from edge.runners import default_threads
 
 RESULT_FIELDS = {"request_id", "model", "variant", "predictions", "latency_ms", "image", "timing"}
 
@@ -100,8 +101,8 @@ def test_metadata_describes_model_contract_variant_and_metrics(client, served, m
     assert "accuracy" in meta["metrics"] and meta["variant_metrics"]
     assert meta["serving"]["batching"] is True and meta["serving"]["max_batch_size"] >= 2
     assert meta["serving"]["warmup_ms"] > 0
-    # two single-threaded batches per core at once (serving.batching.inference_layout)
-    assert (meta["serving"]["lanes"], meta["serving"]["threads"]) == (2 * max(1, len(os.sched_getaffinity(0))), 1)
+    # two single-threaded batches per usable core at once (serving.batching.inference_layout)
+    assert (meta["serving"]["lanes"], meta["serving"]["threads"]) == (2 * default_threads(), 1)
 
 
 def test_feedback_feeds_live_accuracy(client, images, served):

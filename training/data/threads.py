@@ -8,19 +8,18 @@ cores there are. The decode worker processes do not share a GIL.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from edge.runners import default_threads
+
 
 def workers(n_items: int) -> int:
-    """Threads for ``n_items`` of CPU-bound work: one per core (at most 16), no more than the items."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
+    """Threads for ``n_items`` of CPU-bound work: one per usable core (:func:`edge.runners.default_threads`,
+    at most 16), no more than the items."""
+    cores = default_threads()
     # Decoding is CPU-bound: one thread (or worker process) per core measured best.
     return max(1, min(16, cores, n_items))
 
