@@ -10,6 +10,7 @@ the result again. Everything a request needs back travels in one ``float32`` arr
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -149,6 +150,8 @@ class Predictor:
         self._by_image = fmt.fixed_batch
         self._runners = [self.runner]
         self._free: queue.SimpleQueue[Runner] = queue.SimpleQueue()  # a runner per lane (ONNX: the same one)
+        self._closing = threading.Lock()  # close() and a lane handing its copy back, one at a time
+        self._closed = False
         self.warmup_s = 0.0
         self.ready = False
         try:
@@ -156,7 +159,8 @@ class Predictor:
                 self._runners.append(open_variant_runner(self.package_dir, key, threads, spin=False)[0])
             self.warm_up(warmup_batches)
         except Exception:
-            self.close()
+            for runner in self._runners:
+                runner.close()
             raise
         for lane in range(lanes):
             self._free.put(self._runners[lane % len(self._runners)])
@@ -203,20 +207,32 @@ class Predictor:
         Raises:
             RuntimeError: the predictor was closed.
         """
-        if not self._runners:
-            raise RuntimeError(f"the predictor of {self.tag} ({self.variant_file}) was closed")
         runner = self._free.get()
         try:
+            if self._closed:
+                raise RuntimeError(f"the predictor of {self.tag} ({self.variant_file}) was closed")
             started = time.perf_counter()
             probs, emb = self._outputs(runner, pixels)
             seconds = time.perf_counter() - started
         finally:
-            self._free.put(runner)
+            with self._closing:
+                if self._closed:  # closed while this batch ran: release the copy now that it is free
+                    runner.close()
+                self._free.put(runner)  # back in any case, so that a thread waiting for a copy wakes up
         return pack(probs, emb, seconds, self.code)
 
     def close(self) -> None:
-        """Release the runtime (every copy of it); the predictor cannot run after this."""
-        runners, self._runners = self._runners, []
-        self._free = queue.SimpleQueue()
-        for runner in runners:
-            runner.close()
+        """Release the runtime (every copy of it); the predictor cannot run after this. A copy a batch is running
+        on is released when that batch ends; threads waiting for a copy get a ``RuntimeError``."""
+        with self._closing:
+            self._closed = True
+            free: list[Runner] = []
+            while True:
+                try:
+                    free.append(self._free.get_nowait())
+                except queue.Empty:
+                    break
+            for runner in {id(r): r for r in free}.values():
+                runner.close()
+            for runner in free:
+                self._free.put(runner)

@@ -289,6 +289,33 @@ def test_lanes_run_batches_at_once_on_a_copy_each_where_the_runtime_needs_one(
         predictor.predict(pixels[:1])
 
 
+def test_closing_during_a_batch_releases_its_copy_after_it_and_fails_the_waiting_callers(served, images, monkeypatch):
+    from serving.inference import Predictor
+
+    pixels = decode_all(served.package, images.png[:1])
+    opened = _watched_runners(monkeypatch)
+    predictor = Predictor(served.package, SERVED_FILE, threads=1, lanes=1)
+    runner, run, started, release = opened[0], opened[0].run, threading.Event(), threading.Event()
+
+    def held(x):
+        started.set()
+        release.wait(10)
+        return run(x)
+
+    runner.run = held
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(predictor.predict, pixels)
+        assert started.wait(10)
+        waiting = pool.submit(predictor.predict, pixels)  # no free copy: it waits
+        predictor.close()
+        assert runner._interp is not None  # the running batch keeps its copy
+        release.set()
+        assert running.result(10).shape[0] == 1  # the batch that was running finishes
+        with pytest.raises(RuntimeError, match="closed"):
+            waiting.result(10)  # the waiting caller is told, not left hanging
+    assert runner._interp is None  # released once its batch ended
+
+
 def test_a_copy_that_cannot_be_opened_closes_the_ones_already_open(served, monkeypatch):
     from edge.errors import PackageError
     from serving.inference import Predictor
